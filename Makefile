@@ -1,0 +1,81 @@
+# hardhost: `make demo` and `make test` each do all the set-up on a fresh Debian 12 machine.
+# Run them as root (or with sudo): building images needs mmdebstrap, chroot and device nodes.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := $(HOME)/.cache/hardhost
+DEMO_KEY := $(CACHE)/keys/id_ed25519
+DEMO_OUT := out
+DEMO_NAME := demo
+DEMO_PORT ?= 2222
+PYTEST_ARGS ?=
+
+APT_PACKAGES := mmdebstrap erofs-utils squashfs-tools cryptsetup-bin qemu-system-x86 \
+	e2fsprogs util-linux tar apparmor secilc runc strace openssh-server openssh-client \
+	python3 python3-venv ca-certificates
+
+.PHONY: help deps venv keys lint unit test demo demo-stop clean
+
+help:
+	@echo "make demo   install what is needed, build images/container-host.toml, boot it, show its evidence"
+	@echo "make test   install what is needed and run lint, unit and e2e tests"
+	@echo "make unit   lint and unit tests only (no root, no qemu)"
+
+root-check:
+	@if [ "$$(id -u)" -ne 0 ]; then echo "run as root, e.g. sudo make $(MAKECMDGOALS)"; exit 2; fi
+
+deps: root-check
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' \
+			|| missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/hardhost: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/hardhost
+
+$(DEMO_KEY):
+	mkdir -p -m 0700 $(dir $@)
+	ssh-keygen -q -t ed25519 -N '' -C hardhost-demo -f $@
+
+keys: $(DEMO_KEY)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: lint
+	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
+
+test: deps venv lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: deps venv keys
+	$(BIN)/hardhost build images/container-host.toml -o $(DEMO_OUT) --force \
+		--authorized-key $(DEMO_KEY).pub
+	$(BIN)/hardhost vm stop $(DEMO_NAME)
+	$(BIN)/hardhost vm start $(DEMO_OUT)/container-host --name $(DEMO_NAME) \
+		--ssh-port $(DEMO_PORT)
+	$(BIN)/hardhost evidence root@127.0.0.1:$(DEMO_PORT) --identity $(DEMO_KEY) \
+		--known-hosts $(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts
+	@echo
+	@echo "The demo host is running. Log in:"
+	@echo "  ssh -i $(DEMO_KEY) -p $(DEMO_PORT) -o UserKnownHostsFile=$(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts root@127.0.0.1"
+	@echo "Stop it: make demo-stop"
+
+demo-stop: venv
+	$(BIN)/hardhost vm stop $(DEMO_NAME)
+
+clean:
+	rm -rf $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache

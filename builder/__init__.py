@@ -1,0 +1,1 @@
+"""hardhost builder: spec model, build stages, qemu boot and the CLI."""

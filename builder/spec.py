@@ -1,0 +1,338 @@
+"""The image spec: TOML parsed into frozen dataclasses, validated at the edge.
+
+Every setting is declared once, as a dataclass field whose metadata carries its help text and,
+where the TOML value needs more than a type check, its own parser. The same declarations drive
+parsing, unknown-key detection and error messages (`FILE: KEY: what is wrong`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.errors import SpecError
+
+
+class Filesystem(enum.StrEnum):
+    EROFS = "erofs"
+    SQUASHFS = "squashfs"
+
+
+class Compression(enum.StrEnum):
+    LZ4 = "lz4"
+    LZ4HC = "lz4hc"
+    XZ = "xz"
+    ZSTD = "zstd"
+
+
+# erofs-utils 1.5 (Debian 12) offers only lz4 and lz4hc; squashfs is the small-image choice.
+COMPRESSIONS: Mapping[Filesystem, tuple[Compression, ...]] = {
+    Filesystem.EROFS: (Compression.LZ4HC, Compression.LZ4),
+    Filesystem.SQUASHFS: (Compression.XZ, Compression.ZSTD),
+}
+
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")
+_SYSCTL_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_\-]{0,31}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9\-]{0,62}$")
+_SUITE_RE = re.compile(r"^[a-z][a-z0-9\-]*$")
+_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+              "ecdsa-sha2-nistp521", "ssh-rsa", "sk-ssh-ed25519@openssh.com",
+              "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+class _Invalid(Exception):
+    """Raised by a field parser; turned into a SpecError naming the key."""
+
+
+def _help(text: str, parse: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    return {"help": text, "parse": parse}
+
+
+def _packages(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    if not names:
+        raise _Invalid("must list at least one package")
+    for name in names:
+        if not _PACKAGE_RE.match(name):
+            raise _Invalid(f"{name!r} is not a Debian package name")
+    if len(set(names)) != len(names):
+        raise _Invalid("lists a package twice")
+    return tuple(sorted(names))
+
+
+def _sysctls(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a table of sysctl = value, got {_tname(value)}")
+    pairs: list[tuple[str, str]] = []
+    for key, raw in _flatten(value):
+        if not _SYSCTL_RE.match(key):
+            raise _Invalid(f"{key!r} is not a sysctl name")
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise _Invalid(f"{key}: expected an integer or string, got {_tname(raw)}")
+        text = str(raw)
+        if "\n" in text or not text.strip():
+            raise _Invalid(f"{key}: value must be one non-empty line")
+        pairs.append((key, text))
+    return tuple(sorted(pairs))
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Accept both `"kernel.kptr_restrict" = 2` and nested `[sysctl.kernel]` tables."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{name}."))
+        else:
+            out.append((name, value))
+    return out
+
+
+def _authorized_keys(value: Any) -> tuple[str, ...]:
+    keys = _str_list(value)
+    for line in keys:
+        parts = line.split()
+        if len(parts) < 2 or parts[0] not in _KEY_TYPES or "\n" in line:
+            raise _Invalid(f"{line[:40]!r} is not an OpenSSH public key line")
+    return tuple(keys)
+
+
+def _cmdline(value: Any) -> tuple[str, ...]:
+    args = _str_list(value)
+    for arg in args:
+        if not arg or any(c.isspace() for c in arg):
+            raise _Invalid(f"{arg!r}: one argument per list item, without spaces")
+        if arg.split("=", 1)[0] in ("root", "rootfstype", "hardhost.roothash"):
+            raise _Invalid(f"{arg!r} is set by the builder and cannot be overridden")
+    return tuple(args)
+
+
+def _user(value: Any) -> str:
+    if not isinstance(value, str) or not _USER_RE.match(value):
+        raise _Invalid(f"{value!r} is not a valid user name")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise _Invalid(f"{value!r}: use lower-case letters, digits and '-'")
+    return value
+
+
+def _suite(value: Any) -> str:
+    if not isinstance(value, str) or not _SUITE_RE.match(value):
+        raise _Invalid(f"{value!r} is not a Debian suite name")
+    return value
+
+
+def _mirror(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^(https?|file)://\S+$", value):
+        raise _Invalid(f"{value!r}: expected an http://, https:// or file:// URL")
+    return value
+
+
+def _str_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"expected a list of strings, got {_tname(value)}")
+    return list(value)
+
+
+def _tname(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    suite: str = field(default="bookworm", metadata=_help("Debian release", _suite))
+    mirror: str = field(default="http://deb.debian.org/debian",
+                        metadata=_help("Debian archive URL given to mmdebstrap", _mirror))
+    architecture: str = field(default="amd64", metadata=_help("Debian architecture"))
+
+
+@dataclass(frozen=True)
+class Packages:
+    include: tuple[str, ...] = field(metadata=_help("packages installed on top of minbase",
+                                                    _packages))
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    filesystem: Filesystem = field(default=Filesystem.EROFS,
+                                   metadata=_help("erofs (fast reads) or squashfs (smallest)"))
+    compression: Compression | None = field(
+        default=None, metadata=_help("erofs: lz4hc or lz4; squashfs: xz or zstd"))
+
+    @property
+    def effective_compression(self) -> Compression:
+        return self.compression or COMPRESSIONS[self.filesystem][0]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    cmdline: tuple[str, ...] = field(default=(), metadata=_help(
+        "extra kernel command-line arguments", _cmdline))
+    console: str = field(default="ttyS0", metadata=_help("kernel console device"))
+
+
+@dataclass(frozen=True)
+class SSH:
+    permit_root_login: bool = field(default=False, metadata=_help(
+        "let root log in (by key only, never by password)"))
+
+
+@dataclass(frozen=True)
+class Access:
+    user: str = field(default="root", metadata=_help("the login that receives the keys", _user))
+    authorized_keys: tuple[str, ...] = field(default=(), metadata=_help(
+        "OpenSSH public key lines baked into the image", _authorized_keys))
+
+
+@dataclass(frozen=True)
+class Prune:
+    docs: bool = field(default=True, metadata=_help("drop /usr/share/doc and info pages"))
+    man: bool = field(default=True, metadata=_help("drop man pages"))
+    locales: bool = field(default=True, metadata=_help("drop translations and locales"))
+    package_manager: bool = field(default=True, metadata=_help(
+        "remove apt and dpkg, so the image cannot install packages"))
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str = field(metadata=_help("image name; the output folder is OUTDIR/NAME", _name))
+    packages: Packages
+    description: str = field(default="", metadata=_help("free text"))
+    distribution: Distribution = Distribution()
+    image: ImageOptions = ImageOptions()
+    kernel: Kernel = Kernel()
+    ssh: SSH = SSH()
+    access: Access = Access()
+    prune: Prune = Prune()
+    sysctl: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
+        "sysctl overrides, merged over the hardened baseline", _sysctls))
+    source: str = field(default="", compare=False, metadata=_help("path the spec came from"))
+
+    def digest(self) -> str:
+        """sha256 over the canonical form of every setting (not the file's bytes or path)."""
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _convert(hint: Any, value: Any, key: str, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise SpecError(path, key, f"expected a table, got {_tname(value)}")
+        return _build(typing.cast(type[Any], hint), value, path, f"{key}.")
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, key, path)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        allowed = [m.value for m in hint]
+        if value not in allowed:
+            raise SpecError(path, key, f"{value!r} is not one of {', '.join(allowed)}")
+        return hint(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(path, key, f"expected true or false, got {_tname(value)}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpecError(path, key, f"expected a string, got {_tname(value)}")
+        return value
+    if origin is tuple:
+        try:
+            return tuple(_str_list(value))
+        except _Invalid as exc:
+            raise SpecError(path, key, str(exc)) from None
+    raise TypeError(f"spec field {key} has no parser for {hint!r}")  # a bug, not user input
+
+
+def _build(cls: type[Any], table: dict[str, Any], path: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in table:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise SpecError(path, f"{prefix}{key}", f"unknown key (known: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in table:
+            required = (f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
+            if required:
+                raise SpecError(path, key, "is required")
+            continue
+        parse = f.metadata.get("parse")
+        if parse is not None:
+            try:
+                kwargs[name] = parse(table[name])
+            except _Invalid as exc:
+                raise SpecError(path, key, str(exc)) from None
+        else:
+            kwargs[name] = _convert(hints[name], table[name], key, path)
+    return cls(**kwargs)
+
+
+def _validate(spec: Spec, path: str) -> None:
+    allowed = COMPRESSIONS[spec.image.filesystem]
+    if spec.image.compression is not None and spec.image.compression not in allowed:
+        raise SpecError(path, "image.compression",
+                        f"{spec.image.compression} is not available for "
+                        f"{spec.image.filesystem} (use {' or '.join(allowed)})")
+    if spec.access.user == "root" and not spec.ssh.permit_root_login:
+        raise SpecError(path, "access.user",
+                        "root cannot log in unless ssh.permit_root_login = true")
+
+
+def parse_spec(text: str, path: str) -> Spec:
+    """Parse spec `text` (read from `path`, which names the file in errors)."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib ends its message with "(at line L, column C)": lead with the line instead.
+        message = str(exc)
+        where = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+        if where:
+            reason = message[: where.start()].strip()
+            raise SpecError(path, f"line {where.group(1)}", f"invalid TOML: {reason}") from None
+        raise SpecError(path, "TOML", f"invalid TOML: {message}") from None
+    spec = typing.cast(Spec, _build(Spec, table, path))
+    spec = dataclasses.replace(spec, source=path)
+    _validate(spec, path)
+    return spec
+
+
+def load_spec(path: Path) -> Spec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(str(path), "file", exc.strerror or str(exc)) from None
+    except UnicodeDecodeError:
+        raise SpecError(str(path), "file", "is not UTF-8 text") from None
+    return parse_spec(text, str(path))
+
+
+def with_authorized_keys(spec: Spec, extra: tuple[str, ...], origin: str) -> Spec:
+    """Return `spec` with key lines from the command line added to `[access]`."""
+    try:
+        keys = _authorized_keys(list(extra))
+    except _Invalid as exc:
+        raise SpecError(origin, "authorized key", str(exc)) from None
+    merged = tuple(dict.fromkeys(spec.access.authorized_keys + keys))
+    return dataclasses.replace(spec, access=dataclasses.replace(spec.access,
+                                                                authorized_keys=merged))

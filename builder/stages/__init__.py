@@ -1,0 +1,1 @@
+"""Build stages, one module each, run in order by `builder.build`."""

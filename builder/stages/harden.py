@@ -1,0 +1,207 @@
+"""Stage 2: the hardening layer, rendered from Jinja2 templates and written into the tree."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from builder import layout
+from builder.chroot import run_in_tree
+from builder.context import BuildContext
+from builder.errors import BuildError
+from builder.log import StepTiming
+from builder.run import run
+from builder.spec import Spec
+
+# The hardened baseline. The spec's [sysctl] table overrides any of these and adds more.
+BASELINE_SYSCTLS: Mapping[str, str] = {
+    # Kernel pointers, logs and introspection.
+    "kernel.kptr_restrict": "2",
+    "kernel.dmesg_restrict": "1",
+    "kernel.perf_event_paranoid": "3",
+    "kernel.yama.ptrace_scope": "2",
+    "kernel.sysrq": "0",
+    "kernel.randomize_va_space": "2",
+    "kernel.kexec_load_disabled": "1",
+    "kernel.unprivileged_bpf_disabled": "1",
+    "net.core.bpf_jit_harden": "2",
+    "dev.tty.ldisc_autoload": "0",
+    "fs.suid_dumpable": "0",
+    # Filesystem link and file protections.
+    "fs.protected_hardlinks": "1",
+    "fs.protected_symlinks": "1",
+    "fs.protected_fifos": "2",
+    "fs.protected_regular": "2",
+    # Network: reverse-path filtering, no redirects or source routes, SYN cookies.
+    "net.ipv4.conf.all.rp_filter": "1",
+    "net.ipv4.conf.default.rp_filter": "1",
+    "net.ipv4.conf.all.accept_redirects": "0",
+    "net.ipv4.conf.default.accept_redirects": "0",
+    "net.ipv4.conf.all.secure_redirects": "0",
+    "net.ipv4.conf.default.secure_redirects": "0",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+    "net.ipv4.conf.all.accept_source_route": "0",
+    "net.ipv4.conf.default.accept_source_route": "0",
+    "net.ipv4.conf.all.log_martians": "1",
+    "net.ipv4.conf.default.log_martians": "1",
+    "net.ipv6.conf.all.accept_redirects": "0",
+    "net.ipv6.conf.default.accept_redirects": "0",
+    "net.ipv6.conf.all.accept_source_route": "0",
+    "net.ipv6.conf.default.accept_source_route": "0",
+    "net.ipv4.icmp_echo_ignore_broadcasts": "1",
+    "net.ipv4.icmp_ignore_bogus_error_responses": "1",
+    "net.ipv4.tcp_syncookies": "1",
+    "net.ipv4.tcp_rfc1337": "1",
+}
+
+# Modules the initramfs needs to find the disks, open dm-verity and mount the layers.
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "dm_verity", "erofs", "squashfs", "overlay",
+                     "ext4", "crc32c_generic")
+
+ENABLED_UNITS = ("systemd-networkd.service",)
+# A container host does not wait for "network online" to start sshd, and with the package
+# manager pruned, apt's timers have nothing to run.
+MASKED_UNITS = ("systemd-networkd-wait-online.service", "apt-daily.timer",
+                "apt-daily-upgrade.timer")
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: str  # absolute path inside the image
+    content: str
+    mode: int = 0o644
+
+
+def effective_sysctls(spec: Spec) -> tuple[tuple[str, str], ...]:
+    merged = dict(BASELINE_SYSCTLS)
+    merged.update(spec.sysctl)
+    return tuple(sorted(merged.items()))
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("builder", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # config files and shell scripts, not HTML
+    )
+
+
+def render_layer(spec: Spec) -> list[RenderedFile]:
+    """Every file of the hardening layer, as pure data: what golden tests pin."""
+    env = _environment()
+    values = {
+        "name": spec.name,
+        "sysctls": effective_sysctls(spec),
+        "host_key": f"{layout.STATE_MOUNT}/{layout.STATE_HOST_KEY}",
+        "permit_root_login": spec.ssh.permit_root_login,
+        "user": spec.access.user,
+        "docker": "docker.io" in spec.packages.include,
+        "modules": INITRAMFS_MODULES,
+        "cmdline_roothash": layout.CMDLINE_ROOTHASH,
+        "cmdline_data": layout.CMDLINE_DATA,
+        "cmdline_hash": layout.CMDLINE_HASH,
+        "cmdline_state": layout.CMDLINE_STATE,
+        "verity_name": layout.VERITY_NAME,
+        "overlay_dir": layout.OVERLAY_DIR,
+        "overlaid_dirs": layout.OVERLAID_DIRS,
+        "state_mount": layout.STATE_MOUNT,
+        "state_machine_id": layout.STATE_MACHINE_ID,
+    }
+
+    def render(template: str) -> str:
+        return env.get_template(template).render(values)
+
+    initramfs = "/etc/initramfs-tools"
+    return [
+        RenderedFile("/etc/sysctl.d/90-hardhost.conf", render("sysctl.conf.j2")),
+        RenderedFile("/etc/ssh/sshd_config.d/00-hardhost.conf", render("sshd.conf.j2")),
+        RenderedFile("/etc/fstab", render("fstab.j2")),
+        RenderedFile("/etc/systemd/network/80-hardhost-dhcp.network", render("network.j2")),
+        RenderedFile("/etc/hostname", f"{spec.name}\n"),
+        RenderedFile("/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n"
+                                   "::1 localhost ip6-localhost ip6-loopback\n"),
+        RenderedFile(f"{initramfs}/conf.d/hardhost", render("initramfs/conf.j2")),
+        RenderedFile(f"{initramfs}/modules", render("initramfs/modules.j2")),
+        RenderedFile(f"{initramfs}/hooks/hardhost", render("initramfs/hook.j2"), 0o755),
+        RenderedFile(f"{initramfs}/scripts/local-top/hardhost-verity",
+                     render("initramfs/verity.j2"), 0o755),
+        RenderedFile(f"{initramfs}/scripts/init-bottom/hardhost-overlay",
+                     render("initramfs/overlay.j2"), 0o755),
+    ]
+
+
+def _inside(tree: Path, path: str) -> Path:
+    return tree / path.lstrip("/")
+
+
+def write_layer(tree: Path, files: list[RenderedFile]) -> None:
+    for rendered in files:
+        target = _inside(tree, rendered.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()  # never write through a link that points out of the tree
+        target.write_text(rendered.content)
+        target.chmod(rendered.mode)
+
+
+def lock_passwords(shadow: Path) -> None:
+    """Lock every account's password: keys are the only way in."""
+    lines = []
+    for line in shadow.read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) >= 2 and not fields[1].startswith("!"):
+            fields[1] = "!" + fields[1]
+        lines.append(":".join(fields))
+    shadow.write_text("\n".join(lines) + "\n")
+
+
+def _passwd_entry(tree: Path, user: str) -> tuple[int, int, str]:
+    for line in (tree / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3]), fields[5]
+    raise BuildError(f"user {user!r} is missing from the image's /etc/passwd")
+
+
+def install_authorized_keys(tree: Path, spec: Spec) -> None:
+    user = spec.access.user
+    if user != "root":
+        run_in_tree(tree, ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash",
+                           user])
+    uid, gid, home = _passwd_entry(tree, user)
+    ssh_dir = _inside(tree, home) / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys = ssh_dir / "authorized_keys"
+    keys.write_text("".join(f"{line}\n" for line in spec.access.authorized_keys))
+    keys.chmod(0o600)
+    for path in (ssh_dir, keys):
+        os.chown(path, uid, gid)
+
+
+def remove_baked_host_keys(tree: Path) -> None:
+    """Debian's postinst made host keys at build time; every instance must have its own."""
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
+def run_stage(ctx: BuildContext, step: StepTiming) -> None:
+    tree = ctx.tree
+    files = render_layer(ctx.spec)
+    write_layer(tree, files)
+    lock_passwords(tree / "etc/shadow")
+    install_authorized_keys(tree, ctx.spec)
+    remove_baked_host_keys(tree)
+    if "docker.io" in ctx.spec.packages.include:
+        (tree / "var/lib/docker").mkdir(mode=0o710, exist_ok=True)
+    (tree / "etc/machine-id").write_text("")
+    run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])
+    run(["systemctl", f"--root={tree}", "mask", *MASKED_UNITS])
+    step.note = f"{len(files)} files"
