@@ -47,7 +47,7 @@ class Evidence:
     apparmor_enabled: bool
     apparmor_profiles: dict[str, str]
     sshd: dict[str, str]
-    overlay_changes: dict[str, tuple[str, ...]]
+    overlay_changes: dict[str, tuple[str, ...] | None]  # None: no overlay upper layer
 
     def mount(self, mountpoint: str) -> Mount | None:
         """The mount visible at `mountpoint` (the last one stacked there)."""
@@ -129,15 +129,22 @@ def parse_sshd(text: str) -> dict[str, str]:
     return config
 
 
+def _upper_listing(text: str, name: str, host: str) -> tuple[str, ...] | None:
+    body = text.removesuffix("\n")
+    if body == "absent":
+        return None
+    if body and not body.endswith("\0"):
+        raise HostOutputError(f"{host}: malformed listing of the /{name} upper layer")
+    return tuple(sorted(body.split("\0")[:-1]))
+
+
 def parse(raw: bytes, host: str) -> Evidence:
     sections = split_sections(raw, host)
     boot_id = sections["boot_id"].strip()
     if not _UUID.match(boot_id):
         raise HostOutputError(f"{host}: boot_id {boot_id[:40]!r} is not a UUID")
-    overlay = {
-        name: tuple(sorted(p for p in sections[f"overlay_{name}"].split("\0") if p.strip()))
-        for name in ("etc", "var")
-    }
+    overlay = {name: _upper_listing(sections[f"overlay_{name}"], name, host)
+               for name in ("etc", "var")}
     return Evidence(
         boot_id=boot_id,
         kernel_release=sections["kernel_release"].strip(),
@@ -172,7 +179,8 @@ def render_table(target: Target, ev: Evidence) -> str:
         mount = ev.mount(f"/{name}")
         kind = f"{mount.fstype} on {mount.source}" if mount else "not mounted"
         changed = ev.overlay_changes[name]
-        rows.append((f"/{name}", f"{kind}; {len(changed)} changed since boot"))
+        drift = "no upper layer" if changed is None else f"{len(changed)} changed since boot"
+        rows.append((f"/{name}", f"{kind}; {drift}"))
     enforced = sorted(n for n, m in ev.apparmor_profiles.items() if m == "enforce")
     rows.append(("apparmor", f"{'enabled' if ev.apparmor_enabled else 'DISABLED'}, "
                              f"{len(enforced)} profiles in enforce mode"))

@@ -14,6 +14,10 @@ section sysctl; grep -rs '' /proc/sys/kernel /proc/sys/fs /proc/sys/user /proc/s
 section apparmor_enabled; cat /sys/module/apparmor/parameters/enabled 2>&1
 section apparmor_profiles; cat /sys/kernel/security/apparmor/profiles 2>&1
 section sshd; sshd -T 2>&1
-section overlay_etc; find /run/hardhost/overlay/etc/upper -mindepth 1 -printf '%P\0' 2>&1
-section overlay_var; find /run/hardhost/overlay/var/upper -mindepth 1 -printf '%P\0' 2>&1
+# Upper layers list NUL-terminated paths; a missing layer prints "absent" with no NUL.
+for dir in etc var; do
+	section "overlay_$dir"
+	upper="/run/hardhost/overlay/$dir/upper"
+	if [ -d "$upper" ]; then find "$upper" -mindepth 1 -printf '%P\0'; else printf absent; fi
+done
 section end

@@ -121,7 +121,9 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
 
     initramfs = "/etc/initramfs-tools"
     return [
-        RenderedFile("/etc/sysctl.d/90-hardhost.conf", render("sysctl.conf.j2")),
+        # systemd applies sysctl.d files in name order across /etc and /usr/lib, and
+        # /usr/lib/sysctl.d/99-protect-links.conf would otherwise undo fs.protected_fifos.
+        RenderedFile("/etc/sysctl.d/zz-hardhost.conf", render("sysctl.conf.j2")),
         RenderedFile("/etc/ssh/sshd_config.d/00-hardhost.conf", render("sshd.conf.j2")),
         RenderedFile("/etc/fstab", render("fstab.j2")),
         RenderedFile("/etc/systemd/network/80-hardhost-dhcp.network", render("network.j2")),

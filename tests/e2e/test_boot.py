@@ -1,0 +1,132 @@
+"""Build container-host, boot it under qemu, and check it over SSH (paramiko)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from builder.errors import TrustError
+from builder.stages.harden import effective_sysctls
+from tests.conftest import make_keypair
+from tests.e2e.conftest import BOOT_TIMEOUT, BootedHost
+from verifier.evidence import Evidence, collect
+from verifier.reset import boot_id, reboot
+from verifier.transport import connect, offered_host_key, public_key_from_line
+
+pytestmark = pytest.mark.e2e
+
+
+def evidence(host: BootedHost) -> Evidence:
+    with connect(host.target, known_hosts=host.known_hosts, identity=host.identity,
+                 timeout=30) as session:
+        return collect(session, timeout=60)
+
+
+def shell(host: BootedHost, *argv: str) -> tuple[int, str, str]:
+    with connect(host.target, known_hosts=host.known_hosts, identity=host.identity,
+                 timeout=30) as session:
+        result = session.run(list(argv), timeout=60)
+    return result.exit_status, result.stdout.decode(), result.stderr.decode()
+
+
+def test_root_is_read_only_erofs_on_verified_dm_verity(booted: BootedHost) -> None:
+    ev = evidence(booted)
+    root = ev.mount("/")
+    assert root is not None
+    assert root.fstype == "erofs"
+    assert root.read_only
+    assert root.source == "/dev/mapper/root"
+    assert ev.verity["type"] == "VERITY"
+    assert ev.verity["status"] == "verified"
+    assert ev.verity["root hash"] == booted.image.record["root_hash"]
+    assert ev.cmdline == booted.image.record["cmdline"]
+    assert ev.kernel_release == booted.image.record["kernel_release"]
+
+
+def test_root_refuses_writes(booted: BootedHost) -> None:
+    status, _, err = shell(booted, "touch", "/usr/hardhost-write-test")
+    assert status != 0
+    assert "Read-only file system" in err
+
+
+def test_etc_and_var_are_tmpfs_overlays(booted: BootedHost) -> None:
+    ev = evidence(booted)
+    for name in ("etc", "var"):
+        mount = ev.mount(f"/{name}")
+        assert mount is not None and mount.fstype == "overlay"
+        assert not mount.read_only
+        assert ev.overlay_changes[name] is not None
+    assert "machine-id" in (ev.overlay_changes["etc"] or ())
+
+
+def test_sysctls_have_the_values_the_spec_gives(booted: BootedHost) -> None:
+    observed = evidence(booted).sysctls
+    expected = dict(effective_sysctls(booted.image.spec))
+    assert expected["net.ipv4.ip_forward"] == "1"
+    wrong = {key: (value, observed.get(key)) for key, value in expected.items()
+             if observed.get(key) != value}
+    assert wrong == {}
+
+
+def test_apparmor_is_enabled_and_enforcing(booted: BootedHost) -> None:
+    ev = evidence(booted)
+    assert ev.apparmor_enabled
+    assert "apparmor=1" in ev.cmdline.split()
+    assert ev.apparmor_profiles, "no AppArmor profile is loaded"
+    assert ev.apparmor_profiles.get("lsb_release") == "enforce"
+    assert ev.apparmor_profiles.get("docker-default") == "enforce"
+    assert {mode for mode in ev.apparmor_profiles.values()} == {"enforce"}
+
+
+def test_sshd_refuses_passwords(booted: BootedHost) -> None:
+    transport = paramiko.Transport(("127.0.0.1", booted.target.port))
+    try:
+        transport.start_client(timeout=30)
+        with pytest.raises(paramiko.BadAuthenticationType) as info:
+            transport.auth_password("root", "root")
+        assert info.value.allowed_types == ["publickey"]
+    finally:
+        transport.close()
+    assert evidence(booted).sshd["passwordauthentication"] == "no"
+
+
+def test_host_key_is_the_provisioned_one(booted: BootedHost, tmp_path: Path) -> None:
+    provisioned = public_key_from_line(booted.instance.host_public_key.read_text())
+    offered = offered_host_key("127.0.0.1", booted.target.port, timeout=30)
+    assert offered.asbytes() == provisioned.asbytes()
+    # And a verifier holding any other key refuses the host.
+    other = make_keypair(tmp_path, "other")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{booted.target.port} {other.public_line}\n")
+    with pytest.raises(TrustError), connect(booted.target, known_hosts=known,
+                                            identity=booted.identity, timeout=30):
+        pass
+
+
+def test_passwords_are_locked(booted: BootedHost) -> None:
+    status, out, _ = shell(booted, "cut", "-d:", "-f1,2", "/etc/shadow")
+    assert status == 0
+    unlocked = [line for line in out.splitlines() if not line.split(":")[1].startswith("!")]
+    assert unlocked == []
+
+
+def test_reboot_resets_etc_and_keeps_the_host_key(booted: BootedHost) -> None:
+    """Runs last in this module: it reboots the host."""
+    marker = "/etc/hardhost-drift-test"
+    status, _, _ = shell(booted, "sh", "-c", f"echo drift > {marker}")
+    assert status == 0
+    before = evidence(booted)
+    assert "hardhost-drift-test" in (before.overlay_changes["etc"] or ())
+    new_boot = reboot(booted.target, known_hosts=booted.known_hosts, identity=booted.identity,
+                      timeout=BOOT_TIMEOUT)
+    assert new_boot != before.boot_id
+    # The strict known_hosts check passing is the proof that the host key survived.
+    after = evidence(booted)
+    assert after.boot_id == new_boot
+    assert "hardhost-drift-test" not in (after.overlay_changes["etc"] or ())
+    status, _, err = shell(booted, "cat", marker)
+    assert status != 0 and "No such file" in err
+    assert boot_id(booted.target, known_hosts=booted.known_hosts, identity=booted.identity,
+                   timeout=30) == new_boot

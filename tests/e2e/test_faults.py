@@ -1,0 +1,99 @@
+"""Faults made real: a corrupted root, a package that does not exist, a VM that never answers."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder import vm
+from tests.conftest import IMAGES, REPO, KeyPair, free_port
+from tests.e2e.conftest import BootedHost, BuiltImage, boot
+from verifier.transport import connect
+
+pytestmark = pytest.mark.e2e
+
+# A file nothing reads during boot or an SSH session (sshd reads moduli only for DH group
+# exchange, which paramiko does not choose when curve25519 is available).
+VICTIM = "/etc/ssh/moduli"
+_EXTENT = re.compile(r"^\s*0:\s+\d+\.\.\s*\d+\s*\|\s*\d+\s*:\s*(\d+)\.\.\s*(\d+)\s*\|", re.M)
+
+
+def first_extent(image: Path, path: str) -> tuple[int, int]:
+    """Physical byte range of the first extent of `path` inside an erofs image."""
+    out = subprocess.run(["dump.erofs", f"--path={path}", "-e", str(image)], check=True,
+                         capture_output=True, text=True).stdout
+    match = _EXTENT.search(out)
+    assert match, f"dump.erofs shows no extent for {path}:\n{out}"
+    return int(match.group(1)), int(match.group(2))
+
+
+@pytest.fixture(scope="module")
+def corrupted(container_host: BuiltImage, client_key: KeyPair,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedHost]:
+    copy = tmp_path_factory.mktemp("corrupted") / "container-host"
+    shutil.copytree(container_host.directory, copy)
+    start, end = first_extent(copy / "root.img", VICTIM)
+    offset = start + (end - start) // 2
+    with (copy / "root.img").open("r+b") as image:
+        image.seek(offset)
+        original = image.read(1)
+        image.seek(offset)
+        image.write(bytes([original[0] ^ 0xFF]))
+    yield from boot(BuiltImage(container_host.spec, copy), "hardhost-e2e-corrupt",
+                    client_key.private)
+
+
+def test_flipped_byte_is_never_served(corrupted: BootedHost) -> None:
+    with connect(corrupted.target, known_hosts=corrupted.known_hosts,
+                 identity=corrupted.identity, timeout=30) as session:
+        read = session.run(["cat", VICTIM], timeout=60)
+        kernel_log = session.run(["dmesg"], timeout=30).stdout.decode(errors="replace")
+        verity = session.run(["veritysetup", "status", "root"], timeout=30).stdout.decode()
+    assert read.exit_status != 0
+    assert b"Input/output error" in read.stderr
+    assert re.search(r"device-mapper: verity: .*data block \d+ is corrupted", kernel_log)
+    assert "status:      corrupted" in verity or "corrupted" in verity
+
+
+def test_unknown_package_fails_with_mmdebstrap_reason(tmp_path: Path,
+                                                      client_key: KeyPair) -> None:
+    text = (IMAGES / "minimal.toml").read_text().replace(
+        '"apparmor",\n]', '"apparmor",\n    "hardhost-no-such-package",\n]')
+    assert "hardhost-no-such-package" in text
+    spec = tmp_path / "broken.toml"
+    spec.write_text(text)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "build", str(spec), "-o", str(out),
+         "--authorized-key", f"{client_key.private}.pub"],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hardhost: package 'hardhost-no-such-package' does not exist in "
+                           "bookworm")
+    assert "Unable to locate package hardhost-no-such-package" in last
+    # Nothing half-written is left behind: not the output, not the scratch folders.
+    assert list(out.iterdir()) == []
+
+
+def test_vm_that_never_answers_exits_3_naming_the_serial_log(container_host: BuiltImage) -> None:
+    name = "hardhost-e2e-timeout"
+    vm.stop(name, purge=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "vm", "start", str(container_host.directory),
+         "--name", name, "--ssh-port", str(free_port()), "--timeout", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    try:
+        assert result.returncode == 3
+        serial = vm.instance(name).serial_log
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"hardhost: vm {name}: SSH did not answer within 2s; see the serial log {serial}")
+        assert vm.instance(name).pid() is None, "the VM was left running"
+    finally:
+        vm.stop(name, purge=True)

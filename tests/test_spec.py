@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.errors import SpecError
+from builder.spec import Compression, Filesystem, load_spec, parse_spec, with_authorized_keys
+from tests.conftest import IMAGES
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ7p0x1b2d5a3f0c7e9b8a6d4c2e0f1a3b5c7d9e1f3a5b7c test"
+
+MINIMAL = """
+name = "t"
+[packages]
+include = ["systemd", "openssh-server"]
+[ssh]
+permit_root_login = true
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "spec.toml")
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name", ["minimal", "container-host"])
+def test_shipped_specs_parse(name: str) -> None:
+    spec = load_spec(IMAGES / f"{name}.toml")
+    assert spec.name == name
+    assert "linux-image-amd64" in spec.packages.include
+    assert "openssh-server" in spec.packages.include
+
+
+def test_container_host_carries_the_container_runtime() -> None:
+    spec = load_spec(IMAGES / "container-host.toml")
+    assert {"docker.io", "containerd", "runc", "apparmor"} <= set(spec.packages.include)
+    assert spec.image.filesystem is Filesystem.EROFS
+    assert spec.distribution.mirror.startswith("http")
+
+
+def test_defaults_fill_unset_sections() -> None:
+    spec = parse_spec(MINIMAL, "spec.toml")
+    assert spec.distribution.suite == "bookworm"
+    assert spec.image.effective_compression is Compression.LZ4HC
+    assert spec.prune.docs is True
+    assert spec.source == "spec.toml"
+
+
+def test_bad_toml_names_the_line() -> None:
+    message = error_of('name = "t"\n[packages]\ninclude = [\n"a",\nnot valid\n')
+    assert message.startswith("spec.toml: line 5: invalid TOML")
+
+
+def test_unknown_top_level_key() -> None:
+    assert error_of("colour = 'blue'\n" + MINIMAL).startswith("spec.toml: colour: unknown key")
+
+
+def test_unknown_nested_key() -> None:
+    text = MINIMAL.replace("[ssh]", "[ssh]\npermit_passwords = true")
+    assert error_of(text).startswith("spec.toml: ssh.permit_passwords: unknown key")
+
+
+def test_wrong_type() -> None:
+    text = MINIMAL.replace("permit_root_login = true", 'permit_root_login = "yes"')
+    assert error_of(text) == "spec.toml: ssh.permit_root_login: expected true or false, " \
+                             "got a string"
+
+
+def test_section_that_is_not_a_table() -> None:
+    message = error_of('ssh = "on"\n' + MINIMAL.replace("[ssh]\npermit_root_login = true", ""))
+    assert message == "spec.toml: ssh: expected a table, got a string"
+
+
+def test_empty_package_list() -> None:
+    text = MINIMAL.replace('["systemd", "openssh-server"]', "[]")
+    assert error_of(text) == "spec.toml: packages.include: must list at least one package"
+
+
+def test_missing_required_key() -> None:
+    assert error_of(MINIMAL.replace('name = "t"', "")) == "spec.toml: name: is required"
+
+
+def test_invalid_package_name() -> None:
+    text = MINIMAL.replace('"systemd"', '"Systemd; rm -rf /"')
+    assert "packages.include: 'Systemd; rm -rf /' is not a Debian package name" in error_of(text)
+
+
+def test_enum_value_lists_the_choices() -> None:
+    message = error_of(MINIMAL + '[image]\nfilesystem = "ext4"\n')
+    assert message == "spec.toml: image.filesystem: 'ext4' is not one of erofs, squashfs"
+
+
+def test_compression_must_suit_the_filesystem() -> None:
+    message = error_of(MINIMAL + '[image]\nfilesystem = "erofs"\ncompression = "xz"\n')
+    assert message.startswith("spec.toml: image.compression: xz is not available for erofs")
+
+
+def test_squashfs_defaults_to_xz() -> None:
+    spec = parse_spec(MINIMAL + '[image]\nfilesystem = "squashfs"\n', "spec.toml")
+    assert spec.image.effective_compression is Compression.XZ
+
+
+def test_root_login_must_be_allowed_for_root_access() -> None:
+    text = MINIMAL.replace("permit_root_login = true", "permit_root_login = false")
+    assert error_of(text).startswith("spec.toml: access.user: root cannot log in")
+
+
+def test_sysctl_overrides_accept_flat_and_nested_keys() -> None:
+    spec = parse_spec(MINIMAL + '[sysctl]\n"kernel.sysrq" = 1\n[sysctl.net.ipv4]\n'
+                      "ip_forward = 1\n", "spec.toml")
+    assert dict(spec.sysctl) == {"kernel.sysrq": "1", "net.ipv4.ip_forward": "1"}
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('"kernel.sysrq" = true', "expected an integer or string, got a boolean"),
+    ('"kernel sysrq" = 1', "is not a sysctl name"),
+    ('"kernel.sysrq" = "1\\n2"', "value must be one non-empty line"),
+])
+def test_bad_sysctls(line: str, problem: str) -> None:
+    message = error_of(MINIMAL + f"[sysctl]\n{line}\n")
+    assert message.startswith("spec.toml: sysctl: ") and problem in message
+
+
+def test_authorized_keys_must_be_public_key_lines() -> None:
+    message = error_of(MINIMAL + '[access]\nauthorized_keys = ["not a key"]\n')
+    assert message.startswith("spec.toml: access.authorized_keys: 'not a key' is not an OpenSSH")
+
+
+def test_cmdline_cannot_override_the_root() -> None:
+    message = error_of(MINIMAL + '[kernel]\ncmdline = ["root=/dev/sda1"]\n')
+    assert "is set by the builder" in message
+
+
+def test_added_keys_are_validated_and_deduplicated() -> None:
+    spec = parse_spec(MINIMAL + f'[access]\nauthorized_keys = ["{KEY}"]\n', "spec.toml")
+    merged = with_authorized_keys(spec, (KEY,), "--authorized-key")
+    assert merged.access.authorized_keys == (KEY,)
+    with pytest.raises(SpecError):
+        with_authorized_keys(spec, ("ssh-dss AAAA",), "--authorized-key")
+
+
+def test_digest_ignores_package_order_and_source() -> None:
+    a = parse_spec(MINIMAL, "a.toml")
+    b = parse_spec(MINIMAL.replace('["systemd", "openssh-server"]',
+                                   '["openssh-server", "systemd"]'), "b.toml")
+    assert a == b and a.digest() == b.digest()
+    c = parse_spec(MINIMAL + '[sysctl]\n"kernel.sysrq" = 1\n', "a.toml")
+    assert c.digest() != a.digest()
+
+
+def test_unreadable_spec_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "missing.toml")
+    assert str(info.value) == f"{tmp_path}/missing.toml: file: No such file or directory"

@@ -1,0 +1,112 @@
+"""Golden files for the rendered hardening layer, and checks by each file's real consumer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.spec import Spec, load_spec, with_authorized_keys
+from builder.stages.harden import BASELINE_SYSCTLS, RenderedFile, lock_passwords, render_layer
+from tests.conftest import IMAGES, REPO, make_keypair, sshd_binary
+
+GOLDEN = REPO / "tests" / "golden"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFh0ZXN0a2V5Zm9yZ29sZGVuZmlsZXNvbmx5MDEyMzQ1 golden"
+
+
+def spec(name: str) -> Spec:
+    return with_authorized_keys(load_spec(IMAGES / f"{name}.toml"), (KEY,), "test")
+
+
+def golden_path(image: str, rendered: RenderedFile) -> Path:
+    return GOLDEN / image / rendered.path.lstrip("/").replace("/", "__")
+
+
+@pytest.mark.parametrize("image", ["minimal", "container-host"])
+def test_layer_matches_golden_files(image: str) -> None:
+    """Regenerate with HARDHOST_UPDATE_GOLDEN=1 after an intended change, and review the diff."""
+    files = render_layer(spec(image))
+    if os.environ.get("HARDHOST_UPDATE_GOLDEN"):
+        shutil.rmtree(GOLDEN / image, ignore_errors=True)
+        (GOLDEN / image).mkdir(parents=True)
+        for rendered in files:
+            golden_path(image, rendered).write_text(rendered.content)
+    expected = sorted(p.name for p in (GOLDEN / image).iterdir())
+    assert sorted(golden_path(image, f).name for f in files) == expected
+    for rendered in files:
+        assert rendered.content == golden_path(image, rendered).read_text(), rendered.path
+
+
+def test_rendering_is_deterministic() -> None:
+    assert render_layer(spec("container-host")) == render_layer(spec("container-host"))
+
+
+def by_path(files: list[RenderedFile]) -> dict[str, RenderedFile]:
+    return {f.path: f for f in files}
+
+
+def test_sysctls_hold_the_baseline_and_the_overrides() -> None:
+    conf = by_path(render_layer(spec("container-host")))["/etc/sysctl.d/zz-hardhost.conf"]
+    lines = dict(line.split(" = ") for line in conf.content.splitlines()
+                 if line and not line.startswith("#"))
+    for key in ("kernel.kptr_restrict", "kernel.dmesg_restrict", "kernel.unprivileged_bpf_disabled",
+                "net.core.bpf_jit_harden", "kernel.kexec_load_disabled",
+                "kernel.yama.ptrace_scope", "fs.protected_symlinks", "net.ipv4.conf.all.rp_filter",
+                "net.ipv4.conf.all.accept_redirects"):
+        assert lines[key] == BASELINE_SYSCTLS[key]
+    assert lines["net.ipv4.ip_forward"] == "1"  # the container host's override
+
+
+@pytest.mark.parametrize("image", ["minimal", "container-host"])
+def test_initramfs_scripts_are_valid_shell(image: str, tmp_path: Path) -> None:
+    for rendered in render_layer(spec(image)):
+        if rendered.mode & 0o111:
+            script = tmp_path / Path(rendered.path).name
+            script.write_text(rendered.content)
+            subprocess.run(["sh", "-n", str(script)], check=True)
+
+
+@pytest.mark.e2e
+def test_sshd_accepts_the_config_and_refuses_passwords(tmp_path: Path) -> None:
+    sshd = sshd_binary()
+    conf = by_path(render_layer(spec("container-host")))["/etc/ssh/sshd_config.d/00-hardhost.conf"]
+    config = tmp_path / "sshd_config"
+    config.write_text(conf.content)
+    host_key = make_keypair(tmp_path / "keys", "host")
+    # -T checks and prints the effective configuration; the image's HostKey lives on the
+    # state disk, so a throwaway key stands in for it here.
+    effective = subprocess.run([sshd, "-T", "-f", str(config), "-h", str(host_key.private)],
+                               check=True, capture_output=True, text=True).stdout
+    settings = dict(line.split(" ", 1) for line in effective.splitlines() if " " in line)
+    assert settings["passwordauthentication"] == "no"
+    assert settings["kbdinteractiveauthentication"] == "no"
+    assert settings["permitrootlogin"] == "without-password"
+    assert settings["authenticationmethods"] == "publickey"
+
+
+def test_root_login_is_refused_unless_the_spec_allows_it() -> None:
+    import dataclasses
+
+    base = spec("container-host")
+    closed = dataclasses.replace(base, ssh=dataclasses.replace(base.ssh, permit_root_login=False),
+                                 access=dataclasses.replace(base.access, user="admin"))
+    conf = by_path(render_layer(closed))["/etc/ssh/sshd_config.d/00-hardhost.conf"].content
+    assert "PermitRootLogin no\n" in conf
+    assert "AllowUsers admin\n" in conf
+
+
+def test_docker_storage_gets_its_own_tmpfs_only_with_docker() -> None:
+    assert "/var/lib/docker" in by_path(render_layer(spec("container-host")))["/etc/fstab"].content
+    assert "/var/lib/docker" not in by_path(render_layer(spec("minimal")))["/etc/fstab"].content
+
+
+def test_lock_passwords(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:*:20000:0:99999:7:::\nbob:$6$salt$hash:20000::::::\n"
+                      "daemon:!:20000::::::\n")
+    lock_passwords(shadow)
+    fields = [line.split(":")[1] for line in shadow.read_text().splitlines()]
+    assert fields == ["!*", "!$6$salt$hash", "!"]

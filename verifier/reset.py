@@ -1,0 +1,56 @@
+"""Reset a host by reboot: the tmpfs overlays make every boot start from the golden state."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from builder.errors import Unreachable
+from verifier.transport import Target, connect
+
+log = logging.getLogger(__name__)
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id(target: Target, *, known_hosts: Path, identity: Path, timeout: float) -> str:
+    with connect(target, known_hosts=known_hosts, identity=identity, timeout=timeout) as session:
+        result = session.run(["cat", BOOT_ID], limit=128)
+    return result.stdout.decode(errors="replace").strip()
+
+
+def reboot(target: Target, *, known_hosts: Path, identity: Path, timeout: float,
+           connect_timeout: float = 15.0) -> str:
+    """Reboot `target` and wait until it answers with a new boot_id; return that boot_id.
+
+    Raises `Unreachable` naming the last thing seen when the host does not come back within
+    `timeout` seconds.
+    """
+    with connect(target, known_hosts=known_hosts, identity=identity,
+                 timeout=connect_timeout) as session:
+        before = session.run(["cat", BOOT_ID], limit=128).stdout.decode().strip()
+        # The connection may drop before systemctl answers; the new boot_id is the proof.
+        with contextlib.suppress(Unreachable):
+            session.run(["systemctl", "reboot"], timeout=connect_timeout)
+    log.info("  %s: rebooting (boot_id %s)", target, before)
+    start = time.monotonic()
+    last_seen = "no answer yet"
+    while time.monotonic() - start < timeout:
+        time.sleep(2.0)
+        try:
+            now = boot_id(target, known_hosts=known_hosts, identity=identity,
+                          timeout=connect_timeout)
+        except Unreachable as exc:
+            last_seen = str(exc)
+            continue
+        if now != before:
+            log.info("  %s: back after %.0fs with boot_id %s", target,
+                     time.monotonic() - start, now)
+            return now
+        last_seen = f"still on boot_id {before}"
+    raise Unreachable(f"{target}: did not come back with a new boot_id within {timeout:.0f}s "
+                      f"(last seen: {last_seen})")
+
+
