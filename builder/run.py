@@ -69,6 +69,17 @@ def _tail(text: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
+def _stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM first: mmdebstrap, for one, unmounts its chroot's /proc and /sys on SIGTERM,
+    and a SIGKILL would leave them mounted."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run(
     argv: Sequence[Arg],
     *,
@@ -117,12 +128,10 @@ def run(
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
         raise CommandFailed(args, -1, f"timed out after {timeout:.0f}s") from None
     except BaseException:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
         raise
     finally:
         for reader in readers:
