@@ -61,4 +61,4 @@ def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
 
 @pytest.fixture(scope="module")
 def booted(container_host: BuiltImage, client_key: KeyPair) -> Iterator[BootedHost]:
-    yield from boot(container_host, "hardhost-e2e", client_key.private)
+    yield from boot(container_host, "e2e-main", client_key.private)

@@ -45,7 +45,7 @@ def corrupted(container_host: BuiltImage, client_key: KeyPair,
         original = image.read(1)
         image.seek(offset)
         image.write(bytes([original[0] ^ 0xFF]))
-    yield from boot(BuiltImage(container_host.spec, copy), "hardhost-e2e-corrupt",
+    yield from boot(BuiltImage(container_host.spec, copy), "e2e-corrupt",
                     client_key.private)
 
 
@@ -83,7 +83,7 @@ def test_unknown_package_fails_with_mmdebstrap_reason(tmp_path: Path,
 
 
 def test_vm_that_never_answers_exits_3_naming_the_serial_log(container_host: BuiltImage) -> None:
-    name = "hardhost-e2e-timeout"
+    name = "e2e-timeout"
     vm.stop(name, purge=True)
     result = subprocess.run(
         [sys.executable, "-m", "builder.cli", "vm", "start", str(container_host.directory),

@@ -21,7 +21,7 @@ def minimal(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair) -> It
     spec = with_authorized_keys(load_spec(IMAGES / "minimal.toml"), (client_key.public_line,),
                                 "test")
     image = BuiltImage(spec, build(spec, tmp_path_factory.mktemp("minimal")))
-    yield from boot(image, "hardhost-e2e-minimal", client_key.private)
+    yield from boot(image, "e2e-minimal", client_key.private)
 
 
 def test_minimal_boots_a_verified_squashfs_root(minimal: BootedHost) -> None:
