@@ -82,6 +82,16 @@ def test_output_is_capped(loopback_sshd: LoopbackHost, client_key: KeyPair) -> N
         session.run(["head", "-c", "1000000", "/dev/zero"], limit=4096)
 
 
+def test_output_arrives_whole_after_a_quick_exit(loopback_sshd: LoopbackHost,
+                                                client_key: KeyPair) -> None:
+    """sshd can send the exit status before the last output: reading stops only at EOF."""
+    with connect(target(loopback_sshd), known_hosts=loopback_sshd.known_hosts,
+                 identity=client_key.private, timeout=20) as session:
+        for _ in range(5):
+            result = session.run(["head", "-c", "3000000", "/dev/urandom"])
+            assert len(result.stdout) == 3000000
+
+
 def test_slow_command_times_out(loopback_sshd: LoopbackHost, client_key: KeyPair) -> None:
     with connect(target(loopback_sshd), known_hosts=loopback_sshd.known_hosts,
                  identity=client_key.private, timeout=20) as session, \

@@ -138,8 +138,11 @@ class Session:
                 if len(out) + len(err) > limit:
                     raise HostOutputError(f"{self.target}: output exceeds {limit} bytes")
                 if not progressed:
-                    if channel.exit_status_ready() and not (channel.recv_ready()
-                                                            or channel.recv_stderr_ready()):
+                    # The end of output is EOF, not the exit status: sshd may send the status
+                    # while the last of the output is still on its way.
+                    drained = not (channel.recv_ready() or channel.recv_stderr_ready())
+                    if drained and (channel.eof_received or channel.closed) \
+                            and channel.exit_status_ready():
                         break
                     time.sleep(0.005)
             return ExecResult(channel.recv_exit_status(), bytes(out), bytes(err))
