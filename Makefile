@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CACHE := $(HOME)/.cache/hardhost
 DEMO_KEY := $(CACHE)/keys/id_ed25519
+SIGNING_KEY := $(CACHE)/keys/signing.key
 DEMO_OUT := out
 DEMO_NAME := demo
 DEMO_PORT ?= 2222
@@ -49,7 +50,10 @@ $(DEMO_KEY):
 	mkdir -p -m 0700 $(dir $@)
 	ssh-keygen -q -t ed25519 -N '' -C hardhost-demo -f $@
 
-keys: $(DEMO_KEY)
+$(SIGNING_KEY): | $(BIN)/hardhost
+	$(BIN)/hardhost keygen --out $(dir $@)
+
+keys: $(DEMO_KEY) $(SIGNING_KEY)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -63,7 +67,9 @@ test: deps venv lint
 
 demo: deps venv keys
 	$(BIN)/hardhost build images/container-host.toml -o $(DEMO_OUT) --force \
-		--authorized-key $(DEMO_KEY).pub
+		--authorized-key $(DEMO_KEY).pub --key $(SIGNING_KEY)
+	$(BIN)/hardhost manifest verify $(DEMO_OUT)/container-host/manifest.dsse.json \
+		--trust-key $(CACHE)/keys/signing.pub
 	$(BIN)/hardhost vm stop $(DEMO_NAME)
 	$(BIN)/hardhost vm start $(DEMO_OUT)/container-host --name $(DEMO_NAME) \
 		--ssh-port $(DEMO_PORT)

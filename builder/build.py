@@ -6,29 +6,28 @@ half-written image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from builder.cache import cache_root
-from builder.cmdline import kernel_cmdline
 from builder.context import BuildContext
 from builder.errors import BuildError, UsageError
 from builder.log import StepTiming, complete_step
 from builder.run import which
 from builder.spec import Filesystem, Spec
-from builder.stages import bootstrap, harden, initramfs, prune, rootfs
+from builder.stages import bootstrap, harden, initramfs, manifest, prune, rootfs
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity")
+ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity")  # what a VM boots from
 
 
 @dataclass(frozen=True)
@@ -43,29 +42,24 @@ STAGES = (
     Stage("initramfs", initramfs.run_stage),
     Stage("prune", prune.run_stage),
     Stage("rootfs", rootfs.run_stage),
+    Stage("manifest", manifest.run_stage),
 )
 
 
 def required_tools(spec: Spec) -> tuple[str, ...]:
     image_tool = "mkfs.erofs" if spec.image.filesystem is Filesystem.EROFS else "mksquashfs"
-    return ("mmdebstrap", "tar", "unshare", "chroot", "systemctl", image_tool, "veritysetup")
+    return ("mmdebstrap", "tar", "unshare", "chroot", "systemctl", image_tool, "veritysetup",
+            "apparmor_parser")
 
 
 def _source_date_epoch() -> int:
+    """$SOURCE_DATE_EPOCH, or 0 to let the bootstrap stage derive it from the package set."""
     raw = os.environ.get("SOURCE_DATE_EPOCH", "")
     if not raw:
-        return int(time.time())
+        return 0
     if not raw.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH: {raw!r} is not a number of seconds")
     return int(raw)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_build_json(ctx: BuildContext) -> None:
@@ -82,9 +76,8 @@ def _write_build_json(ctx: BuildContext) -> None:
         "compression": str(spec.image.effective_compression),
         "source_date_epoch": ctx.source_date_epoch,
         "artifacts": {
-            name: {"sha256": sha256_file(ctx.staging / name),
-                   "size": (ctx.staging / name).stat().st_size}
-            for name in ARTIFACTS
+            name: {"sha256": sha256, "size": (ctx.staging / name).stat().st_size}
+            for name, sha256 in ctx.subjects.items()
         },
         "stages": [{"name": t.name, "seconds": round(t.seconds, 2), "note": t.note}
                    for t in ctx.timings],
@@ -92,8 +85,8 @@ def _write_build_json(ctx: BuildContext) -> None:
     (ctx.staging / "build.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def build(spec: Spec, outdir: Path, *, force: bool = False) -> Path:
-    """Build `spec` into `outdir/NAME` and return that path."""
+def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False) -> Path:
+    """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path."""
     if os.geteuid() != 0:
         raise BuildError("hardhost build must run as root (mmdebstrap, chroot and device "
                          "nodes need it): run it with sudo")
@@ -109,7 +102,7 @@ def build(spec: Spec, outdir: Path, *, force: bool = False) -> Path:
     workdir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.work-", dir=outdir))
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=outdir))
     ctx = BuildContext(spec=spec, workdir=workdir, staging=staging, cache_dir=cache_root(),
-                       source_date_epoch=_source_date_epoch())
+                       signing_key=key, source_date_epoch=_source_date_epoch())
     try:
         with complete_step(f"Building {spec.name}", f"Built {spec.name}"):
             for number, stage in enumerate(STAGES, 1):
@@ -117,8 +110,6 @@ def build(spec: Spec, outdir: Path, *, force: bool = False) -> Path:
                     stage.run(ctx, step)
                 step.name = stage.name
                 ctx.timings.append(step)
-            ctx.cmdline = kernel_cmdline(spec, ctx.root_hash)
-            (staging / "cmdline").write_text(ctx.cmdline + "\n")
             _write_build_json(ctx)
         staging.chmod(0o755)
         for artifact in staging.iterdir():
@@ -139,3 +130,24 @@ def _replace(staging: Path, final: Path) -> None:
     staging.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
+                       force: bool = False) -> tuple[Path, str | None]:
+    """Build `spec` twice and compare the signed artifacts.
+
+    Returns the first build's path and the name of the first artifact that differs, or None.
+    """
+    final = build(spec, outdir, key=key, force=force)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.again-", dir=outdir))
+    try:
+        with complete_step("Building again to compare"):
+            again = build(spec, scratch, key=key)
+        first = json.loads((final / "build.json").read_text())["artifacts"]
+        second = json.loads((again / "build.json").read_text())["artifacts"]
+        for name in manifest.SUBJECTS:
+            if first[name]["sha256"] != second[name]["sha256"]:
+                return final, name
+        return final, None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

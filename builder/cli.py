@@ -29,11 +29,22 @@ exit codes:
 """
 
 
+def _signing_key_path(args: argparse.Namespace, spec_key: str) -> Path:
+    if args.key is not None:
+        return Path(args.key)
+    if spec_key:
+        return Path(args.spec.parent / spec_key).expanduser()
+    raise UsageError(f"{args.spec}: manifest.signing_key: no signing key; pass --key FILE or "
+                     "set it in the spec (make one with: hardhost keygen --out DIR)")
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
-    from builder.build import build
+    from builder.build import build, check_reproducible
+    from builder.signing import load_private_key
     from builder.spec import load_spec, with_authorized_keys
 
     spec = load_spec(args.spec)
+    key = load_private_key(_signing_key_path(args, spec.manifest.signing_key))
     extra: list[str] = []
     for key_file in args.authorized_key:
         try:
@@ -43,8 +54,69 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise UsageError(f"{key_file}: cannot read: {exc.strerror}") from None
     if extra:
         spec = with_authorized_keys(spec, tuple(extra), "--authorized-key")
-    final = build(spec, args.output, force=args.force)
+    if args.check_reproducible:
+        final, differing = check_reproducible(spec, args.output, key=key, force=args.force)
+        if differing is not None:
+            print(f"hardhost: not reproducible: {differing} differs between two builds of "
+                  f"{args.spec}", file=sys.stderr)
+            return 1
+        log.info("Reproducible: two builds gave identical %s", ", ".join(_subjects()))
+    else:
+        final = build(spec, args.output, key=key, force=args.force)
     print(final)
+    return 0
+
+
+def _subjects() -> tuple[str, ...]:
+    from builder.stages.manifest import SUBJECTS
+
+    return SUBJECTS
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from builder.signing import key_id, keygen, load_private_key
+
+    private, public = keygen(args.out)
+    print(f"{private}\n{public}")
+    log.info("key id %s", key_id(load_private_key(private).public_key()))
+    return 0
+
+
+def _cmd_manifest_verify(args: argparse.Namespace) -> int:
+    from builder.manifest import check_artifacts, read_verified
+    from builder.signing import load_trusted_keys
+
+    manifest, keyid = read_verified(args.file, load_trusted_keys(args.trust_key))
+    checked = check_artifacts(manifest, args.file.parent) if args.artifacts else []
+    print(f"{args.file}: good signature by {keyid[:16]}, {manifest.name}, expires "
+          f"{manifest.expires}; {len(checked)} of {len(manifest.subjects)} artifacts match")
+    return 0
+
+
+def _cmd_manifest_show(args: argparse.Namespace) -> int:
+    import json
+
+    from builder.manifest import read_verified
+    from builder.signing import load_trusted_keys
+
+    manifest, keyid = read_verified(args.file, load_trusted_keys(args.trust_key))
+    statement = manifest.statement()
+    if args.json:
+        print(json.dumps(statement, indent=2, sort_keys=True))
+        return 0
+    predicate = statement["predicate"]
+    print(f"manifest of {manifest.name}, signed by {keyid[:16]}")
+    for key in sorted(predicate):
+        value = predicate[key]
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for inner in sorted(value):
+                print(f"  {inner} = {value[inner]}")
+        else:
+            print(f"{key}: {value}")
+    print("subjects:")
+    for subject in manifest.subjects:
+        print(f"  {subject.name}  sha256:{subject.sha256}")
     return 0
 
 
@@ -124,7 +196,45 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--authorized-key", type=Path, action="append", default=[],
                        metavar="FILE", help="add the public key lines in FILE to "
                        "[access] authorized_keys (repeatable)")
+    build.add_argument("--key", type=Path, metavar="FILE",
+                       help="Ed25519 private key that signs the manifest (default: the spec's "
+                            "manifest.signing_key)")
+    build.add_argument("--check-reproducible", action="store_true",
+                       help="build twice and report the first artifact that differs (exit 1)")
     build.set_defaults(func=_cmd_build)
+
+    keygen = commands.add_parser(
+        "keygen", help="make an Ed25519 signing key pair",
+        description="Write DIR/signing.key (PEM, mode 0600) and DIR/signing.pub (PEM). "
+                    "Refuses to overwrite an existing key.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    keygen.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for the key pair")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    manifest = commands.add_parser(
+        "manifest", help="verify or show a signed manifest",
+        description="Check a build's manifest.dsse.json: a DSSE envelope around an in-toto "
+                    "statement. Exit 4 for a bad signature, an untrusted key, a truncated "
+                    "file, a changed artifact or an expired manifest.")
+    manifest_commands = manifest.add_subparsers(dest="manifest_command", required=True,
+                                                metavar="ACTION")
+    for name, func, text in (
+            ("verify", _cmd_manifest_verify, "verify the signature, expiry and artifacts"),
+            ("show", _cmd_manifest_show, "verify, then print what a host must show")):
+        sub = manifest_commands.add_parser(
+            name, help=text, description=f"{text[0].upper()}{text[1:]}. FILE must be signed "
+            "by a key given with --trust-key.", epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("file", type=Path, metavar="FILE", help="manifest.dsse.json")
+        sub.add_argument("--trust-key", type=Path, required=True, metavar="PUB",
+                         help="trusted public key (PEM), or a folder of *.pub keys")
+        sub.set_defaults(func=func)
+        if name == "verify":
+            sub.add_argument("--no-artifacts", dest="artifacts", action="store_false",
+                             help="do not compare the artifacts beside FILE with its digests")
+        else:
+            sub.add_argument("--json", action="store_true", help="print the statement as JSON")
 
     vm = commands.add_parser("vm", help="boot and stop images under qemu",
                              description="Run built images under qemu, SSH forwarded to a "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from builder.log import StepTiming
 from builder.spec import Spec
 
@@ -15,6 +17,8 @@ class BuildContext:
     workdir: Path  # scratch space, removed after the build
     staging: Path  # the output folder being assembled, renamed into place when complete
     cache_dir: Path
+    signing_key: Ed25519PrivateKey
+    # From $SOURCE_DATE_EPOCH; 0 until the bootstrap stage derives it from the package set.
     source_date_epoch: int
     bootstrap_key: str = ""
     kernel_release: str = ""
@@ -22,6 +26,7 @@ class BuildContext:
     salt: str = ""
     uuid: str = ""
     cmdline: str = ""
+    subjects: dict[str, str] = field(default_factory=dict)  # artifact name -> sha256
     timings: list[StepTiming] = field(default_factory=list)
 
     @property

@@ -208,6 +208,22 @@ class Prune:
         "remove apt and dpkg, so the image cannot install packages"))
 
 
+def _validity(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected a number of days, got {_tname(value)}")
+    if not 1 <= value <= 3650:
+        raise _Invalid(f"{value} is outside 1..3650 days")
+    return value
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    signing_key: str = field(default="", metadata=_help(
+        "Ed25519 private key (PEM) that signs the manifest; relative to the spec's folder"))
+    validity_days: int = field(default=90, metadata=_help(
+        "days until the signed manifest expires", _validity))
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str = field(metadata=_help("image name; the output folder is OUTDIR/NAME", _name))
@@ -219,14 +235,17 @@ class Spec:
     ssh: SSH = SSH()
     access: Access = Access()
     prune: Prune = Prune()
+    manifest: ManifestOptions = ManifestOptions()
     sysctl: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
         "sysctl overrides, merged over the hardened baseline", _sysctls))
     source: str = field(default="", compare=False, metadata=_help("path the spec came from"))
 
     def digest(self) -> str:
-        """sha256 over the canonical form of every setting (not the file's bytes or path)."""
+        """sha256 over the canonical form of every setting that shapes the image (not the
+        file's bytes or path, nor how the manifest is signed)."""
         data = dataclasses.asdict(self)
         data.pop("source")
+        data.pop("manifest")
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 

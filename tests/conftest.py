@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from builder.signing import keygen, load_private_key
 from verifier.transport import public_key_from_line, wait_for_host_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +49,25 @@ def sshd_binary() -> str:
         pytest.fail("sshd tests need root and openssh-server (make test provides both)")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     return sshd
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    private: Path
+    public: Path
+    key: Ed25519PrivateKey
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> SigningKeys:
+    directory = tmp_path_factory.mktemp("signing")
+    private, public = keygen(directory)
+    return SigningKeys(private, public, load_private_key(private))
+
+
+@pytest.fixture(scope="session")
+def signing_key(signing_keys: SigningKeys) -> Ed25519PrivateKey:
+    return signing_keys.key
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,10 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     ctx.tree.mkdir()
     run(["tar", "--extract", "--preserve-permissions", "--xattrs", "--xattrs-include=*",
          "--numeric-owner", "--file", tarball, "--directory", ctx.tree])
+    if not ctx.source_date_epoch:
+        # Without $SOURCE_DATE_EPOCH, the time dpkg last wrote its database stands for the
+        # package set: the same cached bootstrap always gives the same timestamps.
+        ctx.source_date_epoch = int((ctx.tree / "var/lib/dpkg/status").stat().st_mtime)
 
 
 def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
@@ -74,8 +78,9 @@ def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
         str(target),
         dist.mirror,
     ]
+    env = {"SOURCE_DATE_EPOCH": str(epoch)} if epoch else None
     try:
-        run(argv, env={"SOURCE_DATE_EPOCH": str(epoch)}, stream=True)
+        run(argv, env=env, stream=True)
     except CommandFailed as exc:
         missing = _MISSING_PACKAGE.search(exc.stderr)
         if missing:

@@ -173,11 +173,12 @@ def _passwd_entry(tree: Path, user: str) -> tuple[int, int, str]:
     raise BuildError(f"user {user!r} is missing from the image's /etc/passwd")
 
 
-def install_authorized_keys(tree: Path, spec: Spec) -> None:
+def install_authorized_keys(tree: Path, spec: Spec, epoch: int) -> None:
     user = spec.access.user
     if user != "root":
+        # useradd dates the password change from SOURCE_DATE_EPOCH: reproducible shadow.
         run_in_tree(tree, ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash",
-                           user])
+                           user], env={"SOURCE_DATE_EPOCH": str(epoch)})
     uid, gid, home = _passwd_entry(tree, user)
     ssh_dir = _inside(tree, home) / ".ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -199,7 +200,7 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     files = render_layer(ctx.spec)
     write_layer(tree, files)
     lock_passwords(tree / "etc/shadow")
-    install_authorized_keys(tree, ctx.spec)
+    install_authorized_keys(tree, ctx.spec, ctx.source_date_epoch)
     remove_baked_host_keys(tree)
     if "docker.io" in ctx.spec.packages.include:
         (tree / "var/lib/docker").mkdir(mode=0o710, exist_ok=True)

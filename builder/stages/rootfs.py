@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from builder import layout
+from builder.cmdline import kernel_cmdline
 from builder.context import BuildContext
 from builder.errors import BuildError
 from builder.log import StepTiming
@@ -62,4 +63,6 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     if not _HEX64.match(root_hash):
         raise BuildError(f"veritysetup wrote an unexpected root hash: {root_hash[:80]!r}")
     ctx.root_hash = root_hash
+    ctx.cmdline = kernel_cmdline(ctx.spec, root_hash)
+    (ctx.staging / "cmdline").write_text(ctx.cmdline + "\n")
     step.note = f"{image.stat().st_size / 2**20:.0f} MiB {ctx.spec.image.filesystem}"

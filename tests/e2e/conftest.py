@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder import vm
 from builder.build import build
@@ -42,11 +43,12 @@ class BootedHost:
 
 
 @pytest.fixture(scope="session")
-def container_host(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair) -> BuiltImage:
+def container_host(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair,
+                   signing_key: Ed25519PrivateKey) -> BuiltImage:
     spec = load_spec(IMAGES / "container-host.toml")
     spec = with_authorized_keys(spec, (client_key.public_line,), "test")
     out = tmp_path_factory.mktemp("images")
-    return BuiltImage(spec, build(spec, out))
+    return BuiltImage(spec, build(spec, out, key=signing_key))
 
 
 def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from builder.errors import TrustError
+from builder.manifest import MANIFEST_NAME, read_verified
+from builder.signing import load_trusted_keys
 from builder.stages.harden import effective_sysctls
-from tests.conftest import make_keypair
+from tests.conftest import SigningKeys, make_keypair
 from tests.e2e.conftest import BOOT_TIMEOUT, BootedHost
 from verifier.evidence import Evidence, collect
 from verifier.reset import boot_id, reboot
@@ -110,6 +113,25 @@ def test_passwords_are_locked(booted: BootedHost) -> None:
     assert status == 0
     unlocked = [line for line in out.splitlines() if not line.split(":")[1].startswith("!")]
     assert unlocked == []
+
+
+def test_booted_host_matches_the_signed_manifest(booted: BootedHost,
+                                                 signing_keys: SigningKeys) -> None:
+    """What the builder predicted is what the booted host shows."""
+    manifest, _ = read_verified(booted.image.directory / MANIFEST_NAME,
+                                load_trusted_keys(signing_keys.public))
+    ev = evidence(booted)
+    assert ev.verity["root hash"] == manifest.root_hash
+    assert ev.verity["salt"] == manifest.verity_salt
+    assert ev.cmdline == manifest.cmdline
+    assert ev.kernel_release == manifest.kernel_release
+    assert {k: ev.sysctls.get(k) for k in manifest.sysctls} == dict(manifest.sysctls)
+    assert ev.apparmor_profiles == dict(manifest.apparmor_profiles)
+    assert {k: ev.sshd.get(k) for k in manifest.sshd} == dict(manifest.sshd)
+    unexpected = [path for path in ev.overlay_changes["etc"] or ()
+                  if not any(fnmatch.fnmatchcase(path, pattern)
+                             for pattern in manifest.mutable_paths["etc"])]
+    assert unexpected == []
 
 
 def test_reboot_resets_etc_and_keeps_the_host_key(booted: BootedHost) -> None:

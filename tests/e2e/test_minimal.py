@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.build import build
 from builder.spec import load_spec, with_authorized_keys
@@ -17,10 +18,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def minimal(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair) -> Iterator[BootedHost]:
+def minimal(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair,
+            signing_key: Ed25519PrivateKey) -> Iterator[BootedHost]:
     spec = with_authorized_keys(load_spec(IMAGES / "minimal.toml"), (client_key.public_line,),
                                 "test")
-    image = BuiltImage(spec, build(spec, tmp_path_factory.mktemp("minimal")))
+    image = BuiltImage(spec, build(spec, tmp_path_factory.mktemp("minimal"), key=signing_key))
     yield from boot(image, "e2e-minimal", client_key.private)
 
 

@@ -1,0 +1,94 @@
+"""Stage 6: the SBOM and the signed manifest, the contract the verifier checks hosts against."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+
+from builder import layout, sbom, signing
+from builder.context import BuildContext
+from builder.log import StepTiming
+from builder.manifest import MANIFEST_NAME, HostManifest, Subject, format_time, sha256_file
+from builder.run import output
+from builder.spec import Spec
+from builder.stages.harden import effective_sysctls
+
+SBOM_NAME = "sbom.spdx.json"
+# Signed artifacts, in the order a reproducibility check compares them.
+SUBJECTS = ("root.img", "root.verity", "vmlinuz", "initrd.img", SBOM_NAME)
+
+# What changes under /etc and /var on a healthy host after boot, as globs per overlay.
+# /var holds runtime state by design (logs, caches, container storage), so all of it may
+# change; /etc may change only where services write their generated identity.
+MUTABLE_PATHS: Mapping[str, tuple[str, ...]] = {
+    "etc": (".pwd.lock", "machine-id", "cni", "cni/*", "docker", "docker/key.json"),
+    "var": ("*",),
+}
+
+
+def sshd_expectations(spec: Spec) -> dict[str, str]:
+    """The `sshd -T` values a booted host must report."""
+    return {
+        "passwordauthentication": "no",
+        "kbdinteractiveauthentication": "no",
+        "permitemptypasswords": "no",
+        "pubkeyauthentication": "yes",
+        "authenticationmethods": "publickey",
+        "permitrootlogin": "without-password" if spec.ssh.permit_root_login else "no",
+        "hostkey": f"{layout.STATE_MOUNT}/{layout.STATE_HOST_KEY}",
+    }
+
+
+def apparmor_profiles(tree: Path, spec: Spec) -> dict[str, str]:
+    """Profiles the image loads at boot, with the mode each must be in."""
+    base = tree / "etc/apparmor.d"
+    disabled = {p.name for p in (base / "disable").glob("*")}
+    complain = {p.name for p in (base / "force-complain").glob("*")}
+    profiles: dict[str, str] = {}
+    for path in sorted(p for p in base.iterdir() if p.is_file() and p.name not in disabled):
+        text = path.read_text(errors="replace")
+        mode = "complain" if path.name in complain or "complain)" in text else "enforce"
+        names = output(["apparmor_parser", "--names", "--base", base, "--Include", base, path])
+        for name in names.split():
+            profiles[name] = mode
+    if "docker.io" in spec.packages.include:
+        profiles["docker-default"] = "enforce"  # dockerd loads it when it starts
+    return profiles
+
+
+def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest: str,
+                   now: dt.datetime) -> HostManifest:
+    spec = ctx.spec
+    return HostManifest(
+        name=spec.name,
+        subjects=tuple(Subject(name, ctx.subjects[name]) for name in SUBJECTS),
+        spec_digest=spec.digest(),
+        package_list_digest=sbom.package_list_digest(packages),
+        sbom_digest=sbom_digest,
+        root_hash=ctx.root_hash,
+        verity_salt=ctx.salt,
+        filesystem=str(spec.image.filesystem),
+        kernel_release=ctx.kernel_release,
+        cmdline=ctx.cmdline,
+        sysctls=dict(effective_sysctls(spec)),
+        apparmor_profiles=apparmor_profiles(ctx.tree, spec),
+        seccomp_profiles={},
+        userns={},
+        sshd=sshd_expectations(spec),
+        mutable_paths=MUTABLE_PATHS,
+        created=format_time(now),
+        expires=format_time(now + dt.timedelta(days=spec.manifest.validity_days)),
+    )
+
+
+def run_stage(ctx: BuildContext, step: StepTiming) -> None:
+    key = ctx.signing_key
+    packages = sbom.installed_packages(ctx.tree)
+    epoch = dt.datetime.fromtimestamp(ctx.source_date_epoch, dt.UTC)
+    sbom.write(ctx.staging / SBOM_NAME, sbom.document(ctx.spec.name, packages,
+                                                       format_time(epoch)))
+    ctx.subjects = {name: sha256_file(ctx.staging / name) for name in SUBJECTS}
+    manifest = build_manifest(ctx, packages, ctx.subjects[SBOM_NAME], dt.datetime.now(dt.UTC))
+    (ctx.staging / MANIFEST_NAME).write_bytes(signing.sign(manifest.payload(), key))
+    step.note = f"{len(packages)} packages, key {signing.key_id(key.public_key())[:16]}"

@@ -1,0 +1,87 @@
+"""What a build writes: a verifiable signed manifest, a valid SBOM, reproducible artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+from builder.manifest import MANIFEST_NAME, read_verified
+from builder.signing import load_trusted_keys
+from builder.stages.manifest import SBOM_NAME, SUBJECTS
+from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
+from tests.e2e.conftest import BuiltImage
+
+pytestmark = pytest.mark.e2e
+
+
+def hardhost(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_manifest_verifies_and_covers_every_artifact(container_host: BuiltImage,
+                                                     signing_keys: SigningKeys) -> None:
+    path = container_host.directory / MANIFEST_NAME
+    result = hardhost("manifest", "verify", str(path), "--trust-key", str(signing_keys.public))
+    assert result.returncode == 0, result.stderr
+    assert f"{len(SUBJECTS)} of {len(SUBJECTS)} artifacts match" in result.stdout
+    manifest, _ = read_verified(path, load_trusted_keys(signing_keys.public))
+    record = container_host.record
+    assert manifest.root_hash == record["root_hash"]
+    assert manifest.cmdline == record["cmdline"]
+    assert manifest.spec_digest == container_host.spec.digest()
+    assert {s.name for s in manifest.subjects} == set(SUBJECTS)
+    assert manifest.apparmor_profiles["docker-default"] == "enforce"
+    assert manifest.sysctls["kernel.kptr_restrict"] == "2"
+
+
+def test_a_replaced_artifact_fails_verification(container_host: BuiltImage,
+                                                signing_keys: SigningKeys,
+                                                tmp_path: Path) -> None:
+    for name in (MANIFEST_NAME, "root.verity"):
+        (tmp_path / name).write_bytes((container_host.directory / name).read_bytes())
+    with (tmp_path / "root.verity").open("r+b") as f:
+        f.seek(8192)
+        byte = f.read(1)
+        f.seek(8192)
+        f.write(bytes([byte[0] ^ 1]))
+    result = hardhost("manifest", "verify", str(tmp_path / MANIFEST_NAME), "--trust-key",
+                      str(signing_keys.public))
+    assert result.returncode == 4
+    assert "root.verity: sha256" in result.stderr
+
+
+def test_sbom_is_valid_spdx_with_every_package(container_host: BuiltImage) -> None:
+    path = container_host.directory / SBOM_NAME
+    messages = validate_full_spdx_document(parse_file(str(path)))
+    assert [m.validation_message for m in messages] == []
+    doc = json.loads(path.read_text())
+    names = {p["name"] for p in doc["packages"]}
+    assert set(container_host.spec.packages.include) <= names
+    purls = [p["externalRefs"][0]["referenceLocator"] for p in doc["packages"]]
+    assert all(purl.startswith("pkg:deb/debian/") for purl in purls)
+
+
+def test_two_builds_are_bit_for_bit_identical(container_host: BuiltImage, client_key: KeyPair,
+                                              signing_keys: SigningKeys,
+                                              tmp_path: Path) -> None:
+    key = tmp_path / "client.pub"
+    key.write_text(client_key.public_line + "\n")
+    result = hardhost("build", str(IMAGES / "container-host.toml"), "-o", str(tmp_path / "out"),
+                      "--authorized-key", str(key), "--key", str(signing_keys.private),
+                      "--check-reproducible", timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Reproducible: two builds gave identical" in result.stderr
+    # Against the session's own build too: a third build of the same inputs.
+    ours = json.loads((tmp_path / "out/container-host/build.json").read_text())
+    theirs = container_host.record["artifacts"]
+    assert isinstance(theirs, dict)
+    for name in ("root.img", "root.verity"):
+        assert ours["artifacts"][name] == theirs[name]
+    assert ours["root_hash"] == container_host.record["root_hash"]
