@@ -85,11 +85,15 @@ def _write_build_json(ctx: BuildContext) -> None:
     (ctx.staging / "build.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False) -> Path:
-    """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path."""
+def require_root() -> None:
     if os.geteuid() != 0:
         raise BuildError("hardhost build must run as root (mmdebstrap, chroot and device "
                          "nodes need it): run it with sudo")
+
+
+def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False) -> Path:
+    """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path."""
+    require_root()
     if not spec.access.authorized_keys:
         raise UsageError(f"{spec.source}: access.authorized_keys: no key would be able to log "
                          "in; list one, or pass --authorized-key FILE")

@@ -25,7 +25,8 @@ exit codes:
   1  a build or command failed
   2  bad usage, or a malformed spec (FILE: KEY: what is wrong)
   3  a host or VM did not answer in time
-  4  trust failure: unknown or changed host key, refused credentials
+  4  trust failure: unknown or changed host key, refused credentials, or a manifest
+     with a bad signature, an untrusted key, a changed artifact or past its expiry
 """
 
 
@@ -39,11 +40,12 @@ def _signing_key_path(args: argparse.Namespace, spec_key: str) -> Path:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from builder.build import build, check_reproducible
+    from builder.build import build, check_reproducible, require_root
     from builder.signing import load_private_key
     from builder.spec import load_spec, with_authorized_keys
 
     spec = load_spec(args.spec)
+    require_root()
     key = load_private_key(_signing_key_path(args, spec.manifest.signing_key))
     extra: list[str] = []
     for key_file in args.authorized_key:

@@ -13,7 +13,7 @@ import pytest
 from builder.cli import main, parser
 from builder.errors import ToolMissing
 from builder.run import which
-from tests.conftest import IMAGES, REPO, KeyPair
+from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,20 +76,23 @@ def test_vm_start_rejects_a_bad_port() -> None:
 
 
 @pytest.mark.e2e
-def test_existing_output_is_refused_without_force(tmp_path: Path, client_key: KeyPair) -> None:
+def test_existing_output_is_refused_without_force(tmp_path: Path, client_key: KeyPair,
+                                                 signing_keys: SigningKeys) -> None:
     existing = tmp_path / "container-host"
     existing.mkdir()
     (existing / "keep").write_text("precious")
     result = run_cli("build", str(IMAGES / "container-host.toml"), "-o", str(tmp_path),
-                     "--authorized-key", f"{client_key.private}.pub")
+                     "--authorized-key", f"{client_key.private}.pub", "--key",
+                     str(signing_keys.private))
     assert result.returncode == 2
     assert result.stderr == f"hardhost: {existing}: already exists; pass --force to replace it\n"
     assert (existing / "keep").read_text() == "precious"
 
 
 @pytest.mark.e2e
-def test_build_without_keys_is_refused(tmp_path: Path) -> None:
-    result = run_cli("build", str(IMAGES / "minimal.toml"), "-o", str(tmp_path))
+def test_build_without_keys_is_refused(tmp_path: Path, signing_keys: SigningKeys) -> None:
+    result = run_cli("build", str(IMAGES / "minimal.toml"), "-o", str(tmp_path), "--key",
+                     str(signing_keys.private))
     assert result.returncode == 2
     assert "access.authorized_keys: no key would be able to log in" in result.stderr
 
@@ -111,3 +114,27 @@ def test_build_as_non_root_is_refused(client_key: KeyPair) -> None:
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith("hardhost: hardhost build must run as root")
         assert not (shared / "out").exists()
+
+
+@pytest.mark.e2e
+def test_build_without_a_signing_key_is_refused(tmp_path: Path) -> None:
+    result = run_cli("build", str(IMAGES / "minimal.toml"), "-o", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"hardhost: {IMAGES / 'minimal.toml'}: "
+                                    "manifest.signing_key: no signing key")
+
+
+@pytest.mark.e2e
+def test_spec_signing_key_that_others_can_read_is_refused(tmp_path: Path,
+                                                          signing_keys: SigningKeys) -> None:
+    key = tmp_path / "keys" / "signing.key"
+    key.parent.mkdir()
+    key.write_bytes(signing_keys.private.read_bytes())
+    key.chmod(0o640)
+    spec = tmp_path / "image.toml"
+    spec.write_text((IMAGES / "minimal.toml").read_text()
+                    + '\n[manifest]\nsigning_key = "keys/signing.key"\n')
+    result = run_cli("build", str(spec), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr == (f"hardhost: {key}: private key is readable by others (mode 0640). "
+                             f"Fix with: chmod 600 {key}\n")

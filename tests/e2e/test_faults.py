@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder import vm
-from tests.conftest import IMAGES, REPO, KeyPair, free_port
+from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys, free_port
 from tests.e2e.conftest import BootedHost, BuiltImage, boot
 from verifier.transport import connect
 
@@ -61,8 +61,8 @@ def test_flipped_byte_is_never_served(corrupted: BootedHost) -> None:
     assert "status:      corrupted" in verity or "corrupted" in verity
 
 
-def test_unknown_package_fails_with_mmdebstrap_reason(tmp_path: Path,
-                                                      client_key: KeyPair) -> None:
+def test_unknown_package_fails_with_mmdebstrap_reason(tmp_path: Path, client_key: KeyPair,
+                                                      signing_keys: SigningKeys) -> None:
     text = (IMAGES / "minimal.toml").read_text().replace(
         '"apparmor",\n]', '"apparmor",\n    "hardhost-no-such-package",\n]')
     assert "hardhost-no-such-package" in text
@@ -71,7 +71,7 @@ def test_unknown_package_fails_with_mmdebstrap_reason(tmp_path: Path,
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "builder.cli", "build", str(spec), "-o", str(out),
-         "--authorized-key", f"{client_key.private}.pub"],
+         "--authorized-key", f"{client_key.private}.pub", "--key", str(signing_keys.private)],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

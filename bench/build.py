@@ -1,0 +1,72 @@
+"""Build time: hardhost against the raw pipeline it wraps, on the same machine, in one run.
+
+    sudo .venv/bin/python bench/build.py [--spec images/container-host.toml]
+
+Measures a cold hardhost build (empty cache), a warm rebuild after changing one sysctl, and the
+raw pipeline run by hand on the same inputs: mmdebstrap, mkfs.erofs, veritysetup. Prints the
+seconds and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from builder.signing import keygen  # noqa: E402
+from builder.spec import load_spec  # noqa: E402
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.monotonic()
+    subprocess.run(argv, check=True, env={**os.environ, **(env or {})},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=REPO / "images/container-host.toml")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/build.py builds images: run it as root", file=sys.stderr)
+        return 2
+    spec = load_spec(args.spec)
+    with tempfile.TemporaryDirectory(prefix="hardhost-bench-", dir="/var/tmp") as name:
+        work = Path(name)
+        private, _ = keygen(work / "keys")
+        (work / "id.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJlbmNoa2V5Zm9yYnVp"
+                                     "bGR0aW1pbmdvbmx5MDEyMzQ1Njc4 bench\n")
+        hardhost = [sys.executable, "-m", "builder.cli", "build", "--key", str(private),
+                    "--authorized-key", str(work / "id.pub"), "--force", "-o", str(work / "out")]
+        cache = {"HARDHOST_CACHE_DIR": str(work / "cache")}
+        cold = timed([*hardhost, str(args.spec)], cache)
+        changed = work / "changed.toml"
+        changed.write_text(args.spec.read_text().replace(
+            "[sysctl]", '[sysctl]\n"kernel.sysrq" = 0', 1))
+        warm = timed([*hardhost, str(changed)], cache)
+
+        raw_tree = work / "raw-tree"
+        dist = spec.distribution
+        packages = ",".join(spec.packages.include)
+        raw = timed(["mmdebstrap", "--variant=minbase", f"--include={packages}", dist.suite,
+                     str(raw_tree), dist.mirror])
+        raw += timed(["mkfs.erofs", "-zlz4hc,12", "--quiet", str(work / "raw.img"), str(raw_tree)])
+        raw += timed(["veritysetup", "format", str(work / "raw.img"), str(work / "raw.verity")])
+    print(f"spec: {args.spec.name}")
+    print(f"hardhost cold build      {cold:7.1f} s")
+    print(f"hardhost warm rebuild    {warm:7.1f} s   ({warm / cold:.2f} x cold)")
+    print(f"raw mmdebstrap+mkfs.erofs+veritysetup {raw:7.1f} s")
+    print(f"cold build / raw pipeline: {cold / raw:.2f} x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
