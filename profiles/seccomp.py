@@ -47,7 +47,7 @@ def known_syscalls() -> frozenset[str]:
     return frozenset(names)
 
 
-def _check_names(names: Iterable[str], origin: str) -> None:
+def check_names(names: Iterable[str], origin: str) -> None:
     unknown = sorted(set(names) - known_syscalls())
     if unknown:
         raise SeccompError(f"{origin}: unknown syscall name {unknown[0]!r}")
@@ -64,7 +64,7 @@ def _allow(names: Iterable[str], comment: str,
 
 def generate(trace: Trace, name: str) -> dict[str, Any]:
     """The OCI seccomp profile for `trace`."""
-    _check_names(trace.syscalls, f"trace for {name}")
+    check_names(trace.syscalls, f"trace for {name}")
     recorded = set(trace.syscalls) - set(CONDITIONED)
     runtime = set(RUNTIME_SYSCALLS) - recorded
     rules = [_allow(recorded, f"{name}: recorded")]
