@@ -154,6 +154,51 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile_record(args: argparse.Namespace) -> int:
+    from profiles.record import record
+
+    command = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
+    trace, status = record(command, timeout=args.timeout)
+    args.out.write_text(trace.to_json())
+    log.info("recorded %d syscalls, %d files, %d executables, %d network calls (exit %d)",
+             len(trace.syscalls), len(trace.files), len(trace.executables),
+             len(trace.network), status)
+    print(args.out)
+    return 0
+
+
+def _cmd_profile_merge(args: argparse.Namespace) -> int:
+    from profiles.trace import load, merge
+
+    merged = merge(load(path) for path in args.traces)
+    args.output.write_text(merged.to_json())
+    print(args.output)
+    return 0
+
+
+def _cmd_profile_generate(args: argparse.Namespace) -> int:
+    from profiles.generate import generate_all
+    from profiles.trace import load
+
+    written = generate_all(load(args.trace), args.name, args.out_dir)
+    for path in (written.seccomp, written.apparmor, written.selinux):
+        if path is not None:
+            print(path)
+    return 0
+
+
+def _cmd_profile_check(args: argparse.Namespace) -> int:
+    from profiles.generate import check_all
+    from profiles.trace import load
+
+    denials = check_all(args.directory, load(args.trace))
+    for line in denials:
+        print(line)
+    if not denials:
+        print(f"{args.directory}: every recorded event is allowed")
+    return 1 if denials else 0
+
+
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -285,7 +330,54 @@ def parser() -> argparse.ArgumentParser:
                           help="bound on connecting and on the script (default: 30)")
     evidence.add_argument("--json", action="store_true", help="print one JSON document")
     evidence.set_defaults(func=_cmd_evidence)
+    _add_profile_commands(commands)
     return top
+
+
+def _add_profile_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    profile = commands.add_parser(
+        "profile", help="record a workload and generate its security profiles",
+        description="One recording of a workload (strace) yields its seccomp, AppArmor and "
+                    "SELinux profiles; check proves offline that the recording is allowed.")
+    actions = profile.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
+    record = actions.add_parser(
+        "record", help="run a command under strace and write its normalised trace",
+        description="Run CMD under strace -f and write what it did: syscalls (with clone "
+                    "flags, socket families and personality), executed binaries, files with "
+                    "their access modes, network calls and inferred capabilities.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    record.add_argument("--out", type=Path, required=True, metavar="TRACE",
+                        help="trace file to write (JSON)")
+    record.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS",
+                        help="stop the command after this long")
+    record.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                        help="the command to record")
+    record.set_defaults(func=_cmd_profile_record)
+    merge = actions.add_parser("merge", help="merge traces of several runs into one",
+                               description="Merge traces: the union of everything recorded.",
+                               epilog=EXIT_CODES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    merge.add_argument("traces", type=Path, nargs="+", metavar="TRACE")
+    merge.add_argument("-o", "--output", type=Path, required=True, metavar="TRACE",
+                       help="merged trace to write")
+    merge.set_defaults(func=_cmd_profile_merge)
+    generate = actions.add_parser(
+        "generate", help="write the profiles for a trace",
+        description="Write DIR/NAME.seccomp.json (OCI runtime-spec seccomp) from TRACE.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    generate.add_argument("trace", type=Path, metavar="TRACE")
+    generate.add_argument("--name", required=True, help="profile name (letters, digits, . _ -)")
+    generate.add_argument("--out-dir", type=Path, required=True, metavar="DIR")
+    generate.set_defaults(func=_cmd_profile_generate)
+    check = actions.add_parser(
+        "check", help="prove offline that every recorded event is allowed",
+        description="Evaluate the profiles in DIR against TRACE (seccomp with its argument "
+                    "conditions). Exit 0 if all is allowed; otherwise name the first event "
+                    "each profile would deny and exit 1.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("directory", type=Path, metavar="DIR")
+    check.add_argument("--trace", type=Path, required=True, metavar="TRACE")
+    check.set_defaults(func=_cmd_profile_check)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
