@@ -208,6 +208,44 @@ class Prune:
         "remove apt and dpkg, so the image cannot install packages"))
 
 
+def _subid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {_tname(value)}")
+    if not 65536 <= value <= 2**32 - 65536:
+        raise _Invalid(f"{value} is outside 65536..{2**32 - 65536}")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31:
+        raise _Invalid(f"expected a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Seccomp:
+    default_profile: bool = field(default=True, metadata=_help(
+        "install seccomp/default.json and make it the container runtime's default"))
+
+
+@dataclass(frozen=True)
+class AppArmor:
+    container_profile: bool = field(default=True, metadata=_help(
+        "install the hardhost-container profile, loaded in enforce mode at boot"))
+
+
+@dataclass(frozen=True)
+class UserNamespaces:
+    remap_user: str = field(default="dockremap", metadata=_help(
+        "user whose /etc/subuid and /etc/subgid ranges containers run in (userns-remap)",
+        _user))
+    subid_start: int = field(default=100000, metadata=_help("first subordinate id", _subid))
+    subid_count: int = field(default=65536, metadata=_help("number of subordinate ids",
+                                                           _count))
+    restrict_unprivileged: bool = field(default=True, metadata=_help(
+        "close unprivileged user namespaces to ordinary users on the host"))
+
+
 def _validity(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(f"expected a number of days, got {_tname(value)}")
@@ -236,6 +274,9 @@ class Spec:
     access: Access = Access()
     prune: Prune = Prune()
     manifest: ManifestOptions = ManifestOptions()
+    seccomp: Seccomp = Seccomp()
+    apparmor: AppArmor = AppArmor()
+    userns: UserNamespaces = UserNamespaces()
     sysctl: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
         "sysctl overrides, merged over the hardened baseline", _sysctls))
     source: str = field(default="", compare=False, metadata=_help("path the spec came from"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from builder.errors import BuildError
 from builder.log import StepTiming
 from builder.run import run
 from builder.spec import Spec
+from profiles import default as seccomp_default
 
 # The hardened baseline. The spec's [sysctl] table overrides any of these and adds more.
 BASELINE_SYSCTLS: Mapping[str, str] = {
@@ -70,6 +73,10 @@ MASKED_UNITS = ("systemd-networkd-wait-online.service", "apt-daily.timer",
                 "apt-daily-upgrade.timer")
 
 
+# Where the image keeps hardhost's own read-only data (on the verified root).
+SECCOMP_DEFAULT = "/usr/lib/hardhost/seccomp/default.json"
+
+
 @dataclass(frozen=True)
 class RenderedFile:
     path: str  # absolute path inside the image
@@ -79,6 +86,10 @@ class RenderedFile:
 
 def effective_sysctls(spec: Spec) -> tuple[tuple[str, str], ...]:
     merged = dict(BASELINE_SYSCTLS)
+    if spec.userns.restrict_unprivileged:
+        # Debian's switch: only root (and so the runtime's userns-remap) creates user
+        # namespaces; max_user_namespaces would stop the runtime too.
+        merged["kernel.unprivileged_userns_clone"] = "0"
     merged.update(spec.sysctl)
     return tuple(sorted(merged.items()))
 
@@ -103,7 +114,7 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
         "host_key": f"{layout.STATE_MOUNT}/{layout.STATE_HOST_KEY}",
         "permit_root_login": spec.ssh.permit_root_login,
         "user": spec.access.user,
-        "docker": "docker.io" in spec.packages.include,
+        "docker": has_docker(spec),
         "modules": INITRAMFS_MODULES,
         "cmdline_roothash": layout.CMDLINE_ROOTHASH,
         "cmdline_data": layout.CMDLINE_DATA,
@@ -137,7 +148,41 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
                      render("initramfs/verity.j2"), 0o755),
         RenderedFile(f"{initramfs}/scripts/init-bottom/hardhost-overlay",
                      render("initramfs/overlay.j2"), 0o755),
+        *runtime_files(spec),
     ]
+
+
+def has_docker(spec: Spec) -> bool:
+    return "docker.io" in spec.packages.include
+
+
+def subid_line(spec: Spec) -> str:
+    ns = spec.userns
+    return f"{ns.remap_user}:{ns.subid_start}:{ns.subid_count}"
+
+
+def docker_daemon_config(spec: Spec) -> dict[str, object]:
+    """dockerd's daemon.json: user-namespace remapping, the default seccomp profile, no new
+    privileges, no inter-container traffic by default, and no userland proxy."""
+    config: dict[str, object] = {
+        "userns-remap": spec.userns.remap_user,
+        "no-new-privileges": True,
+        "icc": False,
+        "userland-proxy": False,
+    }
+    if spec.seccomp.default_profile:
+        config["seccomp-profile"] = SECCOMP_DEFAULT
+    return config
+
+
+def runtime_files(spec: Spec) -> list[RenderedFile]:
+    """Container runtime configuration and user-namespace ranges."""
+    files = [RenderedFile("/etc/subuid", subid_line(spec) + "\n"),
+             RenderedFile("/etc/subgid", subid_line(spec) + "\n")]
+    if has_docker(spec):
+        files.append(RenderedFile("/etc/docker/daemon.json", json.dumps(
+            docker_daemon_config(spec), indent=2, sort_keys=True) + "\n"))
+    return files
 
 
 def _inside(tree: Path, path: str) -> Path:
@@ -189,6 +234,16 @@ def install_authorized_keys(tree: Path, spec: Spec, epoch: int) -> None:
         os.chown(path, uid, gid)
 
 
+def install_userns_user(tree: Path, spec: Spec, epoch: int) -> None:
+    """The unprivileged user whose subordinate ids containers are remapped into."""
+    user = spec.userns.remap_user
+    if any(line.split(":")[0] == user for line in (tree / "etc/passwd").read_text().splitlines()):
+        return
+    run_in_tree(tree, ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                       "--shell", "/usr/sbin/nologin", user],
+                env={"SOURCE_DATE_EPOCH": str(epoch)})
+
+
 def remove_baked_host_keys(tree: Path) -> None:
     """Debian's postinst made host keys at build time; every instance must have its own."""
     for key in (tree / "etc/ssh").glob("ssh_host_*"):
@@ -202,8 +257,14 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     lock_passwords(tree / "etc/shadow")
     install_authorized_keys(tree, ctx.spec, ctx.source_date_epoch)
     remove_baked_host_keys(tree)
-    if "docker.io" in ctx.spec.packages.include:
+    if has_docker(ctx.spec):
         (tree / "var/lib/docker").mkdir(mode=0o710, exist_ok=True)
+    install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
+    if ctx.spec.seccomp.default_profile:
+        target = _inside(tree, SECCOMP_DEFAULT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(seccomp_default.OUTPUT, target)
+        target.chmod(0o644)
     (tree / "etc/machine-id").write_text("")
     run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])
     run(["systemctl", f"--root={tree}", "mask", *MASKED_UNITS])

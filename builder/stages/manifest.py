@@ -12,6 +12,7 @@ from builder.log import StepTiming
 from builder.manifest import MANIFEST_NAME, HostManifest, Subject, format_time, sha256_file
 from builder.run import output
 from builder.spec import Spec
+from builder.stages import harden
 from builder.stages.harden import effective_sysctls
 
 SBOM_NAME = "sbom.spdx.json"
@@ -57,6 +58,21 @@ def apparmor_profiles(tree: Path, spec: Spec) -> dict[str, str]:
     return profiles
 
 
+def seccomp_profiles(tree: Path, spec: Spec) -> dict[str, str]:
+    if not spec.seccomp.default_profile:
+        return {}
+    path = harden.SECCOMP_DEFAULT
+    return {path: sha256_file(tree / path.lstrip("/"))}
+
+
+def userns_expectations(spec: Spec) -> dict[str, str]:
+    line = harden.subid_line(spec)
+    expected = {"remap_user": spec.userns.remap_user, "subuid": line, "subgid": line}
+    if harden.has_docker(spec):
+        expected["docker_userns_remap"] = spec.userns.remap_user
+    return expected
+
+
 def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest: str,
                    now: dt.datetime) -> HostManifest:
     spec = ctx.spec
@@ -73,8 +89,8 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         cmdline=ctx.cmdline,
         sysctls=dict(effective_sysctls(spec)),
         apparmor_profiles=apparmor_profiles(ctx.tree, spec),
-        seccomp_profiles={},
-        userns={},
+        seccomp_profiles=seccomp_profiles(ctx.tree, spec),
+        userns=userns_expectations(spec),
         sshd=sshd_expectations(spec),
         mutable_paths=MUTABLE_PATHS,
         created=format_time(now),

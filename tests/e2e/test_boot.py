@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 from pathlib import Path
 
 import paramiko
@@ -108,6 +109,28 @@ def test_host_key_is_the_provisioned_one(booted: BootedHost, tmp_path: Path) -> 
         pass
 
 
+def test_docker_runs_with_userns_remap_and_the_default_seccomp_profile(
+        booted: BootedHost) -> None:
+    status, out, err = shell(booted, "docker", "info", "--format", "{{json .SecurityOptions}}")
+    assert status == 0, err
+    options = json.loads(out)
+    assert "name=userns" in options
+    assert "name=apparmor" in options
+    assert any(o.startswith("name=seccomp,profile=") and o != "name=seccomp,profile=builtin"
+               for o in options), options
+    status, out, _ = shell(booted, "cat", "/etc/subuid", "/etc/subgid")
+    assert out == "dockremap:100000:65536\n" * 2
+    status, out, _ = shell(booted, "docker", "info", "--format", "{{.DockerRootDir}}")
+    assert out.strip() == "/var/lib/docker/100000.100000"
+
+
+def test_unprivileged_users_cannot_make_user_namespaces(booted: BootedHost) -> None:
+    status, _, err = shell(booted, "setpriv", "--reuid=65534", "--regid=65534",
+                           "--clear-groups", "unshare", "--user", "true")
+    assert status != 0
+    assert "Operation not permitted" in err
+
+
 def test_passwords_are_locked(booted: BootedHost) -> None:
     status, out, _ = shell(booted, "cut", "-d:", "-f1,2", "/etc/shadow")
     assert status == 0
@@ -128,6 +151,11 @@ def test_booted_host_matches_the_signed_manifest(booted: BootedHost,
     assert {k: ev.sysctls.get(k) for k in manifest.sysctls} == dict(manifest.sysctls)
     assert ev.apparmor_profiles == dict(manifest.apparmor_profiles)
     assert {k: ev.sshd.get(k) for k in manifest.sshd} == dict(manifest.sshd)
+    for path, digest in manifest.seccomp_profiles.items():
+        status, out, _ = shell(booted, "sha256sum", path)
+        assert status == 0 and out.split()[0] == digest
+    status, out, _ = shell(booted, "cat", "/etc/subuid")
+    assert out.strip() == manifest.userns["subuid"]
     unexpected = [path for path in ev.overlay_changes["etc"] or ()
                   if not any(fnmatch.fnmatchcase(path, pattern)
                              for pattern in manifest.mutable_paths["etc"])]
