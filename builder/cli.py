@@ -363,7 +363,9 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
     merge.set_defaults(func=_cmd_profile_merge)
     generate = actions.add_parser(
         "generate", help="write the profiles for a trace",
-        description="Write DIR/NAME.seccomp.json (OCI runtime-spec seccomp) from TRACE.",
+        description="Write DIR/NAME.seccomp.json (OCI runtime-spec seccomp) and DIR/NAME.cil "
+                    "(a least-privilege SELinux CIL module, compiled with secilc against a "
+                    "base policy) from TRACE.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     generate.add_argument("trace", type=Path, metavar="TRACE")
     generate.add_argument("--name", required=True, help="profile name (letters, digits, . _ -)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import UsageError
-from profiles import seccomp
+from profiles import seccomp, selinux
 from profiles.trace import Trace
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -40,7 +40,17 @@ def generate_all(trace: Trace, name: str, directory: Path) -> Written:
     directory.mkdir(parents=True, exist_ok=True)
     target = seccomp_path(directory, name)
     target.write_text(seccomp.dumps(seccomp.generate(trace, name)))
-    return Written(target)
+    module = selinux_name(name)
+    cil = selinux.generate(trace, module)
+    selinux.validate(cil)  # compiled for real by secilc against the base policy
+    cil_path = directory / f"{module}.cil"
+    cil_path.write_text(cil)
+    return Written(target, selinux=cil_path)
+
+
+def selinux_name(name: str) -> str:
+    """SELinux identifiers take letters, digits and '_' only."""
+    return re.sub(r"[^a-z0-9_]", "_", name.lower())
 
 
 def check_all(directory: Path, trace: Trace) -> list[str]:

@@ -33,6 +33,7 @@ def test_record_generate_check_and_merge(tmp_path: Path) -> None:
                          str(profiles))
     assert generated.returncode == 0, generated.stderr
     assert (profiles / "ls.seccomp.json").exists()
+    assert "(type ls_t)" in (profiles / "ls.cil").read_text()
     good = hardhost("profile", "check", str(profiles), "--trace", str(ls_trace))
     assert good.returncode == 0, good.stdout + good.stderr
 
