@@ -363,9 +363,10 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
     merge.set_defaults(func=_cmd_profile_merge)
     generate = actions.add_parser(
         "generate", help="write the profiles for a trace",
-        description="Write DIR/NAME.seccomp.json (OCI runtime-spec seccomp) and DIR/NAME.cil "
+        description="Write from TRACE: DIR/NAME.seccomp.json (OCI runtime-spec seccomp), "
+                    "DIR/NAME.apparmor (checked with apparmor_parser -Q -K) and DIR/NAME.cil "
                     "(a least-privilege SELinux CIL module, compiled with secilc against a "
-                    "base policy) from TRACE.",
+                    "base policy).",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     generate.add_argument("trace", type=Path, metavar="TRACE")
     generate.add_argument("--name", required=True, help="profile name (letters, digits, . _ -)")
@@ -373,9 +374,10 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
     generate.set_defaults(func=_cmd_profile_generate)
     check = actions.add_parser(
         "check", help="prove offline that every recorded event is allowed",
-        description="Evaluate the profiles in DIR against TRACE (seccomp with its argument "
-                    "conditions). Exit 0 if all is allowed; otherwise name the first event "
-                    "each profile would deny and exit 1.",
+        description="Evaluate the profiles in DIR against TRACE: seccomp with its argument "
+                    "conditions, and AppArmor's file, exec, network and capability rules. Exit "
+                    "0 if all is allowed; otherwise name the first event each profile would "
+                    "deny and exit 1.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("directory", type=Path, metavar="DIR")
     check.add_argument("--trace", type=Path, required=True, metavar="TRACE")

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import UsageError
-from profiles import seccomp, selinux
+from profiles import apparmor, seccomp, selinux
 from profiles.trace import Trace
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -24,19 +22,12 @@ class Written:
     selinux: Path | None = None
 
 
-def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise UsageError(f"profile name {name!r}: use letters, digits, '.', '_' and '-' "
-                         "(no spaces or slashes)")
-    return name
-
-
 def seccomp_path(directory: Path, name: str) -> Path:
     return directory / f"{name}.seccomp.json"
 
 
 def generate_all(trace: Trace, name: str, directory: Path) -> Written:
-    check_name(name)
+    apparmor.check_name(name)
     directory.mkdir(parents=True, exist_ok=True)
     target = seccomp_path(directory, name)
     target.write_text(seccomp.dumps(seccomp.generate(trace, name)))
@@ -45,7 +36,11 @@ def generate_all(trace: Trace, name: str, directory: Path) -> Written:
     selinux.validate(cil)  # compiled for real by secilc against the base policy
     cil_path = directory / f"{module}.cil"
     cil_path.write_text(cil)
-    return Written(target, selinux=cil_path)
+    profile = apparmor.generate(trace, name)
+    apparmor.validate(profile)  # apparmor_parser -Q -K: parsed for real, not loaded
+    apparmor_path = directory / f"{name}.apparmor"
+    apparmor_path.write_text(profile)
+    return Written(target, apparmor=apparmor_path, selinux=cil_path)
 
 
 def selinux_name(name: str) -> str:
@@ -54,7 +49,8 @@ def selinux_name(name: str) -> str:
 
 
 def check_all(directory: Path, trace: Trace) -> list[str]:
-    """One line per profile in `directory` that would deny a recorded event."""
+    """One line per profile in `directory` that would deny a recorded event (seccomp with its
+    argument conditions, AppArmor with its deny rules winning)."""
     profiles = sorted(directory.glob("*.seccomp.json"))
     if not profiles:
         raise UsageError(f"{directory}: no profiles here (expected NAME.seccomp.json)")
@@ -63,4 +59,8 @@ def check_all(directory: Path, trace: Trace) -> list[str]:
         denied = seccomp.first_denied(seccomp.load(path), trace)
         if denied is not None:
             denials.append(f"{path.name}: seccomp would deny {denied}")
+    for path in sorted(directory.glob("*.apparmor")):
+        refused = apparmor.first_denied(apparmor.load(path), trace)
+        if refused is not None:
+            denials.append(f"{path.name}: AppArmor would deny {refused}")
     return denials

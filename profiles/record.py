@@ -22,7 +22,8 @@ from profiles.trace import FileAccess, NetworkCall, SocketUse, Trace, TraceError
 
 _LINE = re.compile(r"^(?P<pid>\d+) +(?:(?P<name>[a-z_][a-z0-9_]*)\((?P<args>.*)"
                    r"|<\.\.\. (?P<rname>[a-z_][a-z0-9_]*) resumed>(?P<rest>.*))$")
-_RESULT = re.compile(r"\)\s+=\s+(?P<ret>-?(?:0x[0-9a-f]+|\d+|\?))(?:<[^>]*>)?(?:\s.*)?$")
+_RESULT = re.compile(r"\)\s+=\s+(?P<ret>-?(?:0x[0-9a-f]+|\d+|\?))(?:<(?P<path>[^>]*)>)?"
+                     r"(?:\s.*)?$")
 _FD_PATH = re.compile(r"^-?\d+<(?P<path>/[^>]*)>$")
 _FD_SOCKET = re.compile(r"^\d+<(?P<proto>[A-Za-z0-9-]+):\[(?P<detail>[^\]]*)\]>$")
 
@@ -33,6 +34,7 @@ _PROTO_TYPES = {"TCP": ("inet", "stream"), "TCPv6": ("inet6", "stream"),
                 "UNIX-STREAM": ("unix", "stream"), "UNIX-DGRAM": ("unix", "dgram"),
                 "UNIX-SEQPACKET": ("unix", "seqpacket"), "NETLINK": ("netlink", "dgram")}
 O_ACCMODE, O_WRONLY, O_RDWR, O_CREAT, O_APPEND, O_TRUNC = 3, 1, 2, 0o100, 0o2000, 0o1000
+O_DIRECTORY = 0o200000
 PROT_EXEC = 4
 # Capabilities a syscall needs whenever it succeeds for an unprivileged container.
 _CAPABILITY_CALLS = {
@@ -115,6 +117,9 @@ class _Collector:
     files: list[FileAccess] = field(default_factory=list)
     network: set[NetworkCall] = field(default_factory=set)
     capabilities: set[str] = field(default_factory=set)
+    # The path strace printed for a returned file descriptor: the one the kernel resolved,
+    # symlinks and all, which is what AppArmor checks.
+    _ret_path: str | None = None
 
     def trace(self) -> Trace:
         return normalise(syscalls=self.syscalls, clone_flags=self.clone_flags,
@@ -122,8 +127,10 @@ class _Collector:
                          executables=self.executables, files=self.files,
                          network=self.network, capabilities=self.capabilities)
 
-    def call(self, name: str, args: list[str], ret: int | None) -> None:
+    def call(self, name: str, args: list[str], ret: int | None,
+             ret_path: str | None = None) -> None:
         self.syscalls.add(name)
+        self._ret_path = ret_path
         ok = ret is not None and ret >= 0
         if ok and name in _CAPABILITY_CALLS:
             self.capabilities.add(_CAPABILITY_CALLS[name])
@@ -134,22 +141,29 @@ class _Collector:
     def _on_execve(self, args: list[str], ok: bool) -> None:
         path = c_string(args[0])
         if ok and path and path.startswith("/"):
-            self.executables.add(os.path.normpath(path))
+            # The kernel (and AppArmor) sees the binary behind any symlink; recording runs
+            # where the workload runs, so resolving here gives that path.
+            self.executables.add(os.path.realpath(path))
 
     def _open(self, dirfd: str | None, path_arg: str, flags: int | None, ok: bool) -> None:
         path = c_string(path_arg)
         if not ok or path is None or flags is None:
             return
-        if not path.startswith("/"):
+        if self._ret_path and self._ret_path.startswith("/"):
+            path = self._ret_path
+        elif not path.startswith("/"):
             base = _fd_path(dirfd) if dirfd else None
             if base is None:
                 return
             path = os.path.join(base, path)
+        path = os.path.normpath(path)
+        if flags & O_DIRECTORY and path != "/":
+            path += "/"  # AppArmor names a directory with its trailing slash
         access = flags & O_ACCMODE
         mode = "r" if access != O_WRONLY else ""
         if access in (O_WRONLY, O_RDWR) or flags & (O_CREAT | O_TRUNC):
             mode += "a" if flags & O_APPEND and not flags & O_TRUNC else "w"
-        self.files.append(FileAccess(os.path.normpath(path), mode))
+        self.files.append(FileAccess(path, mode))
 
     def _on_open(self, args: list[str], ok: bool) -> None:
         if len(args) >= 2:
@@ -256,10 +270,11 @@ def parse_strace(lines: Iterable[str]) -> Trace:
             text = head + match.group("rest")
             name = started
         result = _RESULT.search(text)
-        ret = None
+        ret, ret_path = None, None
         if result and result.group("ret") != "?":
             ret = int(result.group("ret"), 0)
-        collector.call(name, split_args(text), ret)
+            ret_path = result.group("path")
+        collector.call(name, split_args(text), ret, ret_path)
     return collector.trace()
 
 

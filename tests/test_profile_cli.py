@@ -34,6 +34,7 @@ def test_record_generate_check_and_merge(tmp_path: Path) -> None:
     assert generated.returncode == 0, generated.stderr
     assert (profiles / "ls.seccomp.json").exists()
     assert "(type ls_t)" in (profiles / "ls.cil").read_text()
+    assert "profile ls " in (profiles / "ls.apparmor").read_text()
     good = hardhost("profile", "check", str(profiles), "--trace", str(ls_trace))
     assert good.returncode == 0, good.stdout + good.stderr
 
@@ -43,7 +44,8 @@ def test_record_generate_check_and_merge(tmp_path: Path) -> None:
                     "-c", "import socket; socket.socket(socket.AF_INET6)").returncode == 0
     denied = hardhost("profile", "check", str(profiles), "--trace", str(net_trace))
     assert denied.returncode == 1
-    assert denied.stdout.startswith("ls.seccomp.json: seccomp would deny ")
+    assert "ls.seccomp.json: seccomp would deny " in denied.stdout
+    assert "ls.apparmor: AppArmor would deny " in denied.stdout
 
     merged = tmp_path / "merged.json"
     assert hardhost("profile", "merge", str(ls_trace), str(cat_trace), "-o",
