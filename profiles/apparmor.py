@@ -253,6 +253,16 @@ def generate(trace: Trace, name: str) -> str:
     )
 
 
+DEFAULT_NAME = "hardhost-container-default"
+DEFAULT_TEMPLATE = "container-default.profile.j2"
+
+
+def generate_default(name: str = DEFAULT_NAME) -> str:
+    """The container profile for workloads without a recording (apparmor/container-default)."""
+    check_name(name)
+    return _environment().get_template(DEFAULT_TEMPLATE).render(name=name, ptrace=False)
+
+
 # --- Reading a profile back -------------------------------------------------------------
 
 

@@ -1,6 +1,9 @@
-"""seccomp/default.json, generated from the readable policy in seccomp/default-policy.toml.
+"""The shipped default profiles, generated from their sources:
 
-    .venv/bin/python -m profiles.default   # rewrites seccomp/default.json
+- seccomp/default.json from the readable policy in seccomp/default-policy.toml;
+- apparmor/container-default from apparmor/container-default.profile.j2.
+
+    .venv/bin/python -m profiles.default   # rewrites both
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from profiles import seccomp
+from profiles import apparmor, seccomp
 
 POLICY = seccomp.DATA / "default-policy.toml"
 OUTPUT = seccomp.DATA / "default.json"
+APPARMOR_OUTPUT = apparmor.DATA / "container-default"
 
 
 def build(policy_path: Path = POLICY) -> dict[str, Any]:
@@ -52,7 +56,8 @@ def build(policy_path: Path = POLICY) -> dict[str, Any]:
 
 def main() -> int:
     OUTPUT.write_text(seccomp.dumps(build()))
-    print(OUTPUT)
+    APPARMOR_OUTPUT.write_text(apparmor.generate_default())
+    print(f"{OUTPUT}\n{APPARMOR_OUTPUT}")
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from builder.run import which
-from profiles import apparmor
+from profiles import apparmor, default
 from profiles.apparmor import (
     CapabilityRule,
     FileRule,
@@ -26,7 +26,8 @@ from profiles.trace import FileAccess, NetworkCall, SocketUse, Trace, load, merg
 from tests.conftest import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "apparmor"
-DOCKER_DEFAULT = Path("/work/shared/reference/moby-apparmor/docker-default.golden")
+# Peers' reference data lies beside the repository, never inside it.
+DOCKER_DEFAULT = REPO.parent / "shared/reference/moby-apparmor/docker-default.golden"
 TRACES = sorted(GOLDEN.glob("*.trace.json"))
 
 
@@ -405,7 +406,17 @@ def test_every_docker_deny_line_is_read() -> None:
     ids=["empty", "webapp", "broad"])
 def test_docker_default_denies_are_covered(trace: Trace) -> None:
     """Each deny of docker-default holds in ours: for file rules, on sample paths it matches."""
-    ours = profile_of(trace, "anything")
+    assert_covers_docker(profile_of(trace, "anything"))
+
+
+def test_container_default_is_generated_and_covers_docker() -> None:
+    text = default.APPARMOR_OUTPUT.read_text()
+    assert text == apparmor.generate_default()
+    apparmor.validate(text)
+    assert_covers_docker(apparmor.parse(text))
+
+
+def assert_covers_docker(ours: ParsedProfile) -> None:
     for rule in docker_default().files:
         if not rule.deny:
             continue

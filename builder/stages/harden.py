@@ -18,7 +18,7 @@ from builder.errors import BuildError
 from builder.log import StepTiming
 from builder.run import run
 from builder.spec import Spec
-from profiles import default as seccomp_default
+from profiles import default as default_profiles
 
 # The hardened baseline. The spec's [sysctl] table overrides any of these and adds more.
 BASELINE_SYSCTLS: Mapping[str, str] = {
@@ -260,10 +260,15 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     if has_docker(ctx.spec):
         (tree / "var/lib/docker").mkdir(mode=0o710, exist_ok=True)
     install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
+    if ctx.spec.apparmor.container_profile:
+        # Loaded by apparmor.service at boot, in enforce mode.
+        profile = tree / "etc/apparmor.d" / default_profiles.APPARMOR_OUTPUT.name
+        shutil.copyfile(default_profiles.APPARMOR_OUTPUT, profile)
+        profile.chmod(0o644)
     if ctx.spec.seccomp.default_profile:
         target = _inside(tree, SECCOMP_DEFAULT)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(seccomp_default.OUTPUT, target)
+        shutil.copyfile(default_profiles.OUTPUT, target)
         target.chmod(0o644)
     (tree / "etc/machine-id").write_text("")
     run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])

@@ -13,6 +13,9 @@ from builder.errors import TrustError
 from builder.manifest import MANIFEST_NAME, read_verified
 from builder.signing import load_trusted_keys
 from builder.stages.harden import effective_sysctls
+from profiles import apparmor
+from profiles.apparmor import DEFAULT_NAME
+from profiles.record import record
 from tests.conftest import SigningKeys, make_keypair
 from tests.e2e.conftest import BOOT_TIMEOUT, BootedHost
 from verifier.evidence import Evidence, collect
@@ -160,6 +163,37 @@ def test_booted_host_matches_the_signed_manifest(booted: BootedHost,
                   if not any(fnmatch.fnmatchcase(path, pattern)
                              for pattern in manifest.mutable_paths["etc"])]
     assert unexpected == []
+
+
+def test_container_default_profile_is_enforced(booted: BootedHost) -> None:
+    assert evidence(booted).apparmor_profiles[DEFAULT_NAME] == "enforce"
+    status, out, _ = shell(booted, "aa-exec", "-p", DEFAULT_NAME, "--", "cat", "/etc/hostname")
+    assert status == 0 and out.strip() == "container-host"
+    status, _, err = shell(booted, "aa-exec", "-p", DEFAULT_NAME, "--", "sh", "-c",
+                           "echo 1 > /proc/sys/kernel/sysrq")
+    assert status != 0 and "Permission denied" in err
+
+
+def test_generated_profile_confines_a_recorded_workload(booted: BootedHost,
+                                                        tmp_path: Path) -> None:
+    """Record on this machine, load the generated profile on the booted host (Debian 12 on
+    both, so the recorded paths exist there), and run the workload confined."""
+    trace, status = record(["/usr/bin/cat", "/etc/hostname"])
+    assert status == 0
+    profile = apparmor.generate(trace, "hardhost-e2e-cat")
+    with connect(booted.target, known_hosts=booted.known_hosts, identity=booted.identity,
+                 timeout=30) as session:
+        session.run(["tee", "/tmp/hardhost-e2e-cat"], stdin=profile.encode())
+        loaded = session.run(["apparmor_parser", "--replace", "/tmp/hardhost-e2e-cat"])
+        assert loaded.exit_status == 0, loaded.stderr
+        allowed = session.run(["aa-exec", "-p", "hardhost-e2e-cat", "--", "/usr/bin/cat",
+                               "/etc/hostname"])
+        denied = session.run(["aa-exec", "-p", "hardhost-e2e-cat", "--", "/usr/bin/cat",
+                              "/etc/os-release"])
+        modes = collect(session, timeout=60).apparmor_profiles
+    assert modes["hardhost-e2e-cat"] == "enforce"
+    assert allowed.exit_status == 0 and allowed.stdout == b"container-host\n"
+    assert denied.exit_status != 0 and b"Permission denied" in denied.stderr
 
 
 def test_reboot_resets_etc_and_keeps_the_host_key(booted: BootedHost) -> None:
