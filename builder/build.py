@@ -23,7 +23,7 @@ from builder.errors import BuildError, UsageError
 from builder.log import StepTiming, complete_step
 from builder.run import which
 from builder.spec import Filesystem, Spec
-from builder.stages import bootstrap, harden, initramfs, manifest, prune, rootfs
+from builder.stages import bootstrap, harden, initramfs, manifest, prune, rootfs, security
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Stage:
 STAGES = (
     Stage("bootstrap", bootstrap.run_stage),
     Stage("harden", harden.run_stage),
+    Stage("security", security.run_stage),
     Stage("initramfs", initramfs.run_stage),
     Stage("prune", prune.run_stage),
     Stage("rootfs", rootfs.run_stage),

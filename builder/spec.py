@@ -222,16 +222,39 @@ def _count(value: Any) -> int:
     return value
 
 
+def _files(value: Any) -> tuple[str, ...]:
+    paths = _str_list(value)
+    for path in paths:
+        if not path or "\0" in path or "\n" in path:
+            raise _Invalid(f"{path!r} is not a file path")
+    return tuple(paths)
+
+
 @dataclass(frozen=True)
 class Seccomp:
     default_profile: bool = field(default=True, metadata=_help(
         "install seccomp/default.json and make it the container runtime's default"))
+    allow_keyring: bool = field(default=False, metadata=_help(
+        "let the default profile allow add_key, keyctl and request_key"))
+    profiles: tuple[str, ...] = field(default=(), metadata=_help(
+        "generated NAME.seccomp.json files to install (relative to the spec's folder)",
+        _files))
 
 
 @dataclass(frozen=True)
 class AppArmor:
     container_profile: bool = field(default=True, metadata=_help(
-        "install the hardhost-container profile, loaded in enforce mode at boot"))
+        "install the hardhost-container-default profile, loaded in enforce mode at boot"))
+    profiles: tuple[str, ...] = field(default=(), metadata=_help(
+        "generated AppArmor profiles to install and enforce (relative to the spec's folder)",
+        _files))
+
+
+@dataclass(frozen=True)
+class SELinux:
+    modules: tuple[str, ...] = field(default=(), metadata=_help(
+        "generated CIL modules to ship under /usr/share/hardhost/selinux, compiled with "
+        "secilc at build time (relative to the spec's folder)", _files))
 
 
 @dataclass(frozen=True)
@@ -276,6 +299,7 @@ class Spec:
     manifest: ManifestOptions = ManifestOptions()
     seccomp: Seccomp = Seccomp()
     apparmor: AppArmor = AppArmor()
+    selinux: SELinux = SELinux()
     userns: UserNamespaces = UserNamespaces()
     sysctl: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
         "sysctl overrides, merged over the hardened baseline", _sysctls))
@@ -375,6 +399,11 @@ def parse_spec(text: str, path: str) -> Spec:
     spec = dataclasses.replace(spec, source=path)
     _validate(spec, path)
     return spec
+
+
+def spec_relative(spec: Spec, path: str) -> Path:
+    """A path from the spec, relative to the folder the spec file is in."""
+    return Path(spec.source).parent / Path(path).expanduser()
 
 
 def load_spec(path: Path) -> Spec:

@@ -20,11 +20,16 @@ OUTPUT = seccomp.DATA / "default.json"
 APPARMOR_OUTPUT = apparmor.DATA / "container-default"
 
 
-def build(policy_path: Path = POLICY) -> dict[str, Any]:
+def build(policy_path: Path = POLICY, *, allow_keyring: bool = False) -> dict[str, Any]:
     policy = tomllib.loads(policy_path.read_text())
     blocked = set(policy["blocked"]["syscalls"])
+    groups = list(policy["allow"])
+    if allow_keyring:
+        keyring = policy["configurable"]["keyring"]
+        blocked -= set(keyring["syscalls"])
+        groups.append(keyring)
     rules: list[dict[str, Any]] = []
-    for group in policy["allow"]:
+    for group in groups:
         names = group["syscalls"]
         seccomp.check_names(names, str(policy_path))
         overlap = sorted(blocked & set(names))

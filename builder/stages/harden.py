@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from builder.errors import BuildError
 from builder.log import StepTiming
 from builder.run import run
 from builder.spec import Spec
-from profiles import default as default_profiles
+from builder.stages import security
 
 # The hardened baseline. The spec's [sysctl] table overrides any of these and adds more.
 BASELINE_SYSCTLS: Mapping[str, str] = {
@@ -72,9 +71,6 @@ ENABLED_UNITS = ("systemd-networkd.service",)
 MASKED_UNITS = ("systemd-networkd-wait-online.service", "apt-daily.timer",
                 "apt-daily-upgrade.timer")
 
-
-# Where the image keeps hardhost's own read-only data (on the verified root).
-SECCOMP_DEFAULT = "/usr/lib/hardhost/seccomp/default.json"
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,7 @@ def docker_daemon_config(spec: Spec) -> dict[str, object]:
         "userland-proxy": False,
     }
     if spec.seccomp.default_profile:
-        config["seccomp-profile"] = SECCOMP_DEFAULT
+        config["seccomp-profile"] = security.SECCOMP_DEFAULT
     return config
 
 
@@ -260,16 +256,6 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     if has_docker(ctx.spec):
         (tree / "var/lib/docker").mkdir(mode=0o710, exist_ok=True)
     install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
-    if ctx.spec.apparmor.container_profile:
-        # Loaded by apparmor.service at boot, in enforce mode.
-        profile = tree / "etc/apparmor.d" / default_profiles.APPARMOR_OUTPUT.name
-        shutil.copyfile(default_profiles.APPARMOR_OUTPUT, profile)
-        profile.chmod(0o644)
-    if ctx.spec.seccomp.default_profile:
-        target = _inside(tree, SECCOMP_DEFAULT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(default_profiles.OUTPUT, target)
-        target.chmod(0o644)
     (tree / "etc/machine-id").write_text("")
     run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])
     run(["systemctl", f"--root={tree}", "mask", *MASKED_UNITS])

@@ -12,7 +12,7 @@ from builder.log import StepTiming
 from builder.manifest import MANIFEST_NAME, HostManifest, Subject, format_time, sha256_file
 from builder.run import output
 from builder.spec import Spec
-from builder.stages import harden
+from builder.stages import harden, security
 from builder.stages.harden import effective_sysctls
 
 SBOM_NAME = "sbom.spdx.json"
@@ -58,11 +58,11 @@ def apparmor_profiles(tree: Path, spec: Spec) -> dict[str, str]:
     return profiles
 
 
-def seccomp_profiles(tree: Path, spec: Spec) -> dict[str, str]:
-    if not spec.seccomp.default_profile:
-        return {}
-    path = harden.SECCOMP_DEFAULT
-    return {path: sha256_file(tree / path.lstrip("/"))}
+def seccomp_profiles(tree: Path) -> dict[str, str]:
+    """Every seccomp profile the image carries, by its path on the host."""
+    directory = tree / security.SECCOMP_DIR.lstrip("/")
+    return {f"{security.SECCOMP_DIR}/{p.name}": sha256_file(p)
+            for p in sorted(directory.glob("*.json"))}
 
 
 def userns_expectations(spec: Spec) -> dict[str, str]:
@@ -89,7 +89,7 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         cmdline=ctx.cmdline,
         sysctls=dict(effective_sysctls(spec)),
         apparmor_profiles=apparmor_profiles(ctx.tree, spec),
-        seccomp_profiles=seccomp_profiles(ctx.tree, spec),
+        seccomp_profiles=seccomp_profiles(ctx.tree),
         userns=userns_expectations(spec),
         sshd=sshd_expectations(spec),
         mutable_paths=MUTABLE_PATHS,

@@ -1,0 +1,75 @@
+"""Stage 3: security profiles into the image, each checked by its real consumer first.
+
+The defaults (seccomp/default.json, apparmor/container-default) and the spec's generated
+profiles: seccomp JSON under /usr/lib/hardhost/seccomp, AppArmor profiles in
+/etc/apparmor.d (enforced at boot), SELinux CIL modules under /usr/share/hardhost/selinux.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.context import BuildContext
+from builder.errors import SpecError
+from builder.log import StepTiming
+from builder.spec import Spec, spec_relative
+from profiles import apparmor, seccomp, selinux
+from profiles import default as defaults
+
+SECCOMP_DIR = "/usr/lib/hardhost/seccomp"
+SECCOMP_DEFAULT = f"{SECCOMP_DIR}/default.json"
+APPARMOR_DIR = "/etc/apparmor.d"
+SELINUX_DIR = "/usr/share/hardhost/selinux"
+
+
+def _read(spec: Spec, key: str, name: str) -> tuple[Path, str]:
+    path = spec_relative(spec, name)
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SpecError(spec.source, key, f"{path}: {reason}") from None
+
+
+def _write(tree: Path, path: str, text: str) -> None:
+    target = tree / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    target.chmod(0o644)
+
+
+def installed_name(path: Path, suffix: str) -> str:
+    name = path.name.removesuffix(suffix)
+    return apparmor.check_name(name)
+
+
+def run_stage(ctx: BuildContext, step: StepTiming) -> None:
+    spec, tree = ctx.spec, ctx.tree
+    count = 0
+    if spec.seccomp.default_profile:
+        profile = defaults.build(allow_keyring=True) if spec.seccomp.allow_keyring else None
+        _write(tree, SECCOMP_DEFAULT, seccomp.dumps(profile) if profile
+               else defaults.OUTPUT.read_text())
+        count += 1
+    for name in spec.seccomp.profiles:
+        path, text = _read(spec, "seccomp.profiles", name)
+        profile = seccomp.load(path)
+        seccomp.check_names((n for rule in profile.get("syscalls", [])
+                             for n in rule.get("names", [])), str(path))
+        _write(tree, f"{SECCOMP_DIR}/{installed_name(path, '.seccomp.json')}.json", text)
+        count += 1
+    if spec.apparmor.container_profile:
+        _write(tree, f"{APPARMOR_DIR}/{apparmor.DEFAULT_NAME}",
+               defaults.APPARMOR_OUTPUT.read_text())
+        count += 1
+    for name in spec.apparmor.profiles:
+        path, text = _read(spec, "apparmor.profiles", name)
+        apparmor.validate(text)
+        _write(tree, f"{APPARMOR_DIR}/{installed_name(path, '.apparmor')}", text)
+        count += 1
+    for name in spec.selinux.modules:
+        path, text = _read(spec, "selinux.modules", name)
+        selinux.validate(text)
+        _write(tree, f"{SELINUX_DIR}/{path.name}", text)
+        count += 1
+    step.note = f"{count} profiles"
