@@ -199,6 +199,36 @@ def _cmd_profile_check(args: argparse.Namespace) -> int:
     return 1 if denials else 0
 
 
+def _cmd_attest(args: argparse.Namespace) -> int:
+    import json
+
+    from builder.manifest import read_verified
+    from builder.signing import load_trusted_keys
+    from verifier.attest import Connection, attest, attest_and_reset, manifest_digest
+    from verifier.transport import Target
+    from verifier.verdict import render
+
+    target = Target.parse(args.target)
+    # The manifest is verified before the host is contacted: a bad one is exit 4, offline.
+    manifest, _ = read_verified(args.manifest, load_trusted_keys(args.trust_key))
+    digest = manifest_digest(args.manifest)
+    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use)
+    if args.reset:
+        first, second = attest_and_reset(target, manifest, digest, conn, args.reset_timeout)
+    else:
+        first, second = attest(target, manifest, digest, conn), None
+    final = second or first
+    if args.json:
+        document = ({"before": first.to_dict(), "after": second.to_dict()} if second
+                    else first.to_dict())
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        print(render(first))
+        if second:
+            print(render(second))
+    return 0 if final.status == "pass" else 1
+
+
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -331,7 +361,45 @@ def parser() -> argparse.ArgumentParser:
     evidence.add_argument("--json", action="store_true", help="print one JSON document")
     evidence.set_defaults(func=_cmd_evidence)
     _add_profile_commands(commands)
+    _add_attest_command(commands)
     return top
+
+
+def _connection_options(command: argparse.ArgumentParser) -> None:
+    home = Path("~/.ssh").expanduser()
+    command.add_argument("--known-hosts", type=Path, default=home / "known_hosts",
+                         metavar="FILE", help="known_hosts holding the hosts' keys "
+                         "(default: ~/.ssh/known_hosts); unknown or changed keys are refused")
+    command.add_argument("--identity", type=Path, default=home / "id_ed25519", metavar="KEY",
+                         help="private key to log in with (default: ~/.ssh/id_ed25519)")
+    command.add_argument("--timeout", type=_positive, default=30, metavar="SECONDS",
+                         help="bound on connecting and on collecting evidence (default: 30)")
+
+
+def _add_attest_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    attest = commands.add_parser(
+        "attest", help="attest a host against its signed manifest",
+        description="Verify MANIFEST (exit 4 if bad; the host is not contacted), connect to "
+                    "TARGET with a strict host key, collect its boot-state evidence with one "
+                    "fixed read-only script, and compare it with the manifest. Exit 0 when "
+                    "every fact holds, 1 on drift. With --reset, a drifted host is rebooted, "
+                    "and attested again once it answers with a new boot_id.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    attest.add_argument("target", metavar="TARGET", help="user@host[:port]")
+    attest.add_argument("--manifest", type=Path, required=True, metavar="FILE",
+                        help="the image's manifest.dsse.json")
+    attest.add_argument("--trust-key", type=Path, required=True, metavar="PUB",
+                        help="trusted manifest signing key (PEM), or a folder of *.pub keys")
+    _connection_options(attest)
+    attest.add_argument("--trust-on-first-use", action="store_true",
+                        help="accept an unknown host key once and record it in --known-hosts "
+                             "(a changed key is still refused)")
+    attest.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    attest.add_argument("--reset", action="store_true",
+                        help="on drift, reboot the host and attest it again")
+    attest.add_argument("--reset-timeout", type=_positive, default=300, metavar="SECONDS",
+                        help="how long to wait for the host to return (default: 300)")
+    attest.set_defaults(func=_cmd_attest)
 
 
 def _add_profile_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

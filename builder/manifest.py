@@ -47,6 +47,7 @@ class HostManifest:
     sysctls: Mapping[str, str]
     apparmor_profiles: Mapping[str, str]  # profile name -> mode the booted host must show
     seccomp_profiles: Mapping[str, str]  # path on the host -> sha256
+    runtime_config: Mapping[str, str]  # container runtime configuration: path -> sha256
     userns: Mapping[str, str]
     sshd: Mapping[str, str]  # `sshd -T` keys -> values
     mutable_paths: Mapping[str, tuple[str, ...]]  # overlay (etc, var) -> allowed globs
@@ -150,7 +151,8 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         filesystem=p.text("filesystem"), kernel_release=p.text("kernel_release"),
         cmdline=p.text("cmdline"), sysctls=p.text_map("sysctls"),
         apparmor_profiles=p.text_map("apparmor_profiles"),
-        seccomp_profiles=p.text_map("seccomp_profiles"), userns=p.text_map("userns"),
+        seccomp_profiles=p.text_map("seccomp_profiles"),
+        runtime_config=p.text_map("runtime_config"), userns=p.text_map("userns"),
         sshd=p.text_map("sshd"), mutable_paths=p.list_map("mutable_paths"),
         created=p.text("created"), expires=p.text("expires"))
     _parse_time(manifest.created, "created", origin)

@@ -29,6 +29,14 @@ def fake_output(**overrides: str) -> bytes:
         "apparmor_enabled": "Y\n",
         "apparmor_profiles": "docker-default (enforce)\nlsb_release (complain)\n",
         "sshd": "port 22\npasswordauthentication no\nhostkey /a\nhostkey /b\n",
+        "seccomp": f"{'a' * 64}  /usr/lib/hardhost/seccomp/default.json\n",
+        "runtime_config": f"{'b' * 64}  /etc/docker/daemon.json\n",
+        "subuid": "dockremap:100000:65536\n",
+        "subgid": "dockremap:100000:65536\n",
+        "listening": "tcp   LISTEN 0      128          0.0.0.0:22        0.0.0.0:*\n"
+                     "udp   UNCONN 0      0      10.0.2.15%enp0s4:68        0.0.0.0:*\n",
+        "services": "ssh.service loaded active running OpenBSD Secure Shell server\n"
+                    "docker.service loaded active running Docker Application Container\n",
         "overlay_etc": "machine-id\0ssh/evil\nname\0",
         "overlay_var": "absent",
         "end": "",
@@ -52,6 +60,11 @@ def test_parses_every_section() -> None:
     assert ev.apparmor_profiles == {"docker-default": "enforce", "lsb_release": "complain"}
     assert ev.sshd["passwordauthentication"] == "no"
     assert ev.sshd["hostkey"] == "/a"
+    assert ev.seccomp_digests == {"/usr/lib/hardhost/seccomp/default.json": "a" * 64}
+    assert ev.runtime_config_digest == "b" * 64
+    assert ev.subuid == ("dockremap:100000:65536",)
+    assert ev.listening == ("tcp 0.0.0.0:22", "udp 10.0.2.15%enp0s4:68")
+    assert ev.services == ("docker.service", "ssh.service")
     # A newline inside a file name stays inside that one entry.
     assert ev.overlay_changes["etc"] == ("machine-id", "ssh/evil\nname")
     assert ev.overlay_changes["var"] is None
@@ -92,6 +105,11 @@ def test_malformed_mountinfo_is_an_error() -> None:
 def test_unterminated_upper_listing_is_an_error() -> None:
     with pytest.raises(HostOutputError, match="upper layer"):
         parse(fake_output(overlay_etc="machine-id"), "h")
+
+
+def test_malformed_digest_is_an_error() -> None:
+    with pytest.raises(HostOutputError, match="sha256sum"):
+        parse(fake_output(seccomp="not a digest line\n"), "h")
 
 
 def test_garbage_is_an_error_not_a_crash() -> None:

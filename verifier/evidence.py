@@ -14,7 +14,8 @@ from importlib import resources
 from verifier.transport import HostOutputError, Session, Target
 
 SECTIONS = ("boot_id", "kernel_release", "cmdline", "mountinfo", "verity", "sysctl",
-            "apparmor_enabled", "apparmor_profiles", "sshd", "overlay_etc", "overlay_var", "end")
+            "apparmor_enabled", "apparmor_profiles", "sshd", "seccomp", "runtime_config",
+            "subuid", "subgid", "listening", "services", "overlay_etc", "overlay_var", "end")
 _MARKER = re.compile(r"\n@@hardhost:([a-z_]+)@@\n")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PROFILE = re.compile(r"^(?P<name>.+) \((?P<mode>[a-z]+)\)$")
@@ -47,6 +48,12 @@ class Evidence:
     apparmor_enabled: bool
     apparmor_profiles: dict[str, str]
     sshd: dict[str, str]
+    seccomp_digests: dict[str, str]  # path -> sha256
+    runtime_config_digest: str  # sha256 of /etc/docker/daemon.json, "" when absent
+    subuid: tuple[str, ...]
+    subgid: tuple[str, ...]
+    listening: tuple[str, ...]  # "proto local-address:port"
+    services: tuple[str, ...]  # running service units
     overlay_changes: dict[str, tuple[str, ...] | None]  # None: no overlay upper layer
 
     def mount(self, mountpoint: str) -> Mount | None:
@@ -120,6 +127,39 @@ def parse_profiles(text: str) -> dict[str, str]:
     return profiles
 
 
+_SHA256_LINE = re.compile(r"^(?P<digest>[0-9a-f]{64})  (?P<path>/\S+)$")
+
+
+def parse_digests(text: str, host: str) -> dict[str, str]:
+    digests = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        match = _SHA256_LINE.match(line)
+        if not match:
+            raise HostOutputError(f"{host}: malformed sha256sum line: {line[:80]!r}")
+        digests[match.group("path")] = match.group("digest")
+    return digests
+
+
+def parse_listening(text: str) -> tuple[str, ...]:
+    sockets = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0] in ("tcp", "udp"):
+            sockets.add(f"{fields[0]} {fields[4]}")
+    return tuple(sorted(sockets))
+
+
+def parse_services(text: str) -> tuple[str, ...]:
+    return tuple(sorted(line.split()[0] for line in text.splitlines()
+                        if line.split() and line.split()[0].endswith(".service")))
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
 def parse_sshd(text: str) -> dict[str, str]:
     config: dict[str, str] = {}
     for line in text.splitlines():
@@ -155,6 +195,13 @@ def parse(raw: bytes, host: str) -> Evidence:
         apparmor_enabled=sections["apparmor_enabled"].strip() == "Y",
         apparmor_profiles=parse_profiles(sections["apparmor_profiles"]),
         sshd=parse_sshd(sections["sshd"]),
+        seccomp_digests=parse_digests(sections["seccomp"], host),
+        runtime_config_digest=next(iter(parse_digests(sections["runtime_config"], host)
+                                        .values()), ""),
+        subuid=_lines(sections["subuid"]),
+        subgid=_lines(sections["subgid"]),
+        listening=parse_listening(sections["listening"]),
+        services=parse_services(sections["services"]),
         overlay_changes=overlay,
     )
 

@@ -14,6 +14,13 @@ section sysctl; grep -rs '' /proc/sys/kernel /proc/sys/fs /proc/sys/user /proc/s
 section apparmor_enabled; cat /sys/module/apparmor/parameters/enabled 2>&1
 section apparmor_profiles; cat /sys/kernel/security/apparmor/profiles 2>&1
 section sshd; sshd -T 2>&1
+section seccomp; find /usr/lib/hardhost/seccomp -maxdepth 1 -type f -name '*.json' \
+	-exec sha256sum {} + 2>/dev/null
+section runtime_config; sha256sum /etc/docker/daemon.json 2>/dev/null
+section subuid; cat /etc/subuid 2>/dev/null
+section subgid; cat /etc/subgid 2>/dev/null
+section listening; ss -Hlntu 2>&1
+section services; systemctl list-units --type=service --state=running --no-legend --plain 2>&1
 # Upper layers list NUL-terminated paths; a missing layer prints "absent" with no NUL.
 for dir in etc var; do
 	section "overlay_$dir"

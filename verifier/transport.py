@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import shlex
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 import paramiko
 
 from builder.errors import HardhostError, TrustError, Unreachable, UsageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_LIMIT = 4 * 2**20  # bytes; host output beyond this is refused, not buffered
 
@@ -95,6 +98,21 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
                          f"{self.known_hosts}; refusing to connect")
 
 
+class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """Asked for explicitly: accept an unknown host's key and record it in known_hosts. A
+    changed key is still refused (paramiko raises BadHostKeyException before this runs)."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        log.warning("%s: trusting host key %s %s on first use; recorded in %s", hostname,
+                    key.get_name(), fingerprint(key), self.known_hosts)
+        with self.known_hosts.open("a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
 class Session:
     """A connected, authenticated SSH session."""
 
@@ -166,9 +184,15 @@ def _load_identity(identity: Path) -> paramiko.PKey:
 
 
 @contextmanager
-def connect(target: Target, *, known_hosts: Path, identity: Path,
-            timeout: float = 30.0) -> Iterator[Session]:
-    """Open an authenticated session; host key checked strictly against `known_hosts`."""
+def connect(target: Target, *, known_hosts: Path, identity: Path, timeout: float = 30.0,
+            trust_on_first_use: bool = False) -> Iterator[Session]:
+    """Open an authenticated session; host key checked strictly against `known_hosts`.
+
+    Only with `trust_on_first_use` is an unknown host accepted, and its key recorded.
+    """
+    if trust_on_first_use and not known_hosts.exists():
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        known_hosts.touch(mode=0o644)
     if not known_hosts.is_file():
         raise UsageError(f"{known_hosts}: known_hosts file not found")
     pkey = _load_identity(identity)
@@ -177,7 +201,8 @@ def connect(target: Target, *, known_hosts: Path, identity: Path,
         client.load_host_keys(str(known_hosts))
     except (OSError, paramiko.SSHException) as exc:
         raise UsageError(f"{known_hosts}: cannot read: {exc}") from None
-    client.set_missing_host_key_policy(_RejectUnknown(known_hosts))
+    client.set_missing_host_key_policy(_TrustOnFirstUse(known_hosts) if trust_on_first_use
+                                       else _RejectUnknown(known_hosts))
     try:
         client.connect(target.host, port=target.port, username=target.user, pkey=pkey,
                        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,

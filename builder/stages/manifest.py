@@ -65,6 +65,12 @@ def seccomp_profiles(tree: Path) -> dict[str, str]:
             for p in sorted(directory.glob("*.json"))}
 
 
+def runtime_config(tree: Path) -> dict[str, str]:
+    path = "/etc/docker/daemon.json"
+    found = tree / path.lstrip("/")
+    return {path: sha256_file(found)} if found.exists() else {}
+
+
 def userns_expectations(spec: Spec) -> dict[str, str]:
     line = harden.subid_line(spec)
     expected = {"remap_user": spec.userns.remap_user, "subuid": line, "subgid": line}
@@ -90,6 +96,7 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         sysctls=dict(effective_sysctls(spec)),
         apparmor_profiles=apparmor_profiles(ctx.tree, spec),
         seccomp_profiles=seccomp_profiles(ctx.tree),
+        runtime_config=runtime_config(ctx.tree),
         userns=userns_expectations(spec),
         sshd=sshd_expectations(spec),
         mutable_paths=MUTABLE_PATHS,

@@ -1,0 +1,120 @@
+"""hardhost attest against a booted container-host: pass, drift, reset, and trust failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder.manifest import MANIFEST_NAME
+from tests.conftest import REPO, KeyPair, SigningKeys, make_keypair
+from tests.e2e.conftest import BOOT_TIMEOUT, BootedHost, BuiltImage, boot
+from verifier.transport import connect, public_key_from_line, wait_for_host_key
+
+pytestmark = pytest.mark.e2e
+
+EXTRA_PROFILE = "profile hardhost-e2e-extra /usr/bin/true { }\n"
+
+
+@pytest.fixture(scope="module")
+def host(container_host: BuiltImage, client_key: KeyPair) -> Iterator[BootedHost]:
+    yield from boot(container_host, "e2e-attest", client_key.private)
+
+
+def attest(host: BootedHost, keys: SigningKeys, *extra: str,
+           known_hosts: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "builder.cli", "attest", str(host.target), "--manifest",
+         str(host.image.directory / MANIFEST_NAME), "--trust-key", str(keys.public),
+         "--known-hosts", str(known_hosts or host.known_hosts), "--identity",
+         str(host.identity), "--timeout", "60", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=BOOT_TIMEOUT + 120)
+
+
+def verdict(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def finding_ids(data: dict[str, Any]) -> set[str]:
+    return {f["id"] for f in data["findings"] if f["severity"] != "info"}
+
+
+def make_drift(host: BootedHost) -> None:
+    with connect(host.target, known_hosts=host.known_hosts, identity=host.identity,
+                 timeout=30) as session:
+        for argv, stdin in (
+                (["sh", "-c", "echo drift > /etc/hardhost-drift"], b""),
+                (["sh", "-c", "echo 1 > /proc/sys/kernel/kptr_restrict"], b""),
+                (["tee", "/tmp/extra.apparmor"], EXTRA_PROFILE.encode()),
+                (["apparmor_parser", "--replace", "/tmp/extra.apparmor"], b"")):
+            result = session.run(argv, stdin=stdin)
+            assert result.exit_status == 0, result.stderr
+
+
+def test_clean_host_passes(host: BootedHost, signing_keys: SigningKeys) -> None:
+    result = attest(host, signing_keys, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = verdict(result)
+    assert data["status"] == "pass" and finding_ids(data) == set()
+    assert len(data["boot_id"]) == 36 and len(data["manifest_digest"]) == 64
+
+
+def test_drift_gives_findings_with_their_ids(host: BootedHost,
+                                             signing_keys: SigningKeys) -> None:
+    make_drift(host)
+    result = attest(host, signing_keys, "--json")
+    assert result.returncode == 1, result.stderr
+    data = verdict(result)
+    assert data["status"] == "drift"
+    assert {"overlay.etc.modified", "sysctl.kernel.kptr_restrict",
+            "apparmor.unexpected.hardhost-e2e-extra"} <= finding_ids(data)
+    by_id = {f["id"]: f for f in data["findings"]}
+    assert by_id["sysctl.kernel.kptr_restrict"]["expected"] == "2"
+    assert by_id["sysctl.kernel.kptr_restrict"]["observed"] == "1"
+    assert "hardhost-drift" in by_id["overlay.etc.modified"]["observed"]
+    table = attest(host, signing_keys)
+    assert table.returncode == 1 and "DRIFT" in table.stdout
+    assert "sysctl.kernel.kptr_restrict" in table.stdout
+
+
+def test_a_host_that_does_not_return_in_time_is_exit_3(host: BootedHost,
+                                                       signing_keys: SigningKeys) -> None:
+    result = attest(host, signing_keys, "--reset", "--reset-timeout", "5")
+    assert result.returncode == 3
+    assert "did not come back with a new boot_id within 5s" in result.stderr
+
+
+def test_reset_reboots_and_then_passes(host: BootedHost, signing_keys: SigningKeys) -> None:
+    # The previous test's reboot must finish first; then drift again.
+    wait_for_host_key("127.0.0.1", host.target.port, public_key_from_line(
+        host.instance.host_public_key.read_text()), timeout=BOOT_TIMEOUT)
+    first = attest(host, signing_keys, "--json", "--reset", "--reset-timeout",
+                   str(BOOT_TIMEOUT))
+    assert first.returncode == 0, first.stderr
+    make_drift(host)
+    result = attest(host, signing_keys, "--json", "--reset", "--reset-timeout",
+                    str(BOOT_TIMEOUT))
+    assert result.returncode == 0, result.stderr
+    data = verdict(result)
+    assert data["before"]["status"] == "drift"
+    assert data["after"]["status"] == "pass"
+    assert data["after"]["boot_id"] != data["before"]["boot_id"]
+
+
+def test_wrong_known_hosts_is_exit_4_before_authentication(host: BootedHost,
+                                                           signing_keys: SigningKeys,
+                                                           tmp_path: Path) -> None:
+    other = make_keypair(tmp_path, "other")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{host.target.port} {other.public_line}\n")
+    result = attest(host, signing_keys, known_hosts=known)
+    assert result.returncode == 4
+    # The host key check fails before the client key is offered: the message is about the
+    # host key, never about a refused credential.
+    assert "host key changed" in result.stderr and "refused" not in result.stderr
