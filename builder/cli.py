@@ -229,6 +229,46 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     return 0 if final.status == "pass" else 1
 
 
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from builder.signing import load_trusted_keys
+    from verifier import fleet, history, inventory
+    from verifier.attest import Connection
+    from verifier.verdict import now
+
+    started = now()
+    hosts = inventory.load(args.inventory, limit=args.limit)
+    manifests = fleet.Manifests(args.manifest, load_trusted_keys(args.trust_key))
+    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use)
+    log.info("Attesting %d hosts, %d at a time", len(hosts), args.forks)
+    verdicts = fleet.run(hosts, manifests, conn, args.forks)
+    history.record(args.history, started, str(args.inventory), verdicts)
+    if args.json:
+        fleet.write_json(args.json, verdicts)
+    if args.junit:
+        fleet.write_junit(args.junit, verdicts)
+    width = max(len(v.host) for v in verdicts)
+    for verdict in verdicts:
+        drift = [f.id for f in verdict.findings if f.counts()]
+        detail = verdict.error or (", ".join(drift[:4]) + (" …" if len(drift) > 4 else ""))
+        print(f"{verdict.host.ljust(width)}  {verdict.status:<6}  {detail}")
+    return fleet.exit_code(verdicts)
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from verifier import history
+
+    rows = history.summary(args.db, args.host)
+    if not rows:
+        print(f"{args.db}: no verdicts recorded" + (f" for {args.host}" if args.host else ""))
+        return 0
+    width = max(len(r.host) for r in rows)
+    print(f"{'host'.ljust(width)}  last      at                    last passed")
+    for row in rows:
+        print(f"{row.host.ljust(width)}  {row.last_status:<8}  {row.last_time}  "
+              f"{row.last_pass or 'never'}")
+    return 0
+
+
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -362,6 +402,7 @@ def parser() -> argparse.ArgumentParser:
     evidence.set_defaults(func=_cmd_evidence)
     _add_profile_commands(commands)
     _add_attest_command(commands)
+    _add_fleet_commands(commands)
     return top
 
 
@@ -374,6 +415,52 @@ def _connection_options(command: argparse.ArgumentParser) -> None:
                          help="private key to log in with (default: ~/.ssh/id_ed25519)")
     command.add_argument("--timeout", type=_positive, default=30, metavar="SECONDS",
                          help="bound on connecting and on collecting evidence (default: 30)")
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return int(value)
+
+
+def _add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from verifier.history import default_path
+
+    fleet = commands.add_parser(
+        "fleet", help="attest every host of an Ansible inventory",
+        description="Read INVENTORY (Ansible INI or YAML, with groups and host variables) with "
+                    "ansible-core, and attest its hosts concurrently, at most --forks at a "
+                    "time. Host variables may set ansible_host, ansible_port, ansible_user, "
+                    "ansible_ssh_private_key_file and hardhost_manifest. Every run is stored in "
+                    "the SQLite history. Exit 0 when all pass, 1 on drift, 3 if a host is "
+                    "unreachable, 4 on a trust failure (the worst wins).",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fleet.add_argument("inventory", type=Path, metavar="INVENTORY")
+    fleet.add_argument("--manifest", type=Path, metavar="FILE",
+                       help="manifest for hosts without a hardhost_manifest variable")
+    fleet.add_argument("--trust-key", type=Path, required=True, metavar="PUB",
+                       help="trusted manifest signing key (PEM), or a folder of *.pub keys")
+    _connection_options(fleet)
+    fleet.add_argument("--trust-on-first-use", action="store_true",
+                       help="accept unknown host keys once and record them")
+    fleet.add_argument("--forks", type=_positive_int, default=50, metavar="N",
+                       help="hosts checked at once (default: 50)")
+    fleet.add_argument("--limit", metavar="PATTERN", help="Ansible host pattern to select hosts")
+    fleet.add_argument("--history", type=Path, default=default_path(), metavar="DB",
+                       help=f"SQLite history (default: {default_path()})")
+    fleet.add_argument("--json", type=Path, metavar="FILE", help="write the verdicts as JSON")
+    fleet.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML for CI")
+    fleet.set_defaults(func=_cmd_fleet)
+
+    history = commands.add_parser(
+        "history", help="show the last verdicts and when each host last passed",
+        description="Read the fleet history: each host's last verdict, and when it last "
+                    "passed.", epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    history.add_argument("--host", help="only this host (as shown, user@host:port)")
+    history.add_argument("--db", type=Path, default=default_path(), metavar="DB",
+                         help=f"SQLite history (default: {default_path()})")
+    history.set_defaults(func=_cmd_history)
 
 
 def _add_attest_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

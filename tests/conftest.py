@@ -88,28 +88,49 @@ class LoopbackHost:
     known_hosts: Path
 
 
+@dataclass
+class RunningSshd:
+    host: LoopbackHost
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start_sshd(directory: Path, client_key: KeyPair, *, extra_config: str = "") -> RunningSshd:
+    """A real OpenSSH sshd on 127.0.0.1 with its own host key, accepting `client_key` for
+    root, and ready (a key exchange completed) when this returns."""
+    sshd = sshd_binary()
+    host_key = make_keypair(directory / "host", "ssh_host_ed25519_key")
+    authorized = directory / "authorized_keys"
+    authorized.write_text(f"{client_key.public_line}\n")
+    port = free_port()
+    config = directory / "sshd_config"
+    # SetEnv keeps root's interactive shell set-up (pyenv on this machine) out of each session.
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key.private}\n"
+        f"PidFile {directory}/sshd.pid\nAuthorizedKeysFile {authorized}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nSetEnv SHLVL=1\n" + extra_config)
+    process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_host_key("127.0.0.1", port, public_key_from_line(host_key.public_line),
+                          timeout=30, alive=lambda: process.poll() is None)
+    except BaseException:
+        process.kill()
+        raise
+    known_hosts = directory / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.public_line}\n")
+    return RunningSshd(LoopbackHost(port, host_key, known_hosts), process)
+
+
 @pytest.fixture
 def loopback_sshd(tmp_path: Path, client_key: KeyPair) -> Iterator[LoopbackHost]:
     """A real OpenSSH sshd on 127.0.0.1, with its own host key, accepting `client_key` for root."""
-    sshd = sshd_binary()
-    host_key = make_keypair(tmp_path / "host", "ssh_host_ed25519_key")
-    authorized = tmp_path / "authorized_keys"
-    authorized.write_text(f"{client_key.public_line}\n")
-    port = free_port()
-    config = tmp_path / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key.private}\n"
-        f"PidFile {tmp_path}/sshd.pid\nAuthorizedKeysFile {authorized}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\n")
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running = start_sshd(tmp_path, client_key)
     try:
-        wait_for_host_key("127.0.0.1", port, public_key_from_line(host_key.public_line),
-                          timeout=15, alive=lambda: proc.poll() is None)
-        known_hosts = tmp_path / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.public_line}\n")
-        yield LoopbackHost(port, host_key, known_hosts)
+        yield running.host
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        running.stop()

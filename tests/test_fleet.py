@@ -1,0 +1,163 @@
+"""hardhost fleet over real OpenSSH: many sshd processes on loopback, dead ports, a silent
+server, and a fake host whose output floods."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
+from tests.test_signing import sample_manifest, write_signed
+from verifier import history
+
+pytestmark = pytest.mark.e2e
+
+HOSTS = 50
+TIMEOUT = 8
+
+
+@dataclass(frozen=True)
+class Fleet:
+    inventory: Path
+    known_hosts: Path
+    manifest: Path
+    live: list[int]
+    dead: list[int]
+    silent: int
+    flood: int
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts TCP connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, client_key: KeyPair, signing_keys: SigningKeys,
+          silent_server: int) -> Iterator[Fleet]:
+    running: list[RunningSshd] = []
+    try:
+        for index in range(HOSTS):
+            running.append(start_sshd(tmp_path / f"host{index}", client_key))
+        # FAKE host: a real sshd whose every session floods 100 MB instead of evidence.
+        running.append(start_sshd(tmp_path / "flood", client_key,
+                                  extra_config="ForceCommand head -c 100000000 /dev/zero\n"))
+        known = tmp_path / "known_hosts"
+        known.write_text("".join(r.host.known_hosts.read_text() for r in running))
+        dead = [free_port(), free_port()]
+        live = [r.host.port for r in running[:HOSTS]]
+        flood = running[HOSTS].host.port
+        lines = ["[live]"] + [f"live{i} ansible_host=127.0.0.1 ansible_port={p}"
+                              for i, p in enumerate(live)]
+        lines += ["[broken]"] + [f"dead{i} ansible_host=127.0.0.1 ansible_port={p}"
+                                 for i, p in enumerate(dead)]
+        lines += [f"silent ansible_host=127.0.0.1 ansible_port={silent_server}",
+                  f"flood ansible_host=127.0.0.1 ansible_port={flood}",
+                  "[all:vars]", "ansible_user=root"]
+        inventory = tmp_path / "inventory.ini"
+        inventory.write_text("\n".join(lines) + "\n")
+        manifest = write_signed(tmp_path, sample_manifest(), signing_keys.key)
+        yield Fleet(inventory, known, manifest, live, dead, silent_server, flood)
+    finally:
+        for server in running:
+            server.stop()
+
+
+def run_fleet(fleet: Fleet, keys: SigningKeys, identity: Path, out: Path,
+              *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "builder.cli", "fleet", str(fleet.inventory), "--manifest",
+         str(fleet.manifest), "--trust-key", str(keys.public), "--known-hosts",
+         str(fleet.known_hosts), "--identity", str(identity), "--timeout", str(TIMEOUT),
+         "--forks", "50", "--history", str(out / "history.db"), "--json",
+         str(out / "fleet.json"), "--junit", str(out / "fleet.xml"), *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_fleet_reports_every_host(fleet: Fleet, signing_keys: SigningKeys,
+                                  client_key: KeyPair, tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = run_fleet(fleet, signing_keys, client_key.private, tmp_path)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 3, result.stderr  # unreachable hosts are the worst outcome
+    data = json.loads((tmp_path / "fleet.json").read_text())
+    by_port = {int(h["host"].rsplit(":", 1)[1]): h for h in data["hosts"]}
+    assert len(by_port) == HOSTS + 4
+    # This machine is no immutable host: every live sshd answers, and reports drift.
+    assert {by_port[p]["status"] for p in fleet.live} == {"drift"}
+    assert all(len(by_port[p]["boot_id"]) == 36 for p in fleet.live)
+    for port in [*fleet.dead, fleet.silent]:
+        assert by_port[port]["status"] == "error"
+        assert by_port[port]["exit_code"] == 3
+    flood = by_port[fleet.flood]
+    assert flood["status"] == "drift"
+    assert [f["id"] for f in flood["findings"]] == ["evidence.invalid"]
+    assert "exceeds" in flood["findings"][0]["observed"]
+    # The silent server and dead ports cost one timeout, not one per host in turn.
+    assert elapsed < 60 + 4 * TIMEOUT, elapsed
+
+    suite = ET.parse(tmp_path / "fleet.xml").getroot()
+    assert suite.get("tests") == str(HOSTS + 4)
+    assert suite.get("errors") == "3" and suite.get("failures") == str(HOSTS + 1)
+
+    rows = history.summary(tmp_path / "history.db")
+    assert len(rows) == HOSTS + 4 and {r.last_pass for r in rows} == {""}
+    shown = subprocess.run([sys.executable, "-m", "builder.cli", "history", "--db",
+                            str(tmp_path / "history.db"), "--host",
+                            f"root@127.0.0.1:{fleet.live[0]}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "drift" in shown.stdout and "never" in shown.stdout
+
+
+def test_limit_selects_hosts_with_ansible_patterns(fleet: Fleet, signing_keys: SigningKeys,
+                                                   client_key: KeyPair,
+                                                   tmp_path: Path) -> None:
+    result = run_fleet(fleet, signing_keys, client_key.private, tmp_path, "--limit",
+                       "live0:live1")
+    assert result.returncode == 1, result.stderr  # both reachable, both drift
+    data = json.loads((tmp_path / "fleet.json").read_text())
+    assert data["summary"] == {"hosts": 2, "drift": 2}
+
+
+def test_history_keeps_runs(tmp_path: Path) -> None:
+    from verifier.verdict import Verdict
+
+    db = tmp_path / "h.db"
+    history.record(db, "t1", "inv", [Verdict("a", "b1", "2026-01-01T00:00:00Z", "m")])
+    history.record(db, "t2", "inv", [Verdict("a", "b2", "2026-01-02T00:00:00Z", "m",
+                                             error="down", exit_code=3)])
+    (row,) = history.summary(db)
+    assert (row.host, row.last_status, row.last_pass) == ("a", "error",
+                                                          "2026-01-01T00:00:00Z")
