@@ -46,6 +46,9 @@ class HostManifest:
     cmdline: str
     sysctls: Mapping[str, str]
     apparmor_profiles: Mapping[str, str]  # profile name -> mode the booted host must show
+    # Profiles a service loads when it starts (dockerd's docker-default): absent is fine,
+    # present must be in this mode.
+    apparmor_runtime_profiles: Mapping[str, str]
     seccomp_profiles: Mapping[str, str]  # path on the host -> sha256
     runtime_config: Mapping[str, str]  # container runtime configuration: path -> sha256
     userns: Mapping[str, str]
@@ -151,6 +154,7 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         filesystem=p.text("filesystem"), kernel_release=p.text("kernel_release"),
         cmdline=p.text("cmdline"), sysctls=p.text_map("sysctls"),
         apparmor_profiles=p.text_map("apparmor_profiles"),
+        apparmor_runtime_profiles=p.text_map("apparmor_runtime_profiles"),
         seccomp_profiles=p.text_map("seccomp_profiles"),
         runtime_config=p.text_map("runtime_config"), userns=p.text_map("userns"),
         sshd=p.text_map("sshd"), mutable_paths=p.list_map("mutable_paths"),

@@ -23,7 +23,8 @@ def manifest_for_fake() -> HostManifest:
         seccomp_profiles={"/usr/lib/hardhost/seccomp/default.json": "a" * 64},
         runtime_config={"/etc/docker/daemon.json": "b" * 64},
         userns={"subuid": "dockremap:100000:65536", "subgid": "dockremap:100000:65536"},
-        apparmor_profiles={"docker-default": "enforce", "lsb_release": "enforce"},
+        apparmor_profiles={"lsb_release": "enforce"},
+        apparmor_runtime_profiles={"docker-default": "enforce", "podman": "enforce"},
         sshd={"passwordauthentication": "no"},
         mutable_paths={"etc": ("machine-id",), "var": ("*",)})
 

@@ -41,6 +41,7 @@ def sample_manifest(expires: dt.datetime | None = None) -> HostManifest:
         root_hash="f" * 64, verity_salt="0" * 64, filesystem="erofs",
         kernel_release="6.1.0-50-amd64", cmdline="root=/dev/mapper/root ro",
         sysctls={"kernel.kptr_restrict": "2"}, apparmor_profiles={"lsb_release": "enforce"},
+        apparmor_runtime_profiles={},
         seccomp_profiles={}, runtime_config={}, userns={}, sshd={"passwordauthentication": "no"},
         mutable_paths={"etc": ("machine-id",), "var": ("*",)}, created=format_time(now),
         expires=format_time(expires or now + dt.timedelta(days=36500)))

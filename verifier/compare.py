@@ -39,7 +39,11 @@ def _controls(m: HostManifest, ev: Evidence, out: list[Finding]) -> None:
     for name, mode in sorted(m.apparmor_profiles.items()):
         _check(out, f"apparmor.profile.{name}", high, mode,
                ev.apparmor_profiles.get(name, "absent"))
-    for name in sorted(set(ev.apparmor_profiles) - set(m.apparmor_profiles)):
+    for name, mode in sorted(m.apparmor_runtime_profiles.items()):
+        if name in ev.apparmor_profiles:
+            _check(out, f"apparmor.profile.{name}", high, mode, ev.apparmor_profiles[name])
+    expected = set(m.apparmor_profiles) | set(m.apparmor_runtime_profiles)
+    for name in sorted(set(ev.apparmor_profiles) - expected):
         out.append(Finding(f"apparmor.unexpected.{name}", high, "absent",
                            ev.apparmor_profiles[name]))
     for key, value in sorted(m.sshd.items()):

@@ -41,7 +41,7 @@ def sshd_expectations(spec: Spec) -> dict[str, str]:
     }
 
 
-def apparmor_profiles(tree: Path, spec: Spec) -> dict[str, str]:
+def apparmor_profiles(tree: Path) -> dict[str, str]:
     """Profiles the image loads at boot, with the mode each must be in."""
     base = tree / "etc/apparmor.d"
     disabled = {p.name for p in (base / "disable").glob("*")}
@@ -53,9 +53,12 @@ def apparmor_profiles(tree: Path, spec: Spec) -> dict[str, str]:
         names = output(["apparmor_parser", "--names", "--base", base, "--Include", base, path])
         for name in names.split():
             profiles[name] = mode
-    if "docker.io" in spec.packages.include:
-        profiles["docker-default"] = "enforce"  # dockerd loads it when it starts
     return profiles
+
+
+def apparmor_runtime_profiles(spec: Spec) -> dict[str, str]:
+    """Profiles services load when they start, after boot."""
+    return {"docker-default": "enforce"} if harden.has_docker(spec) else {}
 
 
 def seccomp_profiles(tree: Path) -> dict[str, str]:
@@ -94,7 +97,8 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         kernel_release=ctx.kernel_release,
         cmdline=ctx.cmdline,
         sysctls=dict(effective_sysctls(spec)),
-        apparmor_profiles=apparmor_profiles(ctx.tree, spec),
+        apparmor_profiles=apparmor_profiles(ctx.tree),
+        apparmor_runtime_profiles=apparmor_runtime_profiles(spec),
         seccomp_profiles=seccomp_profiles(ctx.tree),
         runtime_config=runtime_config(ctx.tree),
         userns=userns_expectations(spec),

@@ -37,7 +37,8 @@ def test_manifest_verifies_and_covers_every_artifact(container_host: BuiltImage,
     assert manifest.cmdline == record["cmdline"]
     assert manifest.spec_digest == container_host.spec.digest()
     assert {s.name for s in manifest.subjects} == set(SUBJECTS)
-    assert manifest.apparmor_profiles["docker-default"] == "enforce"
+    assert manifest.apparmor_runtime_profiles["docker-default"] == "enforce"
+    assert manifest.apparmor_profiles["hardhost-container-default"] == "enforce"
     assert manifest.sysctls["kernel.kptr_restrict"] == "2"
 
 
