@@ -241,6 +241,10 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use)
     log.info("Attesting %d hosts, %d at a time", len(hosts), args.forks)
     verdicts = fleet.run(hosts, manifests, conn, args.forks)
+    if args.reset:
+        history.record(args.history, started, str(args.inventory), verdicts)
+        verdicts = fleet.reset_drifted(hosts, verdicts, manifests, conn,
+                                       batch=args.reset_batch, reset_timeout=args.reset_timeout)
     history.record(args.history, started, str(args.inventory), verdicts)
     if args.json:
         fleet.write_json(args.json, verdicts)
@@ -448,6 +452,13 @@ def _add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     fleet.add_argument("--limit", metavar="PATTERN", help="Ansible host pattern to select hosts")
     fleet.add_argument("--history", type=Path, default=default_path(), metavar="DB",
                        help=f"SQLite history (default: {default_path()})")
+    fleet.add_argument("--reset", action="store_true",
+                       help="reboot drifted hosts and attest them again (both runs are kept "
+                            "in the history; the outputs show the final verdicts)")
+    fleet.add_argument("--reset-batch", type=_positive_int, default=5, metavar="N",
+                       help="drifted hosts rebooted at once (default: 5)")
+    fleet.add_argument("--reset-timeout", type=_positive, default=300, metavar="SECONDS",
+                       help="how long to wait for each host to return (default: 300)")
     fleet.add_argument("--json", type=Path, metavar="FILE", help="write the verdicts as JSON")
     fleet.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML for CI")
     fleet.set_defaults(func=_cmd_fleet)

@@ -30,8 +30,13 @@ CONDITIONED = ("clone", "clone3", "socket", "personality")
 # /proc/self/fd (getdents64) and checks it is procfs (fstatfs), reports over its sync pipe
 # (write), and closes what the workload must not inherit. Measured with runc 1.1.5: without
 # fstatfs, getdents64 or write, even /usr/bin/true fails to start (tests/test_seccomp.py).
-RUNTIME_SYSCALLS = ("close", "execve", "exit_group", "fcntl", "fstatfs", "futex",
-                    "getdents64", "newfstatat", "openat", "write")
+# runc's init is also a Go program, whose runtime may act at any moment, more so on a busy
+# machine: preemption signals (tgkill, rt_sigreturn), scheduler sleeps and memory upkeep. A
+# blocked rt_sigreturn killed it with SIGSEGV under load.
+RUNTIME_SYSCALLS = ("close", "execve", "exit", "exit_group", "fcntl", "fstatfs", "futex",
+                    "getdents64", "getpid", "gettid", "madvise", "mmap", "munmap", "nanosleep",
+                    "newfstatat", "openat", "rt_sigprocmask", "rt_sigreturn", "sched_yield",
+                    "sigaltstack", "tgkill", "write")
 
 
 class SeccompError(UsageError):

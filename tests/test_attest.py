@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from builder.manifest import MANIFEST_NAME, HostManifest
+from builder.manifest import MANIFEST_NAME, HostManifest, from_statement
 from tests.conftest import REPO, SigningKeys, free_port
 from tests.test_evidence import fake_output
 from tests.test_signing import sample_manifest, write_signed
@@ -86,3 +87,29 @@ def test_a_bad_manifest_fails_before_the_host_is_contacted(tmp_path: Path,
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 4
     assert result.stderr.startswith(f"hardhost: {tmp_path / MANIFEST_NAME}:")
+
+
+# Evidence and manifest recorded from a booted container-host image (tests/data/).
+DATA = REPO / "tests" / "data"
+
+
+def recorded() -> tuple[HostManifest, bytes]:
+    statement = json.loads((DATA / "manifest-container-host.json").read_text())
+    raw = (DATA / "evidence-container-host.raw").read_bytes()
+    return from_statement(statement, "recorded"), raw
+
+
+def test_recorded_clean_host_passes() -> None:
+    manifest, raw = recorded()
+    findings = compare(manifest, parse(raw, "recorded"))
+    assert ids(findings) == set()
+    assert "docker.service" in next(f for f in findings if f.id == "host.services").observed
+
+
+def test_recorded_host_with_drift() -> None:
+    manifest, raw = recorded()
+    raw = raw.replace(b"/proc/sys/kernel/kptr_restrict:2", b"/proc/sys/kernel/kptr_restrict:0")
+    raw = raw.replace(b"\n@@hardhost:overlay_var@@", b"shadow\0\n@@hardhost:overlay_var@@")
+    raw = raw.replace(b"lsb_release (enforce)", b"lsb_release (complain)")
+    assert ids(compare(manifest, parse(raw, "recorded"))) == {
+        "sysctl.kernel.kptr_restrict", "overlay.etc.modified", "apparmor.profile.lsb_release"}

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from builder.errors import HardhostError, TrustError, Unreachable
 from builder.manifest import HostManifest, read_verified
+from verifier import reset
 from verifier.attest import Connection, attest, manifest_digest
 from verifier.inventory import FleetHost
 from verifier.verdict import Verdict, now
@@ -127,3 +128,38 @@ def write_junit(path: Path, verdicts: Sequence[Verdict]) -> None:
             failure.text = "\n".join(f"{f.id}: expected {f.expected!r}, observed {f.observed!r}"
                                      for f in drift)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
+                  manifests: Manifests, conn: Connection, *, batch: int,
+                  reset_timeout: float) -> list[Verdict]:
+    """Reboot the drifted hosts, at most `batch` at a time, and attest each again once it
+    answers with a new boot_id. Returns the verdicts with the drifted ones replaced."""
+    loaded = manifests.load_all(hosts)
+    drifted = [i for i, v in enumerate(verdicts) if v.status == "drift"]
+    log.info("Resetting %d drifted hosts, %d at a time", len(drifted), batch)
+    progress = Progress(len(drifted))
+
+    def again(index: int) -> Verdict:
+        host = hosts[index]
+        path = host.manifest or manifests.default
+        assert path is not None  # load_all refused hosts without a manifest
+        manifest, digest = loaded[path]
+        per_host = Connection(conn.known_hosts, host.identity or conn.identity, conn.timeout,
+                              conn.trust_on_first_use)
+        try:
+            reset.reboot(host.target, known_hosts=per_host.known_hosts,
+                         identity=per_host.identity, timeout=reset_timeout,
+                         connect_timeout=min(per_host.timeout, 15.0))
+            verdict = attest(host.target, manifest, digest, per_host)
+        except HardhostError as exc:
+            verdict = Verdict(str(host.target), "", now(), digest, (), str(exc), exc.exit_code)
+        progress.update(verdict)
+        return verdict
+
+    result = list(verdicts)
+    if drifted:
+        with ThreadPoolExecutor(max_workers=max(1, min(batch, len(drifted)))) as pool:
+            for index, verdict in zip(drifted, pool.map(again, drifted), strict=True):
+                result[index] = verdict
+    return result

@@ -118,3 +118,28 @@ def test_wrong_known_hosts_is_exit_4_before_authentication(host: BootedHost,
     # The host key check fails before the client key is offered: the message is about the
     # host key, never about a refused credential.
     assert "host key changed" in result.stderr and "refused" not in result.stderr
+
+
+def test_fleet_resets_drifted_hosts(host: BootedHost, signing_keys: SigningKeys,
+                                    tmp_path: Path) -> None:
+    make_drift(host)
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        "all:\n  children:\n    hardhost:\n      hosts:\n        vm:\n"
+        f"          ansible_host: 127.0.0.1\n          ansible_port: {host.target.port}\n"
+        "          ansible_user: root\n"
+        f"          ansible_ssh_private_key_file: {host.identity}\n"
+        f"          hardhost_manifest: {host.image.directory / MANIFEST_NAME}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "fleet", str(inventory), "--trust-key",
+         str(signing_keys.public), "--known-hosts", str(host.known_hosts), "--reset",
+         "--reset-batch", "1", "--reset-timeout", str(BOOT_TIMEOUT), "--timeout", "60",
+         "--history", str(tmp_path / "history.db"), "--json", str(tmp_path / "fleet.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=BOOT_TIMEOUT + 300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (final,) = json.loads((tmp_path / "fleet.json").read_text())["hosts"]
+    assert final["status"] == "pass"
+    rows = subprocess.run([sys.executable, "-m", "builder.cli", "history", "--db",
+                           str(tmp_path / "history.db")], cwd=REPO, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "pass" in rows and "never" not in rows
