@@ -20,7 +20,7 @@ APT_PACKAGES := mmdebstrap erofs-utils squashfs-tools cryptsetup-bin qemu-system
 .PHONY: help deps venv keys lint unit test demo demo-stop clean
 
 help:
-	@echo "make demo   install what is needed, build images/container-host.toml, boot it, show its evidence"
+	@echo "make demo   install what is needed, build images/container-host.toml, boot it, attest it"
 	@echo "make test   install what is needed and run lint, unit and e2e tests"
 	@echo "make unit   lint and unit tests only (no root, no qemu)"
 
@@ -75,6 +75,10 @@ demo: deps venv keys
 		--ssh-port $(DEMO_PORT)
 	$(BIN)/hardhost evidence root@127.0.0.1:$(DEMO_PORT) --identity $(DEMO_KEY) \
 		--known-hosts $(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts
+	$(BIN)/hardhost attest root@127.0.0.1:$(DEMO_PORT) --identity $(DEMO_KEY) \
+		--known-hosts $(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts \
+		--manifest $(DEMO_OUT)/container-host/manifest.dsse.json \
+		--trust-key $(CACHE)/keys/signing.pub
 	@echo
 	@echo "The demo host is running. Log in:"
 	@echo "  ssh -i $(DEMO_KEY) -p $(DEMO_PORT) -o UserKnownHostsFile=$(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts root@127.0.0.1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 import urllib.error
@@ -106,12 +107,12 @@ def test_recorded_workload_serves_under_its_profile_and_nothing_more(tmp_path: P
     # The workload runs and serves under its own profile, inside runc.
     served = make_bundle(tmp_path / "serve", ["/usr/bin/python3", "-c", SERVE_ONE, str(port)],
                          seccomp=profile)
-    outcome: dict[str, object] = {}
+    outcome: dict[str, subprocess.CompletedProcess[str]] = {}
     runner = threading.Thread(target=lambda: outcome.update(run=run_bundle(served)))
     runner.start()
     assert fetch(port) == 200
     runner.join(timeout=60)
-    assert outcome["run"].returncode == 0, outcome["run"].stderr  # type: ignore[attr-defined]
+    assert outcome["run"].returncode == 0, outcome["run"].stderr
 
     # A syscall outside the trace fails with EPERM, and only because of the profile.
     escape = ["/usr/bin/unshare", "-U", "/usr/bin/true"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,9 +27,9 @@ for name, args in calls.items():
 """
 
 
-def unconditional(profile: dict[str, object]) -> set[str]:
+def unconditional(profile: dict[str, Any]) -> set[str]:
     names: set[str] = set()
-    for rule in profile["syscalls"]:  # type: ignore[attr-defined]
+    for rule in profile["syscalls"]:
         if rule["action"] == "SCMP_ACT_ALLOW" and not rule.get("args") \
                 and "caps" not in (rule.get("includes") or {}):
             names |= set(rule["names"])
