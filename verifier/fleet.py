@@ -43,14 +43,22 @@ class Manifests:
                 for p in paths if p is not None}
 
 
+def _for_host(host: FleetHost, conn: Connection) -> Connection:
+    """The run's connection options, with the host's own key where the inventory sets one."""
+    return Connection(conn.known_hosts, host.identity or conn.identity, conn.timeout,
+                      conn.trust_on_first_use)
+
+
+def _failed(host: FleetHost, digest: str, exc: HardhostError) -> Verdict:
+    return Verdict(str(host.target), "", now(), digest, (), str(exc), exc.exit_code)
+
+
 def _check_one(host: FleetHost, manifest: HostManifest, digest: str,
                conn: Connection) -> Verdict:
-    per_host = Connection(conn.known_hosts, host.identity or conn.identity, conn.timeout,
-                          conn.trust_on_first_use)
     try:
-        return attest(host.target, manifest, digest, per_host)
+        return attest(host.target, manifest, digest, _for_host(host, conn))
     except HardhostError as exc:
-        return Verdict(str(host.target), "", now(), digest, (), str(exc), exc.exit_code)
+        return _failed(host, digest, exc)
 
 
 class Progress:
@@ -145,15 +153,14 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
         path = host.manifest or manifests.default
         assert path is not None  # load_all refused hosts without a manifest
         manifest, digest = loaded[path]
-        per_host = Connection(conn.known_hosts, host.identity or conn.identity, conn.timeout,
-                              conn.trust_on_first_use)
+        per_host = _for_host(host, conn)
         try:
             reset.reboot(host.target, known_hosts=per_host.known_hosts,
                          identity=per_host.identity, timeout=reset_timeout,
                          connect_timeout=min(per_host.timeout, 15.0))
             verdict = attest(host.target, manifest, digest, per_host)
         except HardhostError as exc:
-            verdict = Verdict(str(host.target), "", now(), digest, (), str(exc), exc.exit_code)
+            verdict = _failed(host, digest, exc)
         progress.update(verdict)
         return verdict
 
