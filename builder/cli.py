@@ -273,6 +273,15 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_terraform_attest(args: argparse.Namespace) -> int:
+    import json
+
+    from verifier.terraform import MAX_QUERY, run
+
+    print(json.dumps(run(sys.stdin.read(MAX_QUERY + 1)), sort_keys=True))
+    return 0
+
+
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -407,6 +416,16 @@ def parser() -> argparse.ArgumentParser:
     _add_profile_commands(commands)
     _add_attest_command(commands)
     _add_fleet_commands(commands)
+    terraform = commands.add_parser(
+        "terraform-attest", help="Terraform external data source: attest one host",
+        description="Terraform's external data source protocol. Reads one JSON object of "
+                    "strings on stdin (host, port, user, manifest, trust_key, known_hosts, "
+                    "identity, timeout) and writes one flat JSON object of strings on stdout: "
+                    "status (pass or drift), boot_id, manifest_digest, findings_count, and "
+                    "findings as a JSON string. Errors go to stderr with a non-zero exit. "
+                    "It never resets a host: Terraform runs it on every refresh.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    terraform.set_defaults(func=_cmd_terraform_attest)
     return top
 
 
