@@ -143,3 +143,39 @@ def test_fleet_resets_drifted_hosts(host: BootedHost, signing_keys: SigningKeys,
                            str(tmp_path / "history.db")], cwd=REPO, capture_output=True,
                           text=True, timeout=60).stdout
     assert "pass" in rows and "never" not in rows
+
+
+def test_ansible_collection_attests_and_resets(host: BootedHost, signing_keys: SigningKeys,
+                                               tmp_path: Path) -> None:
+    from tests.test_ansible import ansible
+
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"vm ansible_host=127.0.0.1 ansible_port={host.target.port} "
+                         f"ansible_user=root ansible_ssh_private_key_file={host.identity}\n")
+    args = {"manifest": str(host.image.directory / MANIFEST_NAME),
+            "trust_key": str(signing_keys.public), "known_hosts": str(host.known_hosts),
+            "timeout": 60}
+
+    def play(module: str, *extra: str) -> dict[str, Any]:
+        (tmp_path / "play.yml").write_text(json.dumps([{
+            "hosts": "all", "gather_facts": False,
+            "tasks": [{"register": "r", f"hardhost.host.{module}":
+                       {**args, "reset_timeout": BOOT_TIMEOUT}},
+                      {"copy": {"content": "{{ r | to_json }}",
+                                "dest": str(tmp_path / "result.json")},
+                       "delegate_to": "localhost", "check_mode": False}]}]))
+        result = ansible("ansible-playbook", "-i", str(inventory), "play.yml", *extra,
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        data: dict[str, Any] = json.loads((tmp_path / "result.json").read_text())
+        return data
+
+    clean = play("attest")
+    assert clean["status"] == "pass" and clean["changed"] is False
+    make_drift(host)
+    would = play("reset", "--check")
+    assert would["changed"] is True and "would reboot" in would["msg"]
+    assert would["boot_id"] == clean["boot_id"]  # check mode rebooted nothing
+    done = play("reset")
+    assert done["changed"] is True and done["status"] == "pass"
+    assert done["before"]["status"] == "drift" and done["boot_id"] != clean["boot_id"]
