@@ -183,13 +183,10 @@ def _load_identity(identity: Path) -> paramiko.PKey:
         raise UsageError(f"{identity}: cannot load the private key: {exc}") from None
 
 
-@contextmanager
-def connect(target: Target, *, known_hosts: Path, identity: Path, timeout: float = 30.0,
-            trust_on_first_use: bool = False) -> Iterator[Session]:
-    """Open an authenticated session; host key checked strictly against `known_hosts`.
-
-    Only with `trust_on_first_use` is an unknown host accepted, and its key recorded.
-    """
+def open_client(target: Target, *, known_hosts: Path, identity: Path, timeout: float = 30.0,
+                trust_on_first_use: bool = False) -> paramiko.SSHClient:
+    """A connected, authenticated paramiko client whose host key was checked strictly
+    against `known_hosts` (recorded there first only with `trust_on_first_use`)."""
     if trust_on_first_use and not known_hosts.exists():
         known_hosts.parent.mkdir(parents=True, exist_ok=True)
         known_hosts.touch(mode=0o644)
@@ -221,6 +218,18 @@ def connect(target: Target, *, known_hosts: Path, identity: Path, timeout: float
     except BaseException:
         client.close()
         raise
+    return client
+
+
+@contextmanager
+def connect(target: Target, *, known_hosts: Path, identity: Path, timeout: float = 30.0,
+            trust_on_first_use: bool = False) -> Iterator[Session]:
+    """Open an authenticated session; host key checked strictly against `known_hosts`.
+
+    Only with `trust_on_first_use` is an unknown host accepted, and its key recorded.
+    """
+    client = open_client(target, known_hosts=known_hosts, identity=identity, timeout=timeout,
+                         trust_on_first_use=trust_on_first_use)
     session = Session(client, target, timeout)
     try:
         yield session

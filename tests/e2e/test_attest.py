@@ -65,6 +65,25 @@ def test_clean_host_passes(host: BootedHost, signing_keys: SigningKeys) -> None:
     assert len(data["boot_id"]) == 36 and len(data["manifest_digest"]) == 64
 
 
+def test_testinfra_plugin_passes_then_names_the_drifted_fact(host: BootedHost,
+                                                            signing_keys: SigningKeys,
+                                                            tmp_path: Path) -> None:
+    from tests.test_testinfra_plugin import run_plugin
+
+    args = (host.target.port, host.identity, host.image.directory / MANIFEST_NAME,
+            signing_keys.public, host.known_hosts)
+    clean = run_plugin(tmp_path, *args)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "failed" not in clean.stdout and " passed" in clean.stdout
+    with connect(host.target, known_hosts=host.known_hosts, identity=host.identity,
+                 timeout=30) as session:
+        session.run(["sh", "-c", "echo 1 > /proc/sys/kernel/kptr_restrict"])
+    drifted = run_plugin(tmp_path, *args)
+    assert drifted.returncode == 1
+    failed = [line for line in drifted.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "sysctl[kernel.kptr_restrict]" in failed[0], failed
+
+
 def test_drift_gives_findings_with_their_ids(host: BootedHost,
                                              signing_keys: SigningKeys) -> None:
     make_drift(host)
