@@ -95,11 +95,18 @@ def facts(manifest: HostManifest) -> dict[str, Check]:
     for key, value in sorted(manifest.sshd.items()):
         checks[f"sshd[{key}]"] = (lambda k, v: lambda host: _equal(
             k, v, parse_sshd(host.check_output("sshd -T")).get(k, "absent")))(key, value)
-    services = ["ssh", "systemd-networkd"] + (["docker"] if manifest.runtime_config else [])
-    for service in services:
-        def running(host: Any, name: str = service) -> None:
-            _equal(f"{name}.service running", "True", str(host.service(name).is_running))
-        checks[f"service[{service}]"] = running
+    # sshd and networkd run before SSH answers; dockerd may still be starting then, so of it
+    # only the (static) enablement is a fact.
+    services = {"ssh": True, "systemd-networkd": True}
+    if manifest.runtime_config:
+        services["docker"] = False
+    for service, must_run in services.items():
+        def state(host: Any, name: str = service, must_run: bool = must_run) -> None:
+            unit = host.service(name)
+            _equal(f"{name}.service enabled", "True", str(unit.is_enabled))
+            if must_run:
+                _equal(f"{name}.service running", "True", str(unit.is_running))
+        checks[f"service[{service}]"] = state
     return checks
 
 
