@@ -37,11 +37,12 @@ def test_ansible_doc_shows_the_modules(module: str, tmp_path: Path) -> None:
     assert "RETURN VALUES" in result.stdout
 
 
-def test_readme_playbook_is_valid_yaml() -> None:
+@pytest.mark.parametrize("readme", [COLLECTIONS / "ansible_collections/hardhost/host/README.md",
+                                    REPO / "README.md"])
+def test_readme_playbook_is_valid_yaml(readme: Path) -> None:
     import yaml
 
-    readme = (COLLECTIONS / "ansible_collections/hardhost/host/README.md").read_text()
-    (block,) = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    (block,) = re.findall(r"```yaml\n(.*?)```", readme.read_text(), re.S)
     (play,) = yaml.safe_load(block)
     assert [next(k for k in t if k.startswith("hardhost.")) for t in play["tasks"]] == [
         "hardhost.host.attest", "hardhost.host.reset"]

@@ -57,11 +57,14 @@ def test_example_module_parses_and_uses_the_program() -> None:
     assert outputs == {"status", "boot_id", "manifest_digest", "findings"}
 
 
-def test_readme_example_parses() -> None:
-    text = (MODULE / "README.md").read_text()
-    (block,) = re.findall(r"```hcl\n(.*?)```", text, re.S)
+@pytest.mark.parametrize("readme", [MODULE / "README.md", REPO / "README.md"])
+def test_readme_example_parses(readme: Path) -> None:
+    (block,) = re.findall(r"```hcl\n(.*?)```", readme.read_text(), re.S)
     parsed = unquote(hcl2.loads(block))
-    assert parsed["module"][0]["attest_edge1"]["source"] == "./terraform/attest"
+    module = parsed["module"][0]["attest_edge1"]
+    assert module["source"] == "./terraform/attest"
+    assert set(module) - {"source", "hardhost", "__is_block__"} <= {
+        "host", "port", "user", "manifest", "trust_key", "known_hosts", "identity", "timeout"}
 
 
 @pytest.mark.parametrize(("query", "problem"), [
