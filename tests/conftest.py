@@ -107,7 +107,7 @@ def start_sshd(directory: Path, client_key: KeyPair, *, extra_config: str = "") 
     authorized.write_text(f"{client_key.public_line}\n")
     port = free_port()
     config = directory / "sshd_config"
-    # SetEnv keeps root's interactive shell set-up (pyenv on this machine) out of each session.
+    # SetEnv keeps a login shell's interactive set-up (such as pyenv) out of each session.
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key.private}\n"
         f"PidFile {directory}/sshd.pid\nAuthorizedKeysFile {authorized}\n"
