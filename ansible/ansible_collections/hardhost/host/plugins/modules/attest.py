@@ -17,23 +17,9 @@ description:
   - Read-only, so it runs the same in check mode.
 version_added: "0.1.0"
 author: hardhost developers
+extends_documentation_fragment:
+  - hardhost.host.connection
 options:
-  manifest:
-    description: The image's signed C(manifest.dsse.json), on the controller.
-    type: path
-    required: true
-  trust_key:
-    description: Trusted manifest signing key (PEM), or a folder of C(*.pub) keys.
-    type: path
-    required: true
-  known_hosts:
-    description: known_hosts file holding the hosts' keys; unknown or changed keys fail.
-    type: path
-    required: true
-  timeout:
-    description: Seconds allowed for connecting and for collecting evidence.
-    type: float
-    default: 30
   fail_on_drift:
     description: Fail the task when the host has drifted from its manifest.
     type: bool
@@ -42,8 +28,6 @@ attributes:
   check_mode:
     support: full
     description: Collects evidence only; nothing on the host changes.
-requirements:
-  - hardhost installed in the controller's Python
 """
 
 EXAMPLES = r"""

@@ -14,23 +14,9 @@ description:
   - In check mode it reports what it would do and reboots nothing.
 version_added: "0.1.0"
 author: hardhost developers
+extends_documentation_fragment:
+  - hardhost.host.connection
 options:
-  manifest:
-    description: The image's signed C(manifest.dsse.json), on the controller.
-    type: path
-    required: true
-  trust_key:
-    description: Trusted manifest signing key (PEM), or a folder of C(*.pub) keys.
-    type: path
-    required: true
-  known_hosts:
-    description: known_hosts file holding the hosts' keys; unknown or changed keys fail.
-    type: path
-    required: true
-  timeout:
-    description: Seconds allowed for connecting and for collecting evidence.
-    type: float
-    default: 30
   reset_timeout:
     description: Seconds to wait for the host to come back after the reboot.
     type: float
@@ -42,8 +28,6 @@ options:
 attributes:
   check_mode:
     support: full
-requirements:
-  - hardhost installed in the controller's Python
 """
 
 EXAMPLES = r"""

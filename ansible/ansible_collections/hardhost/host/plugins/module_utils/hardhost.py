@@ -1,10 +1,12 @@
-"""Shared by the attest and reset action plugins: they run on the controller, because a host
+"""Shared by the attest and reset action plugins. They run on the controller, because a host
 attesting itself would prove nothing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from ansible.plugins.action import ActionBase
 
 from builder.errors import HardhostError
 from builder.manifest import read_verified
@@ -44,3 +46,27 @@ def verdict_result(verdict: Any) -> dict[str, Any]:
     data: dict[str, Any] = verdict.to_dict()
     data["findings"] = [f for f in data["findings"] if f["severity"] != "info"]
     return data
+
+
+class HardhostAction(ActionBase):  # type: ignore[misc]  # ansible-core ships no types
+    """Runs `act` on the controller with the host's target, manifest and connection; any
+    hardhost error becomes a failed task with its one-line reason and exit code."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False  # the controller connects with hardhost's own SSH client
+
+    def act(self, target: Target, manifest: Any, digest: str, conn: Connection,
+            args: dict[str, Any], result: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = dict(self._task.args)
+        try:
+            target, manifest, digest, conn = prepare(args, task_vars,
+                                                     task_vars.get("inventory_hostname", ""))
+            self.act(target, manifest, digest, conn, args, result)
+        except HardhostError as exc:
+            result.update(failed=True, msg=str(exc), exit_code=exc.exit_code)
+        return result

@@ -1,0 +1,27 @@
+# The options hardhost.host.attest and hardhost.host.reset share.
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  manifest:
+    description: The image's signed C(manifest.dsse.json), on the controller.
+    type: path
+    required: true
+  trust_key:
+    description: Trusted manifest signing key (PEM), or a folder of C(*.pub) keys.
+    type: path
+    required: true
+  known_hosts:
+    description: known_hosts file holding the hosts' keys; unknown or changed keys fail.
+    type: path
+    required: true
+  timeout:
+    description: Seconds allowed for connecting and for collecting evidence.
+    type: float
+    default: 30
+requirements:
+  - hardhost installed in the controller's Python
+"""
