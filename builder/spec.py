@@ -41,6 +41,17 @@ COMPRESSIONS: Mapping[Filesystem, tuple[Compression, ...]] = {
     Filesystem.SQUASHFS: (Compression.XZ, Compression.ZSTD),
 }
 
+# What a VM or NVMe host running containers loads: disks, network, entropy, the root's
+# filesystems and dm-verity, and Docker's netfilter, bridge, veth and vxlan networking.
+DEFAULT_MODULES = (
+    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_console", "virtio_rng",
+    "virtio_balloon", "sd_mod", "ahci", "nvme",
+    "ext4", "erofs", "squashfs", "overlay", "autofs4", "efivarfs", "configfs", "loop",
+    "dm_verity",
+    "net/netfilter/", "net/ipv4/netfilter/", "net/ipv6/netfilter/", "net/bridge/",
+    "veth", "vxlan", "macvlan", "ipvlan", "tun",
+)
+_MODULE_RE = re.compile(r"^([A-Za-z0-9_\-*?\[\]]+|[a-z0-9_\-]+(/[a-z0-9_\-]+)*/)$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")
 _SYSCTL_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_\-]{0,31}$")
@@ -118,6 +129,26 @@ def _cmdline(value: Any) -> tuple[str, ...]:
     return tuple(args)
 
 
+def _modules(value: Any) -> tuple[str, ...]:
+    patterns = _str_list(value)
+    for pattern in patterns:
+        if not _MODULE_RE.match(pattern):
+            raise _Invalid(f"{pattern!r}: expected a module name or glob (dm_verity, "
+                           "virtio*) or a folder of kernel/ ending in '/' (net/netfilter/)")
+    return tuple(patterns)
+
+
+def _prune_paths(value: Any) -> tuple[str, ...]:
+    paths = _str_list(value)
+    for path in paths:
+        parts = path.split("/")
+        if not path or path.startswith("/") or ".." in parts or "" in parts[:-1] \
+                or any(c.isspace() for c in path):
+            raise _Invalid(f"{path!r}: expected a path glob relative to the root, "
+                           "without '..', e.g. 'usr/bin/ctr'")
+    return tuple(paths)
+
+
 def _user(value: Any) -> str:
     if not isinstance(value, str) or not _USER_RE.match(value):
         raise _Invalid(f"{value!r} is not a valid user name")
@@ -184,6 +215,9 @@ class Kernel:
     cmdline: tuple[str, ...] = field(default=(), metadata=_help(
         "extra kernel command-line arguments", _cmdline))
     console: str = field(default="ttyS0", metadata=_help("kernel console device"))
+    modules: tuple[str, ...] = field(default=DEFAULT_MODULES, metadata=_help(
+        "kernel modules kept when prune.kernel_modules is on, with their dependencies: "
+        "names (globs allowed) or folders of kernel/ ending in '/'", _modules))
 
 
 @dataclass(frozen=True)
@@ -206,6 +240,13 @@ class Prune:
     locales: bool = field(default=True, metadata=_help("drop translations and locales"))
     package_manager: bool = field(default=True, metadata=_help(
         "remove apt and dpkg, so the image cannot install packages"))
+    kernel_modules: bool = field(default=True, metadata=_help(
+        "remove every kernel module not in kernel.modules or needed by one"))
+    firmware: bool = field(default=True, metadata=_help(
+        "remove firmware files that no kept kernel module asks for"))
+    paths: tuple[str, ...] = field(default=(), metadata=_help(
+        "further files to remove: globs relative to the root, e.g. 'usr/bin/ctr'",
+        _prune_paths))
 
 
 def _subid(value: Any) -> int:

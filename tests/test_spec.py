@@ -154,3 +154,25 @@ def test_unreadable_spec_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(tmp_path / "missing.toml")
     assert str(info.value) == f"{tmp_path}/missing.toml: file: No such file or directory"
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('modules = ["dm verity"]', "'dm verity': expected a module name or glob"),
+    ('modules = ["../net/"]', "'../net/': expected a module name or glob"),
+    ('modules = "dm_verity"', "expected a list of strings"),
+])
+def test_bad_kernel_modules(line: str, problem: str) -> None:
+    assert f"spec.toml: kernel.modules: {problem}" in error_of(MINIMAL + f"[kernel]\n{line}\n")
+
+
+@pytest.mark.parametrize("path", ["/usr/bin/ctr", "usr/../etc/shadow", "usr//bin", "a b"])
+def test_prune_paths_stay_inside_the_root(path: str) -> None:
+    message = error_of(MINIMAL + f'[prune]\npaths = ["{path}"]\n')
+    assert f"spec.toml: prune.paths: {path!r}: expected a path glob relative" in message
+
+
+def test_module_pruning_is_on_by_default_with_the_container_set() -> None:
+    spec = parse_spec(MINIMAL, "spec.toml")
+    assert spec.prune.kernel_modules and spec.prune.firmware
+    assert {"dm_verity", "erofs", "overlay", "veth", "vxlan", "net/bridge/"} \
+        <= set(spec.kernel.modules)

@@ -17,6 +17,7 @@ from builder.spec import Spec
 log = logging.getLogger(__name__)
 
 VARIANT = "minbase"
+MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 
 _MISSING_PACKAGE = re.compile(r"Unable to locate package (\S+)|Package '?(\S+?)'? has no "
                               r"installation candidate")
@@ -33,6 +34,11 @@ def bootstrap_inputs(spec: Spec) -> dict[str, object]:
         "variant": VARIANT,
         "packages": sorted(spec.packages.include),
     }
+
+
+def inputs(spec: Spec, epoch: int) -> dict[str, object]:
+    # The epoch is not an input: later stages clamp every file time to it.
+    return bootstrap_inputs(spec)
 
 
 def bootstrap_key(spec: Spec) -> str:
@@ -74,6 +80,9 @@ def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
         f"--include={','.join(spec.packages.include)}",
         "--aptopt=Acquire::Retries \"3\"",
         "--dpkgopt=force-unsafe-io",
+        # Lay out merged /usr directly; otherwise bookworm installs the usrmerge converter
+        # and, with it, all of perl (30 MB the image never runs).
+        f"--hook-dir={MERGED_USR_HOOKS}",
         dist.suite,
         str(target),
         dist.mirror,
