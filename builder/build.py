@@ -11,13 +11,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.cache import cache_root
+from builder.cache import cache_root, stage_key
 from builder.context import BuildContext
 from builder.errors import BuildError, UsageError
 from builder.log import StepTiming, complete_step
@@ -34,17 +34,34 @@ ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity")  # what a VM bo
 class Stage:
     name: str
     run: Callable[[BuildContext, StepTiming], None]
+    # What the stage reads from the spec, its data files and the epoch...
+    inputs: Callable[[Spec, int], Mapping[str, object]]
+    # ...and the stages whose output it reads: their keys are part of its key.
+    after: tuple[str, ...] = ()
 
 
 STAGES = (
-    Stage("bootstrap", bootstrap.run_stage),
-    Stage("harden", harden.run_stage),
-    Stage("security", security.run_stage),
-    Stage("initramfs", initramfs.run_stage),
-    Stage("prune", prune.run_stage),
-    Stage("rootfs", rootfs.run_stage),
-    Stage("manifest", manifest.run_stage),
+    Stage("bootstrap", bootstrap.run_stage, bootstrap.inputs),
+    Stage("harden", harden.run_stage, harden.inputs, after=("bootstrap",)),
+    Stage("security", security.run_stage, security.inputs, after=("bootstrap",)),
+    Stage("initramfs", initramfs.run_stage, initramfs.inputs, after=("bootstrap",)),
+    Stage("prune", prune.run_stage, prune.inputs, after=("bootstrap",)),
+    Stage("rootfs", rootfs.run_stage, rootfs.inputs, after=("harden", "security", "prune")),
+    Stage("manifest", manifest.run_stage, manifest.inputs,
+          after=("bootstrap", "harden", "security", "initramfs", "prune", "rootfs")),
 )
+
+
+def stage_keys(spec: Spec, epoch: int) -> dict[str, str]:
+    """Each stage's cache key: its own inputs and the keys of the stages it reads from, so
+    a change reaches exactly the stages downstream of it."""
+    keys: dict[str, str] = {}
+    for stage in STAGES:
+        keys[stage.name] = stage_key(stage.name, {
+            "inputs": stage.inputs(spec, epoch),
+            "after": {name: keys[name] for name in stage.after},
+        })
+    return keys
 
 
 def required_tools(spec: Spec) -> tuple[str, ...]:
@@ -92,8 +109,12 @@ def require_root() -> None:
                          "nodes need it): run it with sudo")
 
 
-def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False) -> Path:
-    """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path."""
+def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False,
+          reuse: bool = True) -> Path:
+    """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path.
+
+    With `reuse` off, every stage after bootstrap runs even when its output is cached.
+    """
     require_root()
     if not spec.access.authorized_keys:
         raise UsageError(f"{spec.source}: access.authorized_keys: no key would be able to log "
@@ -107,12 +128,14 @@ def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = Fal
     workdir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.work-", dir=outdir))
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=outdir))
     ctx = BuildContext(spec=spec, workdir=workdir, staging=staging, cache_dir=cache_root(),
-                       signing_key=key, source_date_epoch=_source_date_epoch())
+                       signing_key=key, source_date_epoch=_source_date_epoch(), reuse=reuse)
     try:
         with complete_step(f"Building {spec.name}", f"Built {spec.name}"):
             for number, stage in enumerate(STAGES, 1):
                 with complete_step(f"[{number}/{len(STAGES)}] {stage.name}") as step:
                     stage.run(ctx, step)
+                if stage.name == "bootstrap":  # the epoch may come from the package set
+                    ctx.keys = stage_keys(spec, ctx.source_date_epoch)
                 step.name = stage.name
                 ctx.timings.append(step)
             _write_build_json(ctx)
@@ -143,11 +166,12 @@ def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
 
     Returns the first build's path and the name of the first artifact that differs, or None.
     """
-    final = build(spec, outdir, key=key, force=force)
+    # Neither build takes a stage's output from the cache: both must make every byte.
+    final = build(spec, outdir, key=key, force=force, reuse=False)
     scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.again-", dir=outdir))
     try:
         with complete_step("Building again to compare"):
-            again = build(spec, scratch, key=key)
+            again = build(spec, scratch, key=key, reuse=False)
         first = json.loads((final / "build.json").read_text())["artifacts"]
         second = json.loads((again / "build.json").read_text())["artifacts"]
         for name in manifest.SUBJECTS:

@@ -64,7 +64,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             return 1
         log.info("Reproducible: two builds gave identical %s", ", ".join(_subjects()))
     else:
-        final = build(spec, args.output, key=key, force=args.force)
+        final = build(spec, args.output, key=key, force=args.force, reuse=not args.no_cache)
     print(final)
     return 0
 
@@ -313,9 +313,11 @@ def parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "build", help="build an image from a TOML spec",
         description="Build SPEC into OUTDIR/NAME: vmlinuz, initrd.img, root.img, root.verity, "
-                    "cmdline and build.json. Needs root. The mmdebstrap stage is cached under "
-                    "~/.cache/hardhost (or $HARDHOST_CACHE_DIR), keyed by its inputs. The "
-                    "output appears only when complete.",
+                    "cmdline and build.json. Needs root. The mmdebstrap tree, the initramfs "
+                    "and the root image are cached under ~/.cache/hardhost (or "
+                    "$HARDHOST_CACHE_DIR), each keyed by exactly the inputs it depends on: a "
+                    "sysctl change rebuilds the root image but reuses the rest. The output "
+                    "appears only when complete.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     build.add_argument("spec", type=Path, metavar="SPEC", help="image spec, e.g. "
                        "images/container-host.toml")
@@ -330,7 +332,10 @@ def parser() -> argparse.ArgumentParser:
                        help="Ed25519 private key that signs the manifest (default: the spec's "
                             "manifest.signing_key)")
     build.add_argument("--check-reproducible", action="store_true",
-                       help="build twice and report the first artifact that differs (exit 1)")
+                       help="build twice, without cached stage outputs, and report the first "
+                            "artifact that differs (exit 1)")
+    build.add_argument("--no-cache", action="store_true",
+                       help="run every stage after bootstrap even when its output is cached")
     build.set_defaults(func=_cmd_build)
 
     keygen = commands.add_parser(

@@ -20,6 +20,8 @@ class BuildContext:
     signing_key: Ed25519PrivateKey
     # From $SOURCE_DATE_EPOCH; 0 until the bootstrap stage derives it from the package set.
     source_date_epoch: int
+    reuse: bool = True  # take stage outputs from the cache when their key matches
+    keys: dict[str, str] = field(default_factory=dict)  # stage name -> input key
     bootstrap_key: str = ""
     kernel_release: str = ""
     root_hash: str = ""

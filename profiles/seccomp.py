@@ -177,9 +177,17 @@ def first_denied(profile: Mapping[str, Any], trace: Trace) -> Call | None:
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise SeccompError(f"{path}: not a readable seccomp profile: {exc}") from None
+    return loads(text, str(path))
+
+
+def loads(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SeccompError(f"{origin}: not a readable seccomp profile: {exc}") from None
     if not isinstance(data, dict) or "defaultAction" not in data:
-        raise SeccompError(f"{path}: not an OCI seccomp profile (no defaultAction)")
+        raise SeccompError(f"{origin}: not an OCI seccomp profile (no defaultAction)")
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -65,6 +66,8 @@ BASELINE_SYSCTLS: Mapping[str, str] = {
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "dm_verity", "erofs", "squashfs", "overlay",
                      "ext4", "crc32c_generic")
 
+INITRAMFS_CONFIG = "/etc/initramfs-tools"
+
 ENABLED_UNITS = ("systemd-networkd.service",)
 # A container host does not wait for "network online" to start sshd, and with the package
 # manager pruned, apt's timers have nothing to run.
@@ -126,7 +129,7 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
     def render(template: str) -> str:
         return env.get_template(template).render(values)
 
-    initramfs = "/etc/initramfs-tools"
+    initramfs = INITRAMFS_CONFIG
     return [
         # systemd applies sysctl.d files in name order across /etc and /usr/lib, and
         # /usr/lib/sysctl.d/99-protect-links.conf would otherwise undo fs.protected_fifos.
@@ -244,6 +247,26 @@ def remove_baked_host_keys(tree: Path) -> None:
     """Debian's postinst made host keys at build time; every instance must have its own."""
     for key in (tree / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
+
+
+def file_digests(files: list[RenderedFile]) -> dict[str, str]:
+    return {f.path: f"{f.mode:o}:{hashlib.sha256(f.content.encode()).hexdigest()}"
+            for f in files}
+
+
+def inputs(spec: Spec, epoch: int) -> dict[str, object]:
+    """What the stage writes or runs, so its key changes exactly when its effect can."""
+    return {
+        "version": 1,
+        "files": file_digests(render_layer(spec)),
+        "user": spec.access.user,
+        "authorized_keys": list(spec.access.authorized_keys),
+        "remap_user": spec.userns.remap_user,
+        "docker": has_docker(spec),
+        "enabled": ENABLED_UNITS,
+        "masked": MASKED_UNITS,
+        "epoch": epoch,  # useradd dates accounts from it
+    }
 
 
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:

@@ -1,13 +1,22 @@
-"""Stage 3: an initramfs that opens the root through dm-verity, and the kernel beside it."""
+"""Stage 4: an initramfs that opens the root through dm-verity, and the kernel beside it.
+
+mkinitramfs reads only the kernel, its modules and the initramfs-tools configuration, so its
+output is cached under a key of those: a sysctl or profile change reuses it.
+"""
 
 from __future__ import annotations
 
 import shutil
 
+from builder.cache import StageCache
 from builder.chroot import run_in_tree
 from builder.context import BuildContext
 from builder.errors import BuildError
 from builder.log import StepTiming
+from builder.spec import Spec
+from builder.stages.harden import INITRAMFS_CONFIG, INITRAMFS_MODULES, file_digests, render_layer
+
+CACHE_ENTRIES = 4
 
 
 def kernel_release(ctx: BuildContext) -> str:
@@ -19,12 +28,26 @@ def kernel_release(ctx: BuildContext) -> str:
     return kernels[0].name.removeprefix("vmlinuz-")
 
 
+def inputs(spec: Spec, epoch: int) -> dict[str, object]:
+    config = [f for f in render_layer(spec) if f.path.startswith(f"{INITRAMFS_CONFIG}/")]
+    return {"version": 1, "config": file_digests(config), "modules": INITRAMFS_MODULES,
+            "epoch": epoch}
+
+
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     release = kernel_release(ctx)
     ctx.kernel_release = release
+    shutil.copyfile(ctx.tree / f"boot/vmlinuz-{release}", ctx.staging / "vmlinuz")
+    cache = StageCache(ctx.cache_dir, "initramfs", keep=CACHE_ENTRIES)
+    key = ctx.keys["initramfs"]
+    entry = cache.lookup(key) if ctx.reuse else None
+    if entry is not None:
+        shutil.copyfile(entry / "initrd.img", ctx.staging / "initrd.img")
+        step.note = f"kernel {release}, cached"
+        return
     initrd = f"/boot/initrd.img-{release}"
     run_in_tree(ctx.tree, ["mkinitramfs", "-o", initrd, release],
                 env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
-    shutil.copyfile(ctx.tree / f"boot/vmlinuz-{release}", ctx.staging / "vmlinuz")
     shutil.copyfile(ctx.tree / initrd.lstrip("/"), ctx.staging / "initrd.img")
+    cache.store(key, {"initrd.img": ctx.staging / "initrd.img"})
     step.note = f"kernel {release}"

@@ -1,7 +1,8 @@
-"""Stage 6: the SBOM and the signed manifest, the contract the verifier checks hosts against."""
+"""Stage 7: the SBOM and the signed manifest, the contract the verifier checks hosts against."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,11 @@ MUTABLE_PATHS: Mapping[str, tuple[str, ...]] = {
     "etc": (".pwd.lock", "machine-id", "cni", "cni/*", "docker", "docker/key.json"),
     "var": ("*",),
 }
+
+
+def inputs(spec: Spec, epoch: int) -> dict[str, object]:
+    """Every setting: the manifest records them all. It is never cached; signing is cheap."""
+    return {"spec": dataclasses.asdict(spec) | {"source": None}, "epoch": epoch}
 
 
 def sshd_expectations(spec: Spec) -> dict[str, str]:

@@ -7,6 +7,10 @@ profiles: seccomp JSON under /usr/lib/hardhost/seccomp, AppArmor profiles in
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from builder.context import BuildContext
@@ -43,33 +47,52 @@ def installed_name(path: Path, suffix: str) -> str:
     return apparmor.check_name(name)
 
 
-def run_stage(ctx: BuildContext, step: StepTiming) -> None:
-    spec, tree = ctx.spec, ctx.tree
-    count = 0
+@dataclass(frozen=True)
+class Planned:
+    path: str  # absolute path inside the image
+    text: str
+    check: Callable[[str], object] | None = None  # the real consumer's validation
+
+
+def planned_profiles(spec: Spec) -> list[Planned]:
+    """Every profile the stage installs, read but not yet validated: the stage's inputs."""
+    planned: list[Planned] = []
     if spec.seccomp.default_profile:
         profile = defaults.build(allow_keyring=True) if spec.seccomp.allow_keyring else None
-        _write(tree, SECCOMP_DEFAULT, seccomp.dumps(profile) if profile
-               else defaults.OUTPUT.read_text())
-        count += 1
+        planned.append(Planned(SECCOMP_DEFAULT, seccomp.dumps(profile) if profile
+                               else defaults.OUTPUT.read_text()))
     for name in spec.seccomp.profiles:
         path, text = _read(spec, "seccomp.profiles", name)
-        profile = seccomp.load(path)
-        seccomp.check_names((n for rule in profile.get("syscalls", [])
-                             for n in rule.get("names", [])), str(path))
-        _write(tree, f"{SECCOMP_DIR}/{installed_name(path, '.seccomp.json')}.json", text)
-        count += 1
+        planned.append(Planned(f"{SECCOMP_DIR}/{installed_name(path, '.seccomp.json')}.json",
+                               text, partial(_check_seccomp, str(path))))
     if spec.apparmor.container_profile:
-        _write(tree, f"{APPARMOR_DIR}/{apparmor.DEFAULT_NAME}",
-               defaults.APPARMOR_OUTPUT.read_text())
-        count += 1
+        planned.append(Planned(f"{APPARMOR_DIR}/{apparmor.DEFAULT_NAME}",
+                               defaults.APPARMOR_OUTPUT.read_text()))
     for name in spec.apparmor.profiles:
         path, text = _read(spec, "apparmor.profiles", name)
-        apparmor.validate(text)
-        _write(tree, f"{APPARMOR_DIR}/{installed_name(path, '.apparmor')}", text)
-        count += 1
+        planned.append(Planned(f"{APPARMOR_DIR}/{installed_name(path, '.apparmor')}", text,
+                               apparmor.validate))
     for name in spec.selinux.modules:
         path, text = _read(spec, "selinux.modules", name)
-        selinux.validate(text)
-        _write(tree, f"{SELINUX_DIR}/{path.name}", text)
-        count += 1
-    step.note = f"{count} profiles"
+        planned.append(Planned(f"{SELINUX_DIR}/{path.name}", text, selinux.validate))
+    return planned
+
+
+def _check_seccomp(source: str, text: str) -> None:
+    profile = seccomp.loads(text, source)
+    seccomp.check_names((n for rule in profile.get("syscalls", [])
+                         for n in rule.get("names", [])), source)
+
+
+def inputs(spec: Spec, epoch: int) -> dict[str, object]:
+    return {"version": 1, "files": {p.path: hashlib.sha256(p.text.encode()).hexdigest()
+                                    for p in planned_profiles(spec)}}
+
+
+def run_stage(ctx: BuildContext, step: StepTiming) -> None:
+    planned = planned_profiles(ctx.spec)
+    for profile in planned:
+        if profile.check is not None:
+            profile.check(profile.text)
+        _write(ctx.tree, profile.path, profile.text)
+    step.note = f"{len(planned)} profiles"
