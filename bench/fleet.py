@@ -1,22 +1,24 @@
 """Fleet attestation speed: hardhost fleet against Ansible and a bare paramiko loop, on the
 same N real sshd hosts on loopback (one sshd per host, each with its own host key), with the
-same concurrency, in one run.
+same concurrency, in one run. Then hardhost alone at other fleet sizes, for its scaling.
 
-    sudo .venv/bin/python bench/fleet.py [--hosts 200] [--forks 50]
+    sudo .venv/bin/python bench/fleet.py [--hosts 200] [--forks 50] [--scale 50,500]
 
-Prints hosts per second for each and the ratios, and hardhost's peak RSS.
+Every client logs in as a dedicated user whose shell is /bin/sh, so no login start-up file
+(such as root's ~/.bashrc) is timed instead of the client. The user is created if missing.
+Prints hosts per second for each and the ratios, and hardhost's peak RSS at each size.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -25,18 +27,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.signing import keygen, load_private_key  # noqa: E402
-from tests.conftest import make_keypair, start_sshd  # noqa: E402
+from tests.conftest import KeyPair, RunningSshd, make_keypair, start_sshd  # noqa: E402
 from tests.test_signing import sample_manifest, write_signed  # noqa: E402
 from verifier.evidence import script  # noqa: E402
 
 BIN = Path(sys.executable).parent
+BENCH_USER = "hardhost-bench"
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+def ensure_user(name: str) -> None:
+    """A system user with a plain shell; its home is never used (keys live with each sshd)."""
+    if subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/bin/sh", name], check=True)
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall seconds and the process's peak RSS in MiB."""
     start = time.monotonic()
-    subprocess.run(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=False)
-    return time.monotonic() - start
+    process = subprocess.Popen(argv, env={**os.environ, **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(process.pid, 0)
+    return time.monotonic() - start, usage.ru_maxrss / 1024
 
 
 def paramiko_loop(ports: list[int], identity: Path, known_hosts: Path, command: str,
@@ -48,7 +60,7 @@ def paramiko_loop(ports: list[int], identity: Path, known_hosts: Path, command: 
         client = paramiko.SSHClient()
         client.load_host_keys(str(known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect("127.0.0.1", port=port, username="root", pkey=key, allow_agent=False,
+        client.connect("127.0.0.1", port=port, username=BENCH_USER, pkey=key, allow_agent=False,
                        look_for_keys=False, timeout=30)
         _, stdout, _ = client.exec_command(command)
         stdout.read()
@@ -60,55 +72,118 @@ def paramiko_loop(ports: list[int], identity: Path, known_hosts: Path, command: 
     return time.monotonic() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=200)
-    parser.add_argument("--forks", type=int, default=50)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hardhost-fleet-bench-") as name:
-        work = Path(name)
+@dataclass
+class Fleet:
+    """N loopback sshd hosts with a signed manifest, an inventory and known_hosts."""
+
+    work: Path
+    client: KeyPair
+    servers: list[RunningSshd]
+    known: Path
+    public: Path
+    manifest: Path
+    inventory: Path
+
+    @classmethod
+    def start(cls, work: Path, count: int) -> Fleet:
         client = make_keypair(work / "client", "id_ed25519")
-        servers = [start_sshd(work / f"h{i}", client) for i in range(args.hosts)]
+        servers: list[RunningSshd] = []
         try:
-            ports = [s.host.port for s in servers]
-            known = work / "known_hosts"
-            known.write_text("".join(s.host.known_hosts.read_text() for s in servers))
-            private, public = keygen(work / "keys")
-            manifest = write_signed(work, sample_manifest(), load_private_key(private))
-            evidence = work / "evidence.sh"
-            evidence.write_text(script())
-            inventory = work / "inventory.ini"
-            inventory.write_text("[all]\n" + "".join(
-                f"h{i} ansible_host=127.0.0.1 ansible_port={p} ansible_user=root "
-                f"ansible_python_interpreter=/usr/bin/python3\n" for i, p in enumerate(ports)))
-            hardhost = timed([str(BIN / "hardhost"), "fleet", str(inventory), "--manifest",
-                              str(manifest), "--trust-key", str(public), "--known-hosts",
-                              str(known), "--identity", str(client.private), "--forks",
-                              str(args.forks), "--history", str(work / "h.db")])
-            peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            ansible_env = {"ANSIBLE_FORKS": str(args.forks)}
-            ssh_args = f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes"
-            common = [str(BIN / "ansible"), "all", "-i", str(inventory), "-f",
-                      str(args.forks), "--private-key", str(client.private),
-                      f"--ssh-common-args={ssh_args}"]
-            command = timed([*common, "-m", "command", "-a", f"/bin/sh {evidence}"],
-                            ansible_env)
-            raw = timed([*common, "-m", "raw", "-a", f"/bin/sh {evidence}"], ansible_env)
-            floor = paramiko_loop(ports, client.private, known, f"/bin/sh {evidence}",
-                                  args.forks)
-        finally:
+            for index in range(count):
+                servers.append(start_sshd(work / f"h{index}", client, user=BENCH_USER))
+        except BaseException:
             for server in servers:
                 server.stop()
-    rate = {name: args.hosts / seconds for name, seconds in (
+            raise
+        known = work / "known_hosts"
+        known.write_text("".join(s.host.known_hosts.read_text() for s in servers))
+        private, public = keygen(work / "keys")
+        manifest = write_signed(work, sample_manifest(), load_private_key(private))
+        inventory = work / "inventory.ini"
+        inventory.write_text("[all]\n" + "".join(
+            f"h{i} ansible_host=127.0.0.1 ansible_port={s.host.port} ansible_user={BENCH_USER} "
+            f"ansible_python_interpreter=/usr/bin/python3\n" for i, s in enumerate(servers)))
+        return cls(work, client, servers, known, public, manifest, inventory)
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.host.port for s in self.servers]
+
+    def hardhost(self, forks: int) -> tuple[float, float]:
+        return timed([str(BIN / "hardhost"), "fleet", str(self.inventory), "--manifest",
+                      str(self.manifest), "--trust-key", str(self.public), "--known-hosts",
+                      str(self.known), "--identity", str(self.client.private), "--forks",
+                      str(forks), "--history", str(self.work / "history.db")])
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def compare(hosts: int, forks: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="hardhost-fleet-bench-") as name:
+        fleet = Fleet.start(Path(name), hosts)
+        try:
+            evidence = fleet.work / "evidence.sh"
+            evidence.write_text(script())
+            evidence.chmod(0o644)
+            fleet.work.chmod(0o755)  # the bench user reads the script from here
+            hardhost, peak_mib = fleet.hardhost(forks)
+            # The bench user has no home: Ansible's remote temporary files go elsewhere.
+            remote_tmp = fleet.work / "ansible-remote"
+            remote_tmp.mkdir(mode=0o1777)
+            remote_tmp.chmod(0o1777)
+            ansible_env = {"ANSIBLE_FORKS": str(forks), "ANSIBLE_REMOTE_TMP": str(remote_tmp)}
+            ssh_args = f"-o UserKnownHostsFile={fleet.known} -o StrictHostKeyChecking=yes"
+            common = [str(BIN / "ansible"), "all", "-i", str(fleet.inventory), "-f",
+                      str(forks), "--private-key", str(fleet.client.private),
+                      f"--ssh-common-args={ssh_args}"]
+            command, _ = timed([*common, "-m", "command", "-a", f"/bin/sh {evidence}"],
+                               ansible_env)
+            raw, _ = timed([*common, "-m", "raw", "-a", f"/bin/sh {evidence}"], ansible_env)
+            floor = paramiko_loop(fleet.ports, fleet.client.private, fleet.known,
+                                  f"/bin/sh {evidence}", forks)
+        finally:
+            fleet.stop()
+    rate = {name: hosts / seconds for name, seconds in (
         ("hardhost fleet", hardhost), ("ansible -m command", command),
         ("ansible -m raw", raw), ("bare paramiko loop", floor))}
-    print(f"{args.hosts} loopback hosts, {args.forks} at a time")
+    print(f"{hosts} loopback hosts, {forks} at a time, login shell /bin/sh")
     for name, value in rate.items():
         print(f"{name:<20} {value:7.1f} hosts/s")
     ours = rate["hardhost fleet"]
     for peer in ("ansible -m command", "ansible -m raw", "bare paramiko loop"):
         print(f"hardhost / {peer:<20} {ours / rate[peer]:5.2f} x")
     print(f"hardhost peak RSS: {peak_mib:.0f} MiB")
+
+
+def scaling(sizes: list[int], forks: int) -> None:
+    print(f"\nhardhost fleet alone, {forks} at a time:")
+    print(f"{'hosts':>6} {'seconds':>8} {'hosts/s':>8} {'peak RSS':>9} {'KiB/host':>9}")
+    for hosts in sizes:
+        with tempfile.TemporaryDirectory(prefix="hardhost-fleet-scale-") as name:
+            fleet = Fleet.start(Path(name), hosts)
+            try:
+                seconds, peak_mib = fleet.hardhost(forks)
+            finally:
+                fleet.stop()
+        print(f"{hosts:>6} {seconds:>8.1f} {hosts / seconds:>8.1f} {peak_mib:>6.0f} MiB "
+              f"{peak_mib * 1024 / hosts:>9.0f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=200)
+    parser.add_argument("--forks", type=int, default=50)
+    parser.add_argument("--scale", default="50,500",
+                        help="further fleet sizes for hardhost alone, comma-separated "
+                             "('' to skip)")
+    args = parser.parse_args()
+    ensure_user(BENCH_USER)
+    compare(args.hosts, args.forks)
+    sizes = sorted({int(n) for n in args.scale.split(",") if n.strip()} | {args.hosts})
+    if args.scale:
+        scaling(sizes, args.forks)
     return 0
 
 

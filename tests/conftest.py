@@ -98,9 +98,10 @@ class RunningSshd:
         self.process.wait(timeout=10)
 
 
-def start_sshd(directory: Path, client_key: KeyPair, *, extra_config: str = "") -> RunningSshd:
+def start_sshd(directory: Path, client_key: KeyPair, *, extra_config: str = "",
+               user: str = "root") -> RunningSshd:
     """A real OpenSSH sshd on 127.0.0.1 with its own host key, accepting `client_key` for
-    root, and ready (a key exchange completed) when this returns."""
+    `user` only, and ready (a key exchange completed) when this returns."""
     sshd = sshd_binary()
     host_key = make_keypair(directory / "host", "ssh_host_ed25519_key")
     authorized = directory / "authorized_keys"
@@ -112,7 +113,8 @@ def start_sshd(directory: Path, client_key: KeyPair, *, extra_config: str = "") 
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key.private}\n"
         f"PidFile {directory}/sshd.pid\nAuthorizedKeysFile {authorized}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nSetEnv SHLVL=1\n" + extra_config)
+        "PermitRootLogin prohibit-password\nStrictModes no\nSetEnv SHLVL=1\n"
+        f"AllowUsers {user}\n" + extra_config)
     process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

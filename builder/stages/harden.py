@@ -69,10 +69,12 @@ INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "dm_verity", "erofs", "squashfs
 INITRAMFS_CONFIG = "/etc/initramfs-tools"
 
 ENABLED_UNITS = ("systemd-networkd.service",)
-# A container host does not wait for "network online" to start sshd, and with the package
-# manager pruned, apt's timers have nothing to run.
+# A container host does not wait for "network online" to start sshd. With the package
+# manager pruned, apt's and dpkg's timers have nothing to run; e2scrub checks LVM snapshots
+# of ext4, which the image has none of; the root is read-only, so there is nothing to trim.
 MASKED_UNITS = ("systemd-networkd-wait-online.service", "apt-daily.timer",
-                "apt-daily-upgrade.timer")
+                "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+                "e2scrub_reap.service", "fstrim.timer")
 
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import paramiko
@@ -219,3 +221,39 @@ def test_reboot_resets_etc_and_keeps_the_host_key(booted: BootedHost) -> None:
     assert status != 0 and "No such file" in err
     assert boot_id(booted.target, known_hosts=booted.known_hosts, identity=booted.identity,
                    timeout=30) == new_boot
+
+
+def _busybox_image() -> bytes:
+    """A one-binary container image, made here: the guest has no registry to pull from."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        pytest.skip("needs busybox-static on the build host (make deps installs it)")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(busybox, arcname="bin/busybox")
+    return buffer.getvalue()
+
+
+def test_containers_run_on_the_pruned_kernel(booted: BootedHost) -> None:
+    """Only the declared modules are left, and Docker's bridge, veth, netfilter and vxlan
+    networking still work with them."""
+    with connect(booted.target, known_hosts=booted.known_hosts, identity=booted.identity,
+                 timeout=30) as session:
+        modules = session.run(["sh", "-c", 'find /usr/lib/modules/"$(uname -r)" -name "*.ko"'
+                               ' | wc -l'], timeout=60)
+        imported = session.run(["docker", "import", "-", "hardhost-e2e/busybox"],
+                               stdin=_busybox_image(), timeout=120)
+        assert imported.exit_status == 0, imported.stderr.decode()
+        ran = session.run(["docker", "run", "--rm", "hardhost-e2e/busybox", "/bin/busybox",
+                           "ip", "-4", "-o", "addr", "show", "eth0"], timeout=120)
+        vxlan = session.run(["ip", "link", "add", "vx-e2e", "type", "vxlan", "id", "42",
+                             "dstport", "4789"], timeout=60)
+        session.run(["ip", "link", "delete", "vx-e2e"], timeout=60)
+        loaded = session.run(["cat", "/proc/modules"], timeout=60).stdout.decode()
+    assert 100 < int(modules.stdout) < 600, "modules were not pruned to the declared set"
+    assert ran.exit_status == 0, ran.stderr.decode()
+    assert " inet 172.17." in ran.stdout.decode()  # a veth on the docker0 bridge
+    assert vxlan.exit_status == 0, vxlan.stderr.decode()
+    names = {line.split()[0] for line in loaded.splitlines()}
+    assert {"veth", "bridge", "vxlan", "overlay"} <= names
+    assert names & {"nf_tables", "ip_tables"}  # dockerd's NAT and isolation rules

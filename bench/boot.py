@@ -1,0 +1,77 @@
+"""Boot time: from starting qemu (TCG) until sshd answers with the provisioned host key, per
+image, with systemd's own account of where the userspace time went.
+
+    sudo .venv/bin/python bench/boot.py OUTDIR/container-host OUTDIR/minimal
+
+Each image boots as a throw-away instance named bench-NAME on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from builder import vm  # noqa: E402
+from builder.errors import HardhostError  # noqa: E402
+from builder.log import setup_logging  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from verifier.transport import Target, connect  # noqa: E402
+
+# systemd reports boot as finished only once every start-up job is done (dockerd included).
+SETTLE_TIMEOUT = 120.0
+
+
+def systemd_report(target: Target, known_hosts: Path, identity: Path) -> str:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    with connect(target, known_hosts=known_hosts, identity=identity, timeout=30) as session:
+        while True:
+            summary = session.run(["systemd-analyze", "time"], timeout=30)
+            if summary.exit_status == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        blame = session.run(["systemd-analyze", "blame"], timeout=30)
+        chain = session.run(["systemd-analyze", "critical-chain", "ssh.service"], timeout=30)
+    top = "\n".join(blame.stdout.decode().splitlines()[:6])
+    return (f"{summary.stdout.decode().strip()}\nslowest units:\n{top}\n"
+            f"ssh.service critical chain:\n{chain.stdout.decode().strip()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", type=Path, metavar="OUTDIR/NAME")
+    parser.add_argument("--identity", type=Path,
+                        default=Path.home() / ".cache/hardhost/keys/id_ed25519",
+                        help="private key the images were built to accept (default: the one "
+                             "make demo uses)")
+    args = parser.parse_args()
+    setup_logging(verbose=False)
+    results: list[tuple[str, float, float]] = []
+    for image in args.images:
+        name = f"bench-{image.name}"
+        vm.stop(name, purge=True)
+        port = free_port()
+        start = time.monotonic()
+        inst = vm.start(image, name=name, ssh_port=port, timeout=300)
+        to_ssh = time.monotonic() - start
+        results.append((image.name, to_ssh, (image / "root.img").stat().st_size / 2**20))
+        try:
+            print(f"\n== {image.name}: SSH after {to_ssh:.1f} s")
+            print(systemd_report(Target("root", "127.0.0.1", port), inst.known_hosts,
+                                 args.identity))
+        except HardhostError as exc:  # the report is extra; the timing above is the figure
+            print(f"(no systemd report: {exc})")
+        finally:
+            vm.stop(name, purge=True)
+    print("\nimage            root.img   qemu start -> SSH (TCG)")
+    for name, seconds, size in results:
+        print(f"{name:<16} {size:6.0f} MiB  {seconds:6.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
