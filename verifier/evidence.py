@@ -65,17 +65,25 @@ class Evidence:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def split_sections(raw: bytes, host: str) -> dict[str, str]:
+def split_marked_sections(raw: bytes, host: str, expected: tuple[str, ...],
+                          what: str) -> dict[str, str]:
+    """Split the output of a fixed host script whose sections start with `@@hardhost:NAME@@`
+    lines. Every name in `expected` must appear exactly once, in order, with nothing before
+    the first marker; `what` names the output in errors."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise HostOutputError(f"{host}: evidence is not UTF-8 (byte {exc.start})") from None
+        raise HostOutputError(f"{host}: {what} is not UTF-8 (byte {exc.start})") from None
     parts = _MARKER.split("\n" + text)
     names = parts[1::2]
-    if tuple(names) != SECTIONS or parts[0].strip():
-        raise HostOutputError(f"{host}: evidence sections are missing, repeated or out of "
+    if tuple(names) != expected or parts[0].strip():
+        raise HostOutputError(f"{host}: {what} sections are missing, repeated or out of "
                               f"order (got {', '.join(names[:20]) or 'none'})")
     return dict(zip(names, parts[2::2], strict=True))
+
+
+def split_sections(raw: bytes, host: str) -> dict[str, str]:
+    return split_marked_sections(raw, host, SECTIONS, "evidence")
 
 
 def _unescape(field: str) -> str:
