@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from builder.build import build
 from builder.manifest import MANIFEST_NAME, read_verified
 from builder.signing import load_trusted_keys
 from builder.stages.manifest import SBOM_NAME, SUBJECTS
@@ -86,3 +89,32 @@ def test_two_builds_are_bit_for_bit_identical(container_host: BuiltImage, client
     for name in ("root.img", "root.verity"):
         assert ours["artifacts"][name] == theirs[name]
     assert ours["root_hash"] == container_host.record["root_hash"]
+
+
+def _stage_notes(directory: Path) -> dict[str, str]:
+    record = json.loads((directory / "build.json").read_text())
+    return {stage["name"]: stage["note"] for stage in record["stages"]}
+
+
+def test_rebuilds_reuse_exactly_the_unchanged_stages(container_host: BuiltImage,
+                                                     signing_key: Ed25519PrivateKey,
+                                                     tmp_path: Path) -> None:
+    """The session's build filled the stage caches; each rebuild takes from them only what
+    its change cannot reach."""
+    spec = container_host.spec
+    cmdline_only = dataclasses.replace(spec, kernel=dataclasses.replace(
+        spec.kernel, cmdline=(*spec.kernel.cmdline, "loglevel=4")))
+    first = build(cmdline_only, tmp_path / "a", key=signing_key)
+    notes = _stage_notes(first)
+    assert notes["initramfs"].endswith("cached") and notes["rootfs"].endswith("cached")
+    assert (first / "root.img").read_bytes() == (container_host.directory / "root.img"
+                                                 ).read_bytes()
+    assert (first / "cmdline").read_text().rstrip().endswith("loglevel=4")
+
+    sysctl = dataclasses.replace(spec, sysctl=(*spec.sysctl, ("kernel.sysrq", "0")))
+    second = build(sysctl, tmp_path / "b", key=signing_key)
+    notes = _stage_notes(second)
+    assert notes["initramfs"].endswith("cached")
+    assert not notes["rootfs"].endswith("cached")
+    assert json.loads((second / "build.json").read_text())["root_hash"] \
+        != container_host.record["root_hash"]
