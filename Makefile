@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 APT_PACKAGES := mmdebstrap erofs-utils squashfs-tools cryptsetup-bin qemu-system-x86 \
 	e2fsprogs util-linux tar apparmor secilc runc strace openssh-server openssh-client \
-	python3 python3-venv ca-certificates swtpm swtpm-tools tpm2-tools
+	python3 python3-venv ca-certificates swtpm swtpm-tools tpm2-tools busybox-static
 
 .PHONY: help deps venv keys lint unit test demo demo-stop clean
 
