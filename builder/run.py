@@ -7,9 +7,11 @@ status checked by default, and a failure turned into a one-line `CommandFailed`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -37,6 +39,12 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "secilc": "secilc",
     "runc": "runc",
     "strace": "strace",
+    "modinfo": "kmod",
+    "objcopy": "binutils",
+    "mkfs.vfat": "dosfstools",
+    "mmd": "mtools",
+    "mcopy": "mtools",
+    "sbsign": "sbsigntool",
 }
 
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,13 +79,19 @@ def _tail(text: str, lines: int = 3) -> str:
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
     """SIGTERM first: mmdebstrap, for one, unmounts its chroot's /proc and /sys on SIGTERM,
-    and a SIGKILL would leave them mounted."""
-    proc.terminate()
+    and a SIGKILL would leave them mounted. The whole process group gets the signals: a
+    tool's own children (apt, dpkg, a chroot's shell) must not outlive an interrupted build."""
+    _signal_group(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _signal_group(proc, signal.SIGKILL)
         proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group has already gone
+        os.killpg(proc.pid, sig)
 
 
 def run(
@@ -107,6 +121,7 @@ def run(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so _stop reaches its children
     )
     stderr_lines: collections.deque[bytes] = collections.deque(maxlen=_STDERR_KEEP)
     stdout_chunks: list[bytes] = []
