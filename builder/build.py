@@ -23,7 +23,7 @@ from builder.errors import BuildError, UsageError
 from builder.log import StepTiming, complete_step
 from builder.run import which
 from builder.spec import Filesystem, Spec
-from builder.stages import bootstrap, harden, initramfs, manifest, prune, rootfs, security
+from builder.stages import bootstrap, harden, initramfs, manifest, prune, rootfs, security, uki
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,10 @@ STAGES = (
     Stage("initramfs", initramfs.run_stage, initramfs.inputs, after=("bootstrap",)),
     Stage("prune", prune.run_stage, prune.inputs, after=("bootstrap",)),
     Stage("rootfs", rootfs.run_stage, rootfs.inputs, after=("harden", "security", "prune")),
+    # The UKI embeds the kernel, the initrd and the command line with the root hash.
+    Stage("uki", uki.run_stage, uki.inputs, after=("initramfs", "rootfs")),
     Stage("manifest", manifest.run_stage, manifest.inputs,
-          after=("bootstrap", "harden", "security", "initramfs", "prune", "rootfs")),
+          after=("bootstrap", "harden", "security", "initramfs", "prune", "rootfs", "uki")),
 )
 
 
@@ -174,7 +176,7 @@ def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
             again = build(spec, scratch, key=key, reuse=False)
         first = json.loads((final / "build.json").read_text())["artifacts"]
         second = json.loads((again / "build.json").read_text())["artifacts"]
-        for name in manifest.SUBJECTS:
+        for name in manifest.subjects(spec):
             if first[name]["sha256"] != second[name]["sha256"]:
                 return final, name
         return final, None

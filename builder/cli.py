@@ -13,9 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from builder.errors import HardhostError, UsageError
 from builder.log import setup_logging
+
+if TYPE_CHECKING:
+    from builder.spec import Spec
 
 log = logging.getLogger("hardhost")
 
@@ -62,17 +66,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
             print(f"hardhost: not reproducible: {differing} differs between two builds of "
                   f"{args.spec}", file=sys.stderr)
             return 1
-        log.info("Reproducible: two builds gave identical %s", ", ".join(_subjects()))
+        log.info("Reproducible: two builds gave identical %s", ", ".join(_subjects(spec)))
     else:
         final = build(spec, args.output, key=key, force=args.force, reuse=not args.no_cache)
     print(final)
     return 0
 
 
-def _subjects() -> tuple[str, ...]:
-    from builder.stages.manifest import SUBJECTS
+def _subjects(spec: Spec) -> tuple[str, ...]:
+    from builder.stages.manifest import subjects
 
-    return SUBJECTS
+    return subjects(spec)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -205,6 +209,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     from builder.manifest import read_verified
     from builder.signing import load_trusted_keys
     from verifier.attest import Connection, attest, attest_and_reset, manifest_digest
+    from verifier.tpm_attest import TpmPolicy, default_registry, predictions
     from verifier.transport import Target
     from verifier.verdict import render
 
@@ -212,7 +217,14 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     # The manifest is verified before the host is contacted: a bad one is exit 4, offline.
     manifest, _ = read_verified(args.manifest, load_trusted_keys(args.trust_key))
     digest = manifest_digest(args.manifest)
-    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use)
+    tpm = None
+    if args.tpm:
+        predictions(manifest, str(args.manifest))  # an image without PCRs fails offline
+        tpm = TpmPolicy(args.ak_registry or default_registry(), args.tpm_ca, args.tpm_reenroll)
+    elif args.tpm_ca or args.ak_registry or args.tpm_reenroll:
+        raise UsageError("--tpm-ca, --ak-registry and --tpm-reenroll need --tpm")
+    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use,
+                      tpm)
     if args.reset:
         first, second = attest_and_reset(target, manifest, digest, conn, args.reset_timeout)
     else:
@@ -505,7 +517,14 @@ def _add_attest_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
                     "TARGET with a strict host key, collect its boot-state evidence with one "
                     "fixed read-only script, and compare it with the manifest. Exit 0 when "
                     "every fact holds, 1 on drift. With --reset, a drifted host is rebooted, "
-                    "and attested again once it answers with a new boot_id.",
+                    "and attested again once it answers with a new boot_id. With --tpm, the "
+                    "host's TPM also quotes its PCRs over a fresh nonce (tpm2_quote, over the "
+                    "same SSH session), and the verifier checks the quote's signature by the "
+                    "host's enrolled attestation key, the nonce, the PCR digest, and every PCR "
+                    "against the values the manifest predicts. The first --tpm attestation of "
+                    "a host enrolls its AK: its EK certificate must chain to --tpm-ca, and "
+                    "credential activation proves the AK lives in that TPM. A quote by any "
+                    "other key later is exit 4, until --tpm-reenroll.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     attest.add_argument("target", metavar="TARGET", help="user@host[:port]")
     attest.add_argument("--manifest", type=Path, required=True, metavar="FILE",
@@ -521,6 +540,19 @@ def _add_attest_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
                         help="on drift, reboot the host and attest it again")
     attest.add_argument("--reset-timeout", type=_positive, default=300, metavar="SECONDS",
                         help="how long to wait for the host to return (default: 300)")
+    attest.add_argument("--tpm", action="store_true",
+                        help="also verify a TPM quote against the manifest's predicted PCRs "
+                             "(images built with image.boot = \"uki\"); with --reset, the "
+                             "quote after the reboot must show a new TPM resetCount")
+    attest.add_argument("--tpm-ca", type=Path, metavar="FILE",
+                        help="PEM CA certificates the TPM's EK certificate must chain to; "
+                             "needed when a host's AK is enrolled (first --tpm attestation)")
+    attest.add_argument("--ak-registry", type=Path, metavar="FILE",
+                        help="enrolled attestation keys, one per host and SSH host key "
+                             "(default: ~/.local/state/hardhost/aks.json)")
+    attest.add_argument("--tpm-reenroll", action="store_true",
+                        help="replace the host's enrolled AK (after its TPM was cleared or "
+                             "replaced); needs --tpm-ca")
     attest.set_defaults(func=_cmd_attest)
 
 

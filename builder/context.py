@@ -29,6 +29,7 @@ class BuildContext:
     uuid: str = ""
     cmdline: str = ""
     subjects: dict[str, str] = field(default_factory=dict)  # artifact name -> sha256
+    pcrs: dict[int, str] = field(default_factory=dict)  # predicted PCR -> sha256 bank value
     timings: list[StepTiming] = field(default_factory=list)
 
     @property

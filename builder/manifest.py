@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ class HostManifest:
     mutable_paths: Mapping[str, tuple[str, ...]]  # overlay (etc, var) -> allowed globs
     created: str
     expires: str
+    boot: str = "direct"  # or "uki": then the PCRs below are what a TPM quote must show
+    # PCR index -> sha256-bank value predicted from the UKI at build time (4, 9, 11, 12, 13).
+    pcrs: Mapping[str, str] = field(default_factory=dict)
+    # PCR 0 and 7 depend on the firmware build and the machine, not the image: golden values
+    # recorded per "FIRMWARE_SHA256 MACHINE" (see builder.pcr.KNOWN_FIRMWARE).
+    firmware_pcrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def statement(self) -> dict[str, Any]:
         predicate = asdict(self)
@@ -113,6 +119,21 @@ class _Reader:
             raise self.fail(key, "missing or not a table of strings")
         return dict(value)
 
+    def optional_text(self, key: str, default: str) -> str:
+        return self.text(key) if key in self.data else default
+
+    def optional_text_map(self, key: str) -> dict[str, str]:
+        return self.text_map(key) if key in self.data else {}
+
+    def optional_nested_map(self, key: str) -> dict[str, dict[str, str]]:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict) or not all(
+                isinstance(inner, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in inner.items())
+                for inner in value.values()):
+            raise self.fail(key, "not a table of tables of strings")
+        return {str(k): dict(v) for k, v in value.items()}
+
     def list_map(self, key: str) -> dict[str, tuple[str, ...]]:
         value = self.data.get(key)
         if not isinstance(value, dict) or not all(
@@ -158,7 +179,12 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         seccomp_profiles=p.text_map("seccomp_profiles"),
         runtime_config=p.text_map("runtime_config"), userns=p.text_map("userns"),
         sshd=p.text_map("sshd"), mutable_paths=p.list_map("mutable_paths"),
-        created=p.text("created"), expires=p.text("expires"))
+        created=p.text("created"), expires=p.text("expires"),
+        # Optional: manifests of direct-boot images made before UKIs existed omit them.
+        boot=p.optional_text("boot", "direct"), pcrs=p.optional_text_map("pcrs"),
+        firmware_pcrs=p.optional_nested_map("firmware_pcrs"))
+    if manifest.boot not in ("direct", "uki"):
+        raise p.fail("boot", f"{manifest.boot!r} is neither 'direct' nor 'uki'")
     _parse_time(manifest.created, "created", origin)
     _parse_time(manifest.expires, "expires", origin)
     return manifest

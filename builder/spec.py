@@ -28,6 +28,11 @@ class Filesystem(enum.StrEnum):
     SQUASHFS = "squashfs"
 
 
+class Boot(enum.StrEnum):
+    DIRECT = "direct"  # the loader (qemu -kernel, a boot manager) passes kernel and initrd
+    UKI = "uki"  # one signed-able EFI binary carries kernel, initrd and command line
+
+
 class Compression(enum.StrEnum):
     LZ4 = "lz4"
     LZ4HC = "lz4hc"
@@ -204,6 +209,15 @@ class ImageOptions:
                                    metadata=_help("erofs (fast reads) or squashfs (smallest)"))
     compression: Compression | None = field(
         default=None, metadata=_help("erofs: lz4hc or lz4; squashfs: xz or zstd"))
+
+    boot: Boot = field(default=Boot.DIRECT, metadata=_help(
+        "direct (vmlinuz + initrd.img) or uki (also uki.efi and esp.img, with the PCRs a "
+        "TPM will measure predicted in the manifest)"))
+    secure_boot_key: str = field(default="", metadata=_help(
+        "with boot = uki: PEM private key that signs the UKI for Secure Boot (sbsign), "
+        "relative to the spec"))
+    secure_boot_cert: str = field(default="", metadata=_help(
+        "with boot = uki: the PEM certificate of secure_boot_key"))
 
     @property
     def effective_compression(self) -> Compression:
@@ -419,6 +433,11 @@ def _validate(spec: Spec, path: str) -> None:
         raise SpecError(path, "image.compression",
                         f"{spec.image.compression} is not available for "
                         f"{spec.image.filesystem} (use {' or '.join(allowed)})")
+    if bool(spec.image.secure_boot_key) != bool(spec.image.secure_boot_cert):
+        raise SpecError(path, "image.secure_boot_key",
+                        "set both secure_boot_key and secure_boot_cert, or neither")
+    if spec.image.secure_boot_key and spec.image.boot is not Boot.UKI:
+        raise SpecError(path, "image.secure_boot_key", 'signing needs image.boot = "uki"')
     if spec.access.user == "root" and not spec.ssh.permit_root_login:
         raise SpecError(path, "access.user",
                         "root cannot log in unless ssh.permit_root_login = true")

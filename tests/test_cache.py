@@ -9,7 +9,7 @@ import pytest
 
 from builder.build import STAGES, stage_keys
 from builder.cache import StageCache
-from builder.spec import Compression, Spec, load_spec, parse_spec, with_authorized_keys
+from builder.spec import Boot, Compression, Spec, load_spec, parse_spec, with_authorized_keys
 from builder.stages.bootstrap import bootstrap_key
 from builder.stages.rootfs import derived_identity
 from tests.conftest import IMAGES
@@ -67,11 +67,14 @@ def test_verity_salt_and_uuid_derive_from_the_rootfs_key() -> None:
     assert derived_identity("k2")[1] != uuid
 
 
-ALL = {"bootstrap", "harden", "security", "initramfs", "prune", "rootfs", "manifest"}
-FROM_HARDEN = {"harden", "rootfs", "manifest"}
-FROM_SECURITY = {"security", "rootfs", "manifest"}
-FROM_PRUNE = {"prune", "rootfs", "manifest"}
-FROM_ROOTFS = {"rootfs", "manifest"}
+# container-host boots a UKI: it embeds the root hash, so whatever reaches the root image
+# reaches the UKI too.
+ALL = {"bootstrap", "harden", "security", "initramfs", "prune", "rootfs", "uki", "manifest"}
+FROM_HARDEN = {"harden", "rootfs", "uki", "manifest"}
+FROM_SECURITY = {"security", "rootfs", "uki", "manifest"}
+FROM_PRUNE = {"prune", "rootfs", "uki", "manifest"}
+FROM_ROOTFS = {"rootfs", "uki", "manifest"}
+FROM_UKI = {"uki", "manifest"}
 ONLY_MANIFEST = {"manifest"}
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ7p0x1b2d5a3f0c7e9b8a6d4c2e0f1a3b5c7d9e1f3a5b7c a"
 OTHER_KEY = KEY.replace(" a", " b").replace("AAAAIG", "AAAAIH")
@@ -81,6 +84,13 @@ EPOCH = 1700000000
 def changed_stages(before: Spec, after: Spec, epoch: int = EPOCH) -> set[str]:
     old, new = stage_keys(before, EPOCH), stage_keys(after, epoch)
     return {name for name in old if old[name] != new[name]}
+
+
+def test_a_direct_boot_image_has_no_uki_inputs() -> None:
+    base = with_authorized_keys(container_host(), (KEY,), "test")
+    direct = _section(base, "image", boot=Boot.DIRECT)
+    changed = _section(direct, "kernel", cmdline=("debug",))
+    assert changed_stages(direct, changed) == ONLY_MANIFEST
 
 
 def test_stage_keys_are_stable_and_distinct() -> None:
@@ -119,7 +129,9 @@ CHANGES: list[tuple[str, Callable[[Spec], Spec], set[str]]] = [
     ("the compression", lambda s: _section(s, "image", compression=Compression.LZ4),
      FROM_ROOTFS),
     ("the kernel command line", lambda s: _section(s, "kernel", cmdline=("debug",)),
-     ONLY_MANIFEST),
+     FROM_UKI),
+    # Only a UKI image masks the late PCR 11 phase unit.
+    ("the boot mode", lambda s: _section(s, "image", boot=Boot.DIRECT), FROM_HARDEN),
     ("the manifest validity", lambda s: _section(s, "manifest", validity_days=7),
      ONLY_MANIFEST),
     ("the description", lambda s: dataclasses.replace(s, description="other"), ONLY_MANIFEST),
@@ -137,7 +149,7 @@ def test_each_input_invalidates_exactly_its_dependent_stages(
 
 def test_the_epoch_reaches_the_stages_that_write_times() -> None:
     base = with_authorized_keys(container_host(), (KEY,), "test")
-    assert changed_stages(base, base, EPOCH + 1) == {"harden", "initramfs", "rootfs",
+    assert changed_stages(base, base, EPOCH + 1) == {"harden", "initramfs", "rootfs", "uki",
                                                      "manifest"}
 
 

@@ -3,6 +3,7 @@ optionally reset by reboot and attest again."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -12,10 +13,15 @@ from builder.manifest import HostManifest
 from verifier import reset
 from verifier.compare import compare
 from verifier.evidence import collect
+from verifier.tpm_attest import TpmPolicy, TpmResult, attest_tpm, reboot_findings
+from verifier.tpm_quote import ClockInfo
 from verifier.transport import HostOutputError, Target, connect
 from verifier.verdict import Finding, Severity, Verdict, now
 
 log = logging.getLogger(__name__)
+
+# tpm2_quote over SSH takes 3-5 s on a TCG guest; enrolling (two key creations) more.
+TPM_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class Connection:
     identity: Path
     timeout: float = 30.0
     trust_on_first_use: bool = False
+    tpm: TpmPolicy | None = None  # also quote the TPM and check the predicted PCRs
 
 
 def manifest_digest(path: Path) -> str:
@@ -33,6 +40,11 @@ def manifest_digest(path: Path) -> str:
 def attest(target: Target, manifest: HostManifest, digest: str, conn: Connection) -> Verdict:
     """Attest `target`. Raises `Unreachable` or `TrustError`; garbage from the host is a
     finding, not an exception."""
+    return _attest(target, manifest, digest, conn)[0]
+
+
+def _attest(target: Target, manifest: HostManifest, digest: str,
+            conn: Connection) -> tuple[Verdict, ClockInfo | None]:
     with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
                  timeout=conn.timeout, trust_on_first_use=conn.trust_on_first_use) as session:
         try:
@@ -40,17 +52,32 @@ def attest(target: Target, manifest: HostManifest, digest: str, conn: Connection
         except HostOutputError as exc:
             return Verdict(str(target), "", now(), digest, (
                 Finding("evidence.invalid", Severity.CRITICAL, "well-formed evidence",
-                        str(exc)),))
-    return Verdict(str(target), evidence.boot_id, now(), digest, compare(manifest, evidence))
+                        str(exc)),)), None
+        findings = compare(manifest, evidence)
+        clock = None
+        if conn.tpm is not None:
+            try:
+                tpm = attest_tpm(session, target, conn.known_hosts, manifest, "the manifest",
+                                 conn.tpm, timeout=max(conn.timeout, TPM_TIMEOUT))
+            except HostOutputError as exc:
+                tpm = TpmResult((Finding("tpm.quote.malformed", Severity.CRITICAL,
+                                         "a TPM quote", str(exc)),), None)
+            findings, clock = (*findings, *tpm.findings), tpm.clock
+    return Verdict(str(target), evidence.boot_id, now(), digest, tuple(findings)), clock
 
 
 def attest_and_reset(target: Target, manifest: HostManifest, digest: str, conn: Connection,
                      reset_timeout: float) -> tuple[Verdict, Verdict | None]:
-    """Attest; on drift, reboot, wait for a new boot_id, and attest again."""
-    first = attest(target, manifest, digest, conn)
+    """Attest; on drift, reboot, wait for a new boot_id, and attest again. With a TPM, the
+    second quote must also show the reboot."""
+    first, clock = _attest(target, manifest, digest, conn)
     if first.status == "pass":
         return first, None
     log.info("%s: drift found; resetting by reboot", target)
     reset.reboot(target, known_hosts=conn.known_hosts, identity=conn.identity,
                  timeout=reset_timeout, connect_timeout=min(conn.timeout, 15.0))
-    return first, attest(target, manifest, digest, conn)
+    second, clock_after = _attest(target, manifest, digest, conn)
+    if conn.tpm is not None:
+        second = dataclasses.replace(second, findings=(*second.findings,
+                                                       *reboot_findings(clock, clock_after)))
+    return first, second

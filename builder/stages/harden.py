@@ -17,7 +17,7 @@ from builder.context import BuildContext
 from builder.errors import BuildError
 from builder.log import StepTiming
 from builder.run import run
-from builder.spec import Spec
+from builder.spec import Boot, Spec
 from builder.stages import security
 
 # The hardened baseline. The spec's [sysctl] table overrides any of these and adds more.
@@ -75,6 +75,14 @@ ENABLED_UNITS = ("systemd-networkd.service",)
 MASKED_UNITS = ("systemd-networkd-wait-online.service", "apt-daily.timer",
                 "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
                 "e2scrub_reap.service", "fstrim.timer")
+# A UKI boot measures the "sysinit" phase into PCR 11 before sshd starts; the "ready" phase
+# unit runs whenever the boot settles, so a quote taken just after SSH answers could see PCR
+# 11 either way. Masking it makes PCR 11 one predictable value from SSH on.
+UKI_MASKED_UNITS = ("systemd-pcrphase.service",)
+
+
+def masked_units(spec: Spec) -> tuple[str, ...]:
+    return MASKED_UNITS + (UKI_MASKED_UNITS if spec.image.boot is Boot.UKI else ())
 
 
 
@@ -266,7 +274,7 @@ def inputs(spec: Spec, epoch: int) -> dict[str, object]:
         "remap_user": spec.userns.remap_user,
         "docker": has_docker(spec),
         "enabled": ENABLED_UNITS,
-        "masked": MASKED_UNITS,
+        "masked": masked_units(spec),
         "epoch": epoch,  # useradd dates accounts from it
     }
 
@@ -283,5 +291,5 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
     (tree / "etc/machine-id").write_text("")
     run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])
-    run(["systemctl", f"--root={tree}", "mask", *MASKED_UNITS])
+    run(["systemctl", f"--root={tree}", "mask", *masked_units(ctx.spec)])
     step.note = f"{len(files)} files"

@@ -11,14 +11,26 @@ from builder import layout, sbom, signing
 from builder.context import BuildContext
 from builder.log import StepTiming
 from builder.manifest import MANIFEST_NAME, HostManifest, Subject, format_time, sha256_file
+from builder.pcr import KNOWN_FIRMWARE
 from builder.run import output
-from builder.spec import Spec
-from builder.stages import harden, security
+from builder.spec import Boot, Spec
+from builder.stages import harden, security, uki
 from builder.stages.harden import effective_sysctls
 
 SBOM_NAME = "sbom.spdx.json"
 # Signed artifacts, in the order a reproducibility check compares them.
 SUBJECTS = ("root.img", "root.verity", "vmlinuz", "initrd.img", SBOM_NAME)
+UKI_SUBJECTS = (uki.UKI_NAME, uki.ESP_NAME)
+
+
+def subjects(spec: Spec) -> tuple[str, ...]:
+    """The artifacts the manifest signs for an image of `spec`."""
+    return SUBJECTS + (UKI_SUBJECTS if spec.image.boot is Boot.UKI else ())
+
+
+def firmware_pcrs() -> dict[str, dict[str, str]]:
+    return {f"{golden.code_sha256} {golden.machine}": {str(i): v for i, v in golden.pcrs.items()}
+            for golden in KNOWN_FIRMWARE.values()}
 
 # What changes under /etc and /var on a healthy host after boot, as globs per overlay.
 # /var holds runtime state by design (logs, caches, container storage), so all of it may
@@ -93,7 +105,7 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
     spec = ctx.spec
     return HostManifest(
         name=spec.name,
-        subjects=tuple(Subject(name, ctx.subjects[name]) for name in SUBJECTS),
+        subjects=tuple(Subject(name, ctx.subjects[name]) for name in subjects(spec)),
         spec_digest=spec.digest(),
         package_list_digest=sbom.package_list_digest(packages),
         sbom_digest=sbom_digest,
@@ -112,6 +124,9 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         mutable_paths=MUTABLE_PATHS,
         created=format_time(now),
         expires=format_time(now + dt.timedelta(days=spec.manifest.validity_days)),
+        boot=str(spec.image.boot),
+        pcrs={str(index): value for index, value in sorted(ctx.pcrs.items())},
+        firmware_pcrs=firmware_pcrs() if spec.image.boot is Boot.UKI else {},
     )
 
 
@@ -121,7 +136,7 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     epoch = dt.datetime.fromtimestamp(ctx.source_date_epoch, dt.UTC)
     sbom.write(ctx.staging / SBOM_NAME, sbom.document(ctx.spec.name, packages,
                                                        format_time(epoch)))
-    ctx.subjects = {name: sha256_file(ctx.staging / name) for name in SUBJECTS}
+    ctx.subjects = {name: sha256_file(ctx.staging / name) for name in subjects(ctx.spec)}
     manifest = build_manifest(ctx, packages, ctx.subjects[SBOM_NAME], dt.datetime.now(dt.UTC))
     (ctx.staging / MANIFEST_NAME).write_bytes(signing.sign(manifest.payload(), key))
     step.note = f"{len(packages)} packages, key {signing.key_id(key.public_key())[:16]}"
