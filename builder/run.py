@@ -45,6 +45,9 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "mmd": "mtools",
     "mcopy": "mtools",
     "sbsign": "sbsigntool",
+    "swtpm": "swtpm",
+    "swtpm_setup": "swtpm-tools",
+    "swtpm_localca": "swtpm-tools",
 }
 
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -3,6 +3,10 @@
 Each instance keeps its state under ~/.local/state/hardhost/vms/NAME: the state disk (the
 SSH host key and machine-id, made here before the first boot so the host is known without
 trust on first use), the serial log, the pid file and known_hosts.
+
+With a TPM (`--tpm`), the image's esp.img boots under OVMF instead of qemu's direct kernel
+boot, with a swtpm vTPM. The instance then also keeps the firmware's variable store, the
+vTPM's state and the local CA that certified its EK (see `builder.vtpm`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder import layout
+from builder import layout, vtpm
 from builder.build import ARTIFACTS
-from builder.errors import HardhostError, Unreachable, UsageError
+from builder.errors import CommandFailed, HardhostError, ToolMissing, Unreachable, UsageError
 from builder.log import complete_step
 from builder.run import run, which
 from verifier.transport import fingerprint, public_key_from_line, wait_for_host_key
@@ -35,6 +39,14 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 STATE_DISK_BYTES = 16 * 2**20
+
+# Debian's ovmf package: the 4 MiB flash layout, Secure Boot off. builder.pcr.KNOWN_FIRMWARE
+# holds the PCR 0 and 7 recorded from this code file.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_PACKAGE = "ovmf"
+ESP_IMAGE = "esp.img"  # written by the uki build stage beside the other artifacts
+CPUS = 2  # with the memory size, part of builder.pcr.machine_key(): PCR 0 depends on both
 
 
 def state_root() -> Path:
@@ -68,14 +80,37 @@ class Instance:
     def host_public_key(self) -> Path:
         return self.directory / "ssh_host_ed25519_key.pub"
 
+    @property
+    def ovmf_vars(self) -> Path:
+        """The firmware's variable store, copied once: boot entries persist like a disk's."""
+        return self.directory / "OVMF_VARS.fd"
+
+    @property
+    def esp(self) -> Path:
+        """A writable copy of the image's ESP, made afresh at each start."""
+        return self.directory / ESP_IMAGE
+
+    @property
+    def tpm_state(self) -> Path:
+        return self.directory / "tpm" / "state"
+
+    @property
+    def tpm_local_ca(self) -> vtpm.LocalCa:
+        return vtpm.LocalCa(self.directory / "tpm" / "ca")
+
+    @property
+    def tpm_ca(self) -> Path:
+        """The CA bundle that certifies this instance's EK, for `attest --tpm --tpm-ca`."""
+        return self.tpm_local_ca.bundle
+
+    @property
+    def swtpm(self) -> vtpm.Swtpm:
+        return vtpm.Swtpm(self.tpm_state, self.directory / "swtpm.sock",
+                          self.directory / "swtpm.pid", self.directory / "swtpm.log")
+
     def pid(self) -> int | None:
         """The qemu pid, if that process is still this instance's qemu."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if b"qemu" in cmdline and self.name.encode() in cmdline else None
+        return vtpm.running_pid(self.pid_file, b"qemu", self.name.encode())
 
 
 def instance(name: str) -> Instance:
@@ -138,8 +173,26 @@ def _read_image(image_dir: Path) -> str:
     return cmdline
 
 
+def _boot_args(inst: Instance, image: Path, cmdline: str, *, tpm: bool) -> list[str]:
+    if not tpm:
+        return ["-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
+                "-append", cmdline]
+    # No -kernel: the UKI on the ESP carries the kernel, initrd and command line, and
+    # systemd-stub measures them into PCR 11.
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
+        "-drive", f"if=pflash,format=raw,unit=1,file={inst.ovmf_vars}",
+        "-chardev", f"socket,id=chrtpm,path={inst.swtpm.socket}",
+        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
+        # The ESP first in the boot order: each failed boot attempt before it would add
+        # events to PCR 4. ide-hd refuses a read-only drive, hence the instance's copy.
+        "-drive", f"if=none,id=esp,file={inst.esp},format=raw",
+        "-device", "ahci,id=ahci", "-device", "ide-hd,drive=esp,bus=ahci.0,bootindex=0",
+    ]
+
+
 def qemu_argv(inst: Instance, image_dir: Path, cmdline: str, *, ssh_port: int, accel: str,
-              memory_mib: int) -> list[str]:
+              memory_mib: int, tpm: bool = False) -> list[str]:
     image = image_dir.resolve()
     accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else [
         "-accel", "tcg,thread=multi", "-cpu", "max"]
@@ -151,27 +204,72 @@ def qemu_argv(inst: Instance, image_dir: Path, cmdline: str, *, ssh_port: int, a
         ro = ",readonly=on" if readonly else ""
         drives += ["-drive", f"file={path},if=none,id={drive_id},format=raw{ro}",
                    "-device", f"virtio-blk-pci,drive={drive_id}"]
+    # romfile= drops iPXE: the firmware then has no network boot to try before the ESP,
+    # which would add events to PCR 4.
+    nic = "virtio-net-pci,netdev=net0" + (",romfile=" if tpm else "")
     return [
         "qemu-system-x86_64", "-name", f"hardhost-{inst.name}", "-machine", "q35",
-        *accel_args, "-smp", "2", "-m", str(memory_mib),
+        *accel_args, "-smp", str(CPUS), "-m", str(memory_mib),
         "-nodefaults", "-display", "none", "-monitor", "none",
         "-serial", f"file:{inst.serial_log}",
-        "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
-        "-append", cmdline, *drives,
+        *_boot_args(inst, image, cmdline, tpm=tpm), *drives,
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=net0",
+        "-device", nic,
         "-object", "rng-random,filename=/dev/urandom,id=rng0",
         "-device", "virtio-rng-pci,rng=rng0",
         "-daemonize", "-pidfile", str(inst.pid_file),
     ]
 
 
+def _require_tpm_boot(image_dir: Path) -> None:
+    """What a TPM boot needs beyond a direct boot: the image's ESP, OVMF and swtpm."""
+    if not (image_dir / ESP_IMAGE).is_file():
+        raise UsageError(f"{image_dir}: no {ESP_IMAGE} to boot with --tpm; build the image "
+                         'with image.boot = "uki" in its spec')
+    for firmware in (OVMF_CODE, OVMF_VARS):
+        if not firmware.is_file():
+            raise ToolMissing(str(firmware), OVMF_PACKAGE)
+    for tool in ("swtpm", "swtpm_setup", "swtpm_localca"):
+        which(tool)
+
+
+def _copy(source: Path, target: Path) -> None:
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, partial)
+    partial.chmod(0o600)
+    partial.replace(target)
+
+
+def _prepare_tpm(inst: Instance, image_dir: Path) -> None:
+    """The firmware variables and the vTPM, made once; the ESP copy, made at each start so
+    the boot reads the image's ESP as built."""
+    if not inst.ovmf_vars.exists():
+        _copy(OVMF_VARS, inst.ovmf_vars)
+    _copy(image_dir / ESP_IMAGE, inst.esp)
+    if inst.tpm_ca.exists():  # written last: its presence means a complete manufacture
+        return
+    with complete_step(f"Manufacturing the vTPM of vm {inst.name}"):
+        shutil.rmtree(inst.tpm_state.parent, ignore_errors=True)  # one cut short before
+        vtpm.manufacture(inst.tpm_state, vtpm.make_local_ca(inst.tpm_local_ca.directory))
+
+
+def _alive(inst: Instance, tpm: bool) -> bool:
+    return inst.pid() is not None and (not tpm or inst.swtpm.pid() is not None)
+
+
 def start(image_dir: Path, *, name: str, ssh_port: int, accel: str = "tcg",
-          memory_mib: int = 1024, timeout: float = 300) -> Instance:
-    """Boot `image_dir` and return once its sshd answers with the provisioned host key."""
+          memory_mib: int = 1024, timeout: float = 300, tpm: bool = False) -> Instance:
+    """Boot `image_dir` and return once its sshd answers with the provisioned host key.
+
+    With `tpm`, boot the image's esp.img under OVMF with a swtpm vTPM, manufactured (EK and
+    its certificate) at the instance's first TPM start; `Instance.tpm_ca` then names the
+    CA bundle that certifies the EK.
+    """
     inst = instance(name)
     cmdline = _read_image(image_dir)
     which("qemu-system-x86_64")
+    if tpm:
+        _require_tpm_boot(image_dir)
     if inst.pid() is not None:
         raise UsageError(f"vm {name} is already running; stop it with: hardhost vm stop {name}")
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -184,14 +282,31 @@ def start(image_dir: Path, *, name: str, ssh_port: int, accel: str = "tcg",
         inst.known_hosts.write_text(
             f"[127.0.0.1]:{ssh_port} {host_key.get_name()} {host_key.get_base64()}\n")
         inst.serial_log.unlink(missing_ok=True)
-        run(qemu_argv(inst, image_dir, cmdline, ssh_port=ssh_port, accel=accel,
-                      memory_mib=memory_mib))
-        log.info("  qemu running (%s); waiting for SSH on 127.0.0.1:%d", accel, ssh_port)
+        # A killed qemu leaves its swtpm running on this instance's vTPM state: start anew.
+        _stop_swtpm(inst)
         try:
+            if tpm:
+                _prepare_tpm(inst, image_dir)
+                inst.swtpm.start()
+            run(qemu_argv(inst, image_dir, cmdline, ssh_port=ssh_port, accel=accel,
+                          memory_mib=memory_mib, tpm=tpm))
+            log.info("  qemu running (%s%s); waiting for SSH on 127.0.0.1:%d", accel,
+                     ", OVMF, swtpm" if tpm else "", ssh_port)
             wait_for_host_key("127.0.0.1", ssh_port, host_key, timeout=timeout,
-                              alive=lambda: inst.pid() is not None)
+                              alive=lambda: _alive(inst, tpm))
         except HardhostError as exc:
+            swtpm_died = tpm and inst.swtpm.pid() is None
             _kill(inst)
+            _stop_swtpm(inst)
+            swtpm_log = inst.swtpm.log_file
+            # qemu reports a vTPM that refuses to start (a damaged state, say) as its own
+            # failure; the reason is in swtpm's log.
+            if tpm and isinstance(exc, CommandFailed) and "tpm-emulator" in exc.detail:
+                raise vtpm.VtpmError(f"vm {name}: {exc.detail}; see swtpm's log "
+                                     f"{swtpm_log}") from None
+            if swtpm_died and not isinstance(exc, vtpm.VtpmError):
+                raise vtpm.VtpmError(f"vm {name}: its swtpm stopped; see its log "
+                                     f"{swtpm_log}") from None
             if isinstance(exc, Unreachable):
                 raise Unreachable(f"vm {name}: SSH did not answer within {timeout:.0f}s; "
                                   f"see the serial log {inst.serial_log}") from None
@@ -200,27 +315,53 @@ def start(image_dir: Path, *, name: str, ssh_port: int, accel: str = "tcg",
     return inst
 
 
-def _kill(inst: Instance, grace: float = 10.0) -> bool:
-    pid = inst.pid()
+def _terminate(pid: int | None, pid_file: Path, grace: float) -> bool:
+    """SIGTERM process `pid`, SIGKILL it after `grace` seconds, and return once it has
+    ended; False if it was not running."""
     if pid is None:
-        inst.pid_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
         return False
+    # Watch the process, not its pid file: qemu and swtpm remove their pid files while
+    # they are still exiting, before they have let go of their disks and state.
+    cmdline = vtpm.process_cmdline(pid)
+
+    def wait(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while vtpm.process_cmdline(pid) == cmdline:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while inst.pid() is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if inst.pid() is not None:
+    if not wait(grace):
         os.kill(pid, signal.SIGKILL)
-    inst.pid_file.unlink(missing_ok=True)
+        wait(grace)
+    pid_file.unlink(missing_ok=True)
     return True
 
 
+def _kill(inst: Instance, grace: float = 10.0) -> bool:
+    return _terminate(inst.pid(), inst.pid_file, grace)
+
+
+def _stop_swtpm(inst: Instance) -> bool:
+    swtpm = inst.swtpm
+    stopped = _terminate(swtpm.pid(), swtpm.pid_file, grace=5.0)
+    swtpm.socket.unlink(missing_ok=True)
+    return stopped
+
+
 def stop(name: str, *, purge: bool = False) -> None:
+    """Stop the instance's qemu and its swtpm; with `purge`, delete all its state."""
     inst = instance(name)
     if _kill(inst):
         log.info("vm %s stopped", name)
     else:
         log.info("vm %s was not running", name)
+    # qemu tells swtpm to shut down as it exits; this catches a swtpm a killed qemu left.
+    if _stop_swtpm(inst):
+        log.info("vm %s: swtpm stopped", name)
     if purge and inst.directory.exists():
         shutil.rmtree(inst.directory)
         log.info("vm %s state removed", name)

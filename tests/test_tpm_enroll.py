@@ -1,6 +1,7 @@
 """AK enrollment and quotes against a real swtpm whose EK certificate comes from a local CA
-(swtpm_setup with swtpm_localca), reached through a real loopback sshd for the end-to-end
-tests; the parsers, the EK chain check and the registry also run without SSH."""
+(builder.vtpm: swtpm_setup with swtpm_localca), reached through a real loopback sshd for
+the end-to-end tests; the parsers, the EK chain check and the registry also run without
+SSH."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from builder.errors import TrustError, UsageError
 from builder.run import run
+from builder.vtpm import LocalCa, make_local_ca, manufacture
 from tests.conftest import KeyPair, LoopbackHost, start_sshd
 from verifier.tpm_enroll import (
     AK_HANDLE,
@@ -71,47 +73,6 @@ def free_port_pair() -> int:
                     continue
             return port
     raise RuntimeError("no two consecutive free loopback ports")
-
-
-@dataclass(frozen=True)
-class LocalCa:
-    directory: Path
-    setup_config: Path
-
-    @property
-    def bundle(self) -> Path:
-        """The local CA's issuing certificate and its self-signed root, the trust anchor."""
-        path = self.directory / "bundle.pem"
-        if not path.exists():
-            path.write_bytes((self.directory / "issuercert.pem").read_bytes()
-                             + (self.directory / "swtpm-localca-rootca-cert.pem").read_bytes())
-        return path
-
-
-def make_local_ca(directory: Path) -> LocalCa:
-    """A swtpm_setup configuration whose certificates come from swtpm_localca in `directory`;
-    the CA itself is created on first use."""
-    directory.mkdir(parents=True)
-    conf = directory / "localca.conf"
-    conf.write_text(f"statedir = {directory}\nsigningkey = {directory}/signkey.pem\n"
-                    f"issuercert = {directory}/issuercert.pem\n"
-                    f"certserial = {directory}/certserial\n")
-    options = directory / "localca.options"
-    options.write_text("--platform-manufacturer hardhost\n--platform-version 2.1\n"
-                       "--platform-model swtpm\n")
-    setup = directory / "swtpm_setup.conf"
-    setup.write_text(f"create_certs_tool = /usr/bin/swtpm_localca\n"
-                     f"create_certs_tool_config = {conf}\n"
-                     f"create_certs_tool_options = {options}\nactive_pcr_banks = sha256\n")
-    return LocalCa(directory, setup)
-
-
-def manufacture(state: Path, ca: LocalCa) -> None:
-    """A new TPM: EKs created, the RSA EK's certificate (NV 0x01c00002) and a platform
-    certificate written by the local CA."""
-    state.mkdir(parents=True)
-    run(["swtpm_setup", "--tpm2", "--tpmstate", state, "--create-ek-cert",
-         "--create-platform-cert", "--config", ca.setup_config, "--overwrite"], timeout=60)
 
 
 class Swtpm:

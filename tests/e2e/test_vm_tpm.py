@@ -1,0 +1,237 @@
+"""`vm start --tpm`: container-host's ESP booted under OVMF with a swtpm vTPM, manufactured
+by builder.vtpm, that measures the boot, survives a guest reboot and stops with the VM.
+
+Every OVMF boot costs about a minute under TCG, so the boot tests share one instance and
+run in file order: boot, reboot, stop, then a restart whose swtpm is made to crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from builder import eventlog, pcr, vm, vtpm
+from builder.errors import ToolMissing, UsageError
+from builder.stages.uki import ESP_NAME, UKI_NAME
+from tests.conftest import KeyPair, free_port
+from tests.e2e.conftest import BOOT_TIMEOUT, BuiltImage
+from tests.test_pcr import READ_SCRIPT, BootEvidence, mismatch, read_evidence
+from verifier.reset import reboot
+from verifier.tpm_enroll import load_ca_bundle, verify_ek_certificate
+from verifier.transport import Target, connect
+
+NAME = "e2e-vmtpm"
+MEMORY_MIB = 1024  # vm.start's default, the machine the golden PCR 0 is looked up for
+
+# tpm2-tools in the guest, on the kernel's resource manager: the clock (resetCount) and the
+# EK certificate swtpm_setup wrote at NV index 0x01c00002 (TCG EK Credential Profile 2.3).
+TPM_SCRIPT = """\
+export TPM2TOOLS_TCTI=device:/dev/tpmrm0
+test -c /dev/tpmrm0 && echo "tpmrm present"
+echo "boot_id $(cat /proc/sys/kernel/random/boot_id)"
+echo "reset_count $(tpm2_readclock | sed -n 's/^ *reset_count: *//p')"
+echo "ek $(tpm2_nvread 0x01c00002 | base64 -w0)"
+"""
+
+
+@dataclass(frozen=True)
+class TpmVm:
+    image: Path
+    instance: vm.Instance
+    target: Target
+    identity: Path
+    seconds_to_ssh: float
+
+    def script(self, text: str) -> str:
+        with connect(self.target, known_hosts=self.instance.known_hosts,
+                     identity=self.identity, timeout=30) as session:
+            result = session.run_script(text, timeout=180)
+        assert result.exit_status == 0, result.stderr.decode(errors="replace")
+        return result.stdout.decode()
+
+    def evidence(self) -> BootEvidence:
+        return read_evidence(self.script(READ_SCRIPT), self.seconds_to_ssh)
+
+    def tpm_facts(self) -> dict[str, str]:
+        facts = {}
+        for line in self.script(TPM_SCRIPT).splitlines():
+            key, _, value = line.partition(" ")
+            facts[key] = value
+        return facts
+
+
+@pytest.fixture(scope="module")
+def tpm_vm(container_host: BuiltImage, client_key: KeyPair) -> Iterator[TpmVm]:
+    image = container_host.directory
+    if not (image / ESP_NAME).is_file():
+        pytest.fail(f"{image}: no {ESP_NAME}; container-host must build with image.boot = uki")
+    port = free_port()
+    vm.stop(NAME, purge=True)
+    started = time.monotonic()
+    instance = vm.start(image, name=NAME, ssh_port=port, timeout=BOOT_TIMEOUT, tpm=True)
+    seconds = time.monotonic() - started
+    print(f"vm start --tpm: SSH after {seconds:.0f} s")
+    try:
+        yield TpmVm(image, instance, Target("root", "127.0.0.1", port), client_key.private,
+                    seconds)
+    finally:
+        vm.stop(NAME, purge=True)
+
+
+def assert_predicted(machine: TpmVm, evidence: BootEvidence) -> None:
+    """Every PCR the build predicts, and the golden PCR 0 and 7 of this firmware on this
+    machine configuration, as the guest reads them from its TPM."""
+    golden = pcr.firmware_golden(vm.OVMF_CODE,
+                                 pcr.machine_key(memory_mib=MEMORY_MIB, cpus=vm.CPUS))
+    predicted = pcr.predict_pcrs(machine.image / UKI_NAME, phases=evidence.phases,
+                                 firmware=golden)
+    print(f"read PCR 0 {evidence.pcrs[0]}; pcrphase reached: "
+          f"{':'.join(evidence.phases) or 'none'}")
+    for index, value in predicted.items():
+        assert evidence.pcrs[index] == value.value, mismatch(
+            index, value, eventlog.events_for(evidence.log, index))
+    assert evidence.pcrs[12] == evidence.pcrs[13] == pcr.ZERO
+
+
+def processes_under(directory: Path) -> list[int]:
+    """Pids whose command line names `directory`: an instance's qemu and swtpm do."""
+    needle = os.fsencode(directory)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # a process that ended while we looked
+    return found
+
+
+@pytest.mark.e2e
+def test_a_tpm_boot_answers_with_its_key_and_measures_the_uki(tpm_vm: TpmVm) -> None:
+    # vm.start returned, so sshd showed the provisioned key; the session below is strict.
+    key = tpm_vm.instance.host_public_key.read_text().split()[1]
+    assert key in tpm_vm.instance.known_hosts.read_text()
+    assert tpm_vm.tpm_facts()["tpmrm"] == "present"
+    assert_predicted(tpm_vm, tpm_vm.evidence())
+    # OVMF, the kernel and systemd bring this to about a minute under TCG.
+    assert tpm_vm.seconds_to_ssh < BOOT_TIMEOUT
+
+
+@pytest.mark.e2e
+def test_the_ek_certificate_chains_to_the_instance_ca(tpm_vm: TpmVm) -> None:
+    inst = tpm_vm.instance
+    assert (inst.tpm_state / "tpm2-00.permall").is_file()
+    assert stat.S_IMODE(inst.tpm_ca.stat().st_mode) == 0o644
+    for key in inst.tpm_local_ca.private_keys:
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    ek = base64.b64decode(tpm_vm.tpm_facts()["ek"])
+    verify_ek_certificate(ek, load_ca_bundle(inst.tpm_ca))
+
+
+@pytest.mark.e2e
+def test_a_guest_reboot_keeps_the_running_tpm(tpm_vm: TpmVm) -> None:
+    inst = tpm_vm.instance
+    before = tpm_vm.tpm_facts()
+    swtpm_pid = inst.swtpm.pid()
+    assert swtpm_pid is not None
+    started = time.monotonic()
+    boot_id = reboot(tpm_vm.target, known_hosts=inst.known_hosts, identity=tpm_vm.identity,
+                     timeout=BOOT_TIMEOUT)
+    print(f"guest reboot to SSH: {time.monotonic() - started:.0f} s")
+    after = tpm_vm.tpm_facts()
+    assert after["boot_id"] == boot_id != before["boot_id"]
+    # The same swtpm process, so the same TPM: a TPM Reset counted, the EK kept.
+    assert inst.swtpm.pid() == swtpm_pid
+    assert int(after["reset_count"]) == int(before["reset_count"]) + 1
+    assert after["ek"] == before["ek"]
+    assert_predicted(tpm_vm, tpm_vm.evidence())
+
+
+@pytest.mark.e2e
+def test_stop_stops_swtpm_and_keeps_the_vtpm(tpm_vm: TpmVm) -> None:
+    inst = tpm_vm.instance
+    assert len(processes_under(inst.directory)) == 2  # qemu and swtpm
+    vm.stop(NAME)
+    assert processes_under(inst.directory) == []
+    assert not inst.swtpm.pid_file.exists() and not inst.swtpm.socket.exists()
+    assert inst.tpm_ca.is_file() and (inst.tpm_state / "tpm2-00.permall").is_file()
+
+
+def _kill_swtpm_once_booting(inst: vm.Instance, stop: threading.Event) -> None:
+    """SIGKILL the instance's swtpm a moment after qemu has started on it: a crash."""
+    while not stop.wait(0.1):
+        pid = inst.swtpm.pid()
+        if pid is not None and inst.pid() is not None:
+            time.sleep(2)
+            os.kill(pid, signal.SIGKILL)
+            return
+
+
+@pytest.mark.e2e
+def test_a_crashed_swtpm_is_reported_with_its_log(tpm_vm: TpmVm) -> None:
+    vm.stop(NAME)  # this test may run alone
+    inst = vm.instance(NAME)
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_swtpm_once_booting, args=(inst, stop))
+    killer.start()
+    try:
+        with pytest.raises(vtpm.VtpmError) as caught:
+            vm.start(tpm_vm.image, name=NAME, ssh_port=free_port(), timeout=BOOT_TIMEOUT,
+                     tpm=True)
+    finally:
+        stop.set()
+        killer.join()
+    message = str(caught.value)
+    assert message == f"vm {NAME}: its swtpm stopped; see its log {inst.swtpm.log_file}"
+    assert processes_under(inst.directory) == []
+
+
+# --- without a boot ------------------------------------------------------------------------
+
+
+def fake_image(directory: Path, *, esp: bool) -> Path:
+    """A folder that passes for a built image up to the point where a boot would start."""
+    directory.mkdir()
+    for name in ("vmlinuz", "initrd.img", "root.img", "root.verity"):
+        (directory / name).write_bytes(b"")
+    (directory / "build.json").write_text('{"cmdline": "ro"}')
+    if esp:
+        (directory / ESP_NAME).write_bytes(b"")
+    return directory
+
+
+def test_tpm_boot_needs_an_esp(tmp_path: Path) -> None:
+    image = fake_image(tmp_path / "image", esp=False)
+    with pytest.raises(UsageError) as caught:
+        vm.start(image, name="unit-vmtpm", ssh_port=free_port(), tpm=True)
+    assert str(caught.value) == (f'{image}: no esp.img to boot with --tpm; build the image '
+                                 'with image.boot = "uki" in its spec')
+
+
+def test_missing_tpm_tools_name_their_package(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    image = fake_image(tmp_path / "image", esp=True)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "qemu-system-x86_64").symlink_to("/bin/true")
+    monkeypatch.setattr("builder.run.CLEAN_PATH", str(tools))
+    for tool, package in (("swtpm", "swtpm"), ("swtpm_setup", "swtpm-tools"),
+                          ("swtpm_localca", "swtpm-tools")):
+        with pytest.raises(ToolMissing, match=re.escape(
+                f"{tool}: not found. Fix with: apt-get install {package}")):
+            vm.start(image, name="unit-vmtpm", ssh_port=free_port(), tpm=True)
+        (tools / tool).symlink_to("/bin/true")
+    monkeypatch.setattr(vm, "OVMF_CODE", tmp_path / "OVMF_CODE_4M.fd")
+    with pytest.raises(ToolMissing, match="Fix with: apt-get install ovmf"):
+        vm.start(image, name="unit-vmtpm", ssh_port=free_port(), tpm=True)
