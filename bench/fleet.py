@@ -98,15 +98,24 @@ class Fleet:
 
     @classmethod
     def start(cls, work: Path, count: int) -> Fleet:
+        # sshd reads each authorized_keys file as the bench user, and the user reads the
+        # evidence script from here.
+        work.chmod(0o755)
         client = make_keypair(work / "client", "id_ed25519")
         servers: list[RunningSshd] = []
+
+        def one(index: int) -> None:
+            servers.append(start_sshd(work / f"h{index}", client, user=BENCH_USER))
+
         try:
-            for index in range(count):
-                servers.append(start_sshd(work / f"h{index}", client, user=BENCH_USER))
+            # Each start waits for a key exchange; a few at a time, or 500 take minutes.
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(one, range(count)))
         except BaseException:
             for server in servers:
                 server.stop()
             raise
+        servers.sort(key=lambda s: s.host.port)
         known = work / "known_hosts"
         known.write_text("".join(s.host.known_hosts.read_text() for s in servers))
         private, public = keygen(work / "keys")
@@ -141,7 +150,6 @@ def compare(hosts: int, forks: int) -> None:
             evidence = fleet.work / "evidence.sh"
             evidence.write_text(script())
             evidence.chmod(0o644)
-            fleet.work.chmod(0o755)  # the bench user reads the script from here
             hardhost, peak_mib = fleet.hardhost(forks)
             # The bench user has no home: Ansible's remote temporary files go elsewhere.
             remote_tmp = fleet.work / "ansible-remote"
@@ -192,9 +200,12 @@ def main() -> int:
     parser.add_argument("--scale", default="50,500",
                         help="further fleet sizes for hardhost alone, comma-separated "
                              "('' to skip)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="measure hardhost's scaling only")
     args = parser.parse_args()
     ensure_user(BENCH_USER)
-    compare(args.hosts, args.forks)
+    if not args.no_peers:
+        compare(args.hosts, args.forks)
     sizes = sorted({int(n) for n in args.scale.split(",") if n.strip()} | {args.hosts})
     if args.scale:
         scaling(sizes, args.forks)

@@ -8,6 +8,7 @@ or a fixed script fed on stdin: host data is never pasted into a shell string.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import re
@@ -194,10 +195,10 @@ def open_client(target: Target, *, known_hosts: Path, identity: Path, timeout: f
         raise UsageError(f"{known_hosts}: known_hosts file not found")
     pkey = _load_identity(identity)
     client = paramiko.SSHClient()
-    try:
-        client.load_host_keys(str(known_hosts))
-    except (OSError, paramiko.SSHException) as exc:
-        raise UsageError(f"{known_hosts}: cannot read: {exc}") from None
+    known = client.get_host_keys()
+    entries = _known_hosts(known_hosts).lookup(target.known_hosts_name)
+    for key_type, key in (entries or {}).items():
+        known.add(target.known_hosts_name, key_type, key)
     client.set_missing_host_key_policy(_TrustOnFirstUse(known_hosts) if trust_on_first_use
                                        else _RejectUnknown(known_hosts))
     try:
@@ -219,6 +220,24 @@ def open_client(target: Target, *, known_hosts: Path, identity: Path, timeout: f
         client.close()
         raise
     return client
+
+
+def _known_hosts(path: Path) -> paramiko.HostKeys:
+    """The parsed known_hosts file. A fleet run connects to every host in one large file:
+    parsing it once per file version, not once per connection, keeps the cost linear."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    return _parse_known_hosts(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_known_hosts(path: str, mtime_ns: int, size: int) -> paramiko.HostKeys:
+    try:
+        return paramiko.HostKeys(path)
+    except (OSError, paramiko.SSHException) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
 
 
 @contextmanager
