@@ -25,7 +25,8 @@ from builder.spec import Compression, Filesystem, load_spec  # noqa: E402
 from builder.stages.bootstrap import bootstrap_key  # noqa: E402
 from builder.stages.rootfs import EROFS_CLUSTER, LZ4HC_LEVEL  # noqa: E402
 
-ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity", "sbom.spdx.json")
+ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity", "uki.efi", "esp.img",
+             "sbom.spdx.json")
 
 
 def largest(root: Path, count: int = 20) -> list[tuple[int, str]]:
