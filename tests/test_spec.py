@@ -176,3 +176,19 @@ def test_module_pruning_is_on_by_default_with_the_container_set() -> None:
     assert spec.prune.kernel_modules and spec.prune.firmware
     assert {"dm_verity", "erofs", "overlay", "veth", "vxlan", "net/bridge/"} \
         <= set(spec.kernel.modules)
+
+
+def test_secure_boot_signing_needs_both_files_and_a_uki() -> None:
+    uki = MINIMAL + '[image]\nboot = "uki"\n'
+    assert "image.secure_boot_key: set both secure_boot_key and secure_boot_cert" in error_of(
+        uki + 'secure_boot_key = "db.key"\n')
+    assert 'image.secure_boot_key: signing needs image.boot = "uki"' in error_of(
+        MINIMAL + '[image]\nsecure_boot_key = "db.key"\nsecure_boot_cert = "db.crt"\n')
+    spec = parse_spec(uki + 'secure_boot_key = "db.key"\nsecure_boot_cert = "db.crt"\n',
+                      "spec.toml")
+    assert spec.image.secure_boot_cert == "db.crt"
+
+
+def test_boot_mode_lists_the_choices() -> None:
+    assert "spec.toml: image.boot: 'grub' is not one of direct, uki" in error_of(
+        MINIMAL + '[image]\nboot = "grub"\n')
