@@ -11,6 +11,7 @@ SIGNING_KEY := $(CACHE)/keys/signing.key
 DEMO_OUT := out
 DEMO_NAME := demo
 DEMO_PORT ?= 2222
+DEMO_VM := $(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)
 PYTEST_ARGS ?=
 
 APT_PACKAGES := mmdebstrap erofs-utils squashfs-tools cryptsetup-bin qemu-system-x86 \
@@ -74,16 +75,17 @@ demo: deps venv keys
 		--trust-key $(CACHE)/keys/signing.pub
 	$(BIN)/hardhost vm stop $(DEMO_NAME)
 	$(BIN)/hardhost vm start $(DEMO_OUT)/container-host --name $(DEMO_NAME) \
-		--ssh-port $(DEMO_PORT)
+		--ssh-port $(DEMO_PORT) --tpm
 	$(BIN)/hardhost evidence root@127.0.0.1:$(DEMO_PORT) --identity $(DEMO_KEY) \
-		--known-hosts $(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts
+		--known-hosts $(DEMO_VM)/known_hosts
 	$(BIN)/hardhost attest root@127.0.0.1:$(DEMO_PORT) --identity $(DEMO_KEY) \
-		--known-hosts $(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts \
+		--known-hosts $(DEMO_VM)/known_hosts \
 		--manifest $(DEMO_OUT)/container-host/manifest.dsse.json \
-		--trust-key $(CACHE)/keys/signing.pub
+		--trust-key $(CACHE)/keys/signing.pub \
+		--tpm --tpm-ca $(DEMO_VM)/tpm/ca/bundle.pem --ak-registry $(DEMO_VM)/aks.json
 	@echo
 	@echo "The demo host is running. Log in:"
-	@echo "  ssh -i $(DEMO_KEY) -p $(DEMO_PORT) -o UserKnownHostsFile=$(HOME)/.local/state/hardhost/vms/$(DEMO_NAME)/known_hosts root@127.0.0.1"
+	@echo "  ssh -i $(DEMO_KEY) -p $(DEMO_PORT) -o UserKnownHostsFile=$(DEMO_VM)/known_hosts root@127.0.0.1"
 	@echo "Stop it: make demo-stop"
 
 demo-stop: venv

@@ -20,7 +20,7 @@ from builder.spec import Compression, Filesystem, Spec
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-CACHE_ENTRIES = 2  # root images are large; keep the last two trees' images
+CACHE_ENTRIES = 3  # root images are large; keep the last three
 
 
 def inputs(spec: Spec, epoch: int) -> dict[str, object]:
