@@ -22,7 +22,6 @@ class BuildContext:
     source_date_epoch: int
     reuse: bool = True  # take stage outputs from the cache when their key matches
     keys: dict[str, str] = field(default_factory=dict)  # stage name -> input key
-    bootstrap_key: str = ""
     kernel_release: str = ""
     root_hash: str = ""
     salt: str = ""

@@ -46,6 +46,11 @@ def attest(host: LoopbackHost, client_key: KeyPair, signing_keys: SigningKeys,
          "--json", "--tpm", *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+def enrolling(vtpm: Tpm, registry: Path) -> tuple[str, ...]:
+    """attest options that enroll into `registry` when the host is not in it yet."""
+    return ("--tpm-ca", str(vtpm.ca.bundle), "--ak-registry", str(registry))
+
+
 def tpm_findings(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
     assert result.returncode in (0, 1), result.stderr
     verdict = json.loads(result.stdout)
@@ -61,7 +66,7 @@ def test_first_attestation_enrolls_then_the_quote_holds(
         tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
         signing_keys: SigningKeys, signed: Path, tmp_path: Path) -> None:
     registry = tmp_path / "aks.json"
-    options = ("--tpm-ca", str(tpm.ca.bundle), "--ak-registry", str(registry))
+    options = enrolling(tpm, registry)
     assert tpm_findings(attest(tpm_host, client_key, signing_keys, signed, *options)) == {}
     enrolled = json.loads(registry.read_text())["hosts"]
     assert [entry["address"] for entry in enrolled.values()] == [f"127.0.0.1:{tpm_host.port}"]
@@ -75,8 +80,8 @@ def test_a_pcr_other_than_predicted_is_named(
         signing_keys: SigningKeys, signing_key: Ed25519PrivateKey, tmp_path: Path) -> None:
     manifest = write_signed(tmp_path, uki_manifest(pcrs=IMAGE_PCRS | {"11": OTHER}),
                             signing_key)
-    found = tpm_findings(attest(tpm_host, client_key, signing_keys, manifest, "--tpm-ca",
-                                str(tpm.ca.bundle), "--ak-registry", str(tmp_path / "r.json")))
+    found = tpm_findings(attest(tpm_host, client_key, signing_keys, manifest,
+                                *enrolling(tpm, tmp_path / "r.json")))
     assert set(found) == {"tpm.pcr.11"}
     assert (found["tpm.pcr.11"]["expected"], found["tpm.pcr.11"]["observed"]) == (OTHER, ZERO)
 
@@ -86,15 +91,15 @@ def test_firmware_pcrs_must_match_one_recorded_firmware(
         signing_keys: SigningKeys, signing_key: Ed25519PrivateKey, tmp_path: Path) -> None:
     manifest = write_signed(tmp_path, uki_manifest(
         firmware_pcrs={"fw-a q35": {"0": OTHER, "7": OTHER}}), signing_key)
-    found = tpm_findings(attest(tpm_host, client_key, signing_keys, manifest, "--tpm-ca",
-                                str(tpm.ca.bundle), "--ak-registry", str(tmp_path / "r.json")))
+    found = tpm_findings(attest(tpm_host, client_key, signing_keys, manifest,
+                                *enrolling(tpm, tmp_path / "r.json")))
     assert set(found) == {"tpm.pcr.0", "tpm.pcr.7"}
 
 
 def test_an_extended_pcr_fails_the_next_quote(
         tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
         signing_keys: SigningKeys, signed: Path, tmp_path: Path) -> None:
-    options = ("--tpm-ca", str(tpm.ca.bundle), "--ak-registry", str(tmp_path / "r.json"))
+    options = enrolling(tpm, tmp_path / "r.json")
     assert tpm_findings(attest(tpm_host, client_key, signing_keys, signed, *options)) == {}
     tpm.swtpm.tool("tpm2_pcrextend", f"13:sha256={'ab' * 32}")
     try:
@@ -108,11 +113,11 @@ def test_a_changed_ak_is_exit_4_until_reenrolled(
         tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
         signing_keys: SigningKeys, signed: Path, tmp_path: Path) -> None:
     registry = tmp_path / "aks.json"
-    options = ("--tpm-ca", str(tpm.ca.bundle), "--ak-registry", str(registry))
+    options = enrolling(tpm, registry)
     assert tpm_findings(attest(tpm_host, client_key, signing_keys, signed, *options)) == {}
     # Someone with root on the host makes a new AK at the same handle: here, through an
     # enrollment that the verifier's registry never sees.
-    elsewhere = ("--tpm-ca", str(tpm.ca.bundle), "--ak-registry", str(tmp_path / "other.json"))
+    elsewhere = enrolling(tpm, tmp_path / "other.json")
     assert tpm_findings(attest(tpm_host, client_key, signing_keys, signed, *elsewhere)) == {}
     result = attest(tpm_host, client_key, signing_keys, signed, *options)
     assert result.returncode == 4, result.stderr

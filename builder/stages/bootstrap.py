@@ -47,16 +47,16 @@ def bootstrap_key(spec: Spec) -> str:
 
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     spec = ctx.spec
-    ctx.bootstrap_key = bootstrap_key(spec)
+    key = bootstrap_key(spec)
     cache = ctx.cache_dir / "bootstrap"
-    tarball = cache / f"{ctx.bootstrap_key}.tar"
+    tarball = cache / f"{key}.tar"
     if tarball.exists():
         step.note = "cached"
         log.info("    using cached root filesystem %s", tarball.name[:16])
     else:
         cache.mkdir(parents=True, exist_ok=True)
         # mmdebstrap picks its output format from the extension, so the partial file keeps .tar.
-        partial = cache / f".{ctx.bootstrap_key}.{os.getpid()}.partial.tar"
+        partial = cache / f".{key}.{os.getpid()}.partial.tar"
         try:
             _mmdebstrap(spec, partial, ctx.source_date_epoch)
             partial.rename(tarball)

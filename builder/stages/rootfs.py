@@ -66,10 +66,9 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     cache = StageCache(ctx.cache_dir, "rootfs", keep=CACHE_ENTRIES)
     entry = cache.lookup(key) if ctx.reuse else None
     if entry is not None:
-        for name in ("root.img", "root.verity", "root.hash"):
+        for name in ("root.img", "root.verity"):
             shutil.copyfile(entry / name, ctx.staging / name)
-        _finish(ctx, (ctx.staging / "root.hash").read_text().strip())
-        (ctx.staging / "root.hash").unlink()
+        _finish(ctx, (entry / "root.hash").read_text().strip())
         step.note = f"{image.stat().st_size / 2**20:.0f} MiB {ctx.spec.image.filesystem}, cached"
         return
     if ctx.spec.image.filesystem is Filesystem.EROFS:

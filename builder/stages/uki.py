@@ -3,13 +3,13 @@ once it has booted, predicted for the signed manifest."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from builder import pcr, uki
 from builder.context import BuildContext
 from builder.errors import SpecError
 from builder.log import StepTiming
+from builder.manifest import sha256_file
 from builder.spec import Boot, Spec, spec_relative
 
 UKI_NAME = "uki.efi"
@@ -21,10 +21,8 @@ MEASURED_PHASES = ("sysinit",)
 
 
 def _file_digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""  # a missing stub or key is reported when the stage runs, not here
+    # A missing stub or key is reported when the stage runs, not when keys are computed.
+    return sha256_file(path) if path.is_file() else ""
 
 
 def inputs(spec: Spec, epoch: int) -> dict[str, object]:
