@@ -329,7 +329,9 @@ def parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "build", help="build an image from a TOML spec",
         description="Build SPEC into OUTDIR/NAME: vmlinuz, initrd.img, root.img, root.verity, "
-                    "cmdline and build.json. Needs root. The mmdebstrap tree, the initramfs "
+                    "cmdline, sbom.spdx.json, the signed manifest.dsse.json and build.json; "
+                    "with image.boot = \"uki\", also uki.efi and esp.img. Needs root. "
+                    "The mmdebstrap tree, the initramfs "
                     "and the root image are cached under ~/.cache/hardhost (or "
                     "$HARDHOST_CACHE_DIR), each keyed by exactly the inputs it depends on: a "
                     "sysctl change rebuilds the root image but reuses the rest. The output "
