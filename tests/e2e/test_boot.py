@@ -19,12 +19,22 @@ from profiles import apparmor
 from profiles.apparmor import DEFAULT_NAME
 from profiles.record import record
 from tests.conftest import SigningKeys, make_keypair
-from tests.e2e.conftest import BOOT_TIMEOUT, BootedHost
+from tests.e2e.conftest import (
+    BOOT_TIMEOUT,
+    BootedHost,
+    ensure_answering,
+    rerun_if_the_guest_stalls,
+)
 from verifier.evidence import Evidence, collect
 from verifier.reset import boot_id, reboot
 from verifier.transport import connect, offered_host_key, public_key_from_line
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def _answering(booted: BootedHost) -> None:
+    ensure_answering(booted.instance, booted.image.directory)
 
 
 def evidence(host: BootedHost) -> Evidence:
@@ -203,6 +213,7 @@ def test_generated_profile_confines_a_recorded_workload(booted: BootedHost,
     assert denied.exit_status != 0 and b"Permission denied" in denied.stderr
 
 
+@rerun_if_the_guest_stalls
 def test_reboot_resets_etc_and_keeps_the_host_key(booted: BootedHost) -> None:
     """Runs last in this module: it reboots the host."""
     marker = "/etc/hardhost-drift-test"

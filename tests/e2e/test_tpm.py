@@ -19,7 +19,13 @@ from builder.manifest import MANIFEST_NAME, HostManifest, read_verified
 from builder.signing import load_trusted_keys
 from builder.stages.uki import ESP_NAME, UKI_NAME
 from tests.conftest import REPO, KeyPair, SigningKeys, free_port
-from tests.e2e.conftest import BOOT_TIMEOUT, BuiltImage
+from tests.e2e.conftest import (
+    BOOT_TIMEOUT,
+    BuiltImage,
+    ensure_answering,
+    rerun_if_the_guest_stalls,
+    start_vm,
+)
 from verifier.tpm_enroll import AkRegistry, HostId, quote, verify
 from verifier.tpm_quote import new_nonce
 from verifier.transport import Target, connect
@@ -69,7 +75,7 @@ class TpmHost:
 
 
 def start(image: Path, port: int) -> vm.Instance:
-    return vm.start(image, name=NAME, ssh_port=port, timeout=BOOT_TIMEOUT, tpm=True)
+    return start_vm(image, name=NAME, port=port, tpm=True)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +90,11 @@ def tpm_host(container_host: BuiltImage, client_key: KeyPair,
                       client_key.private, registry)
     finally:
         vm.stop(NAME, purge=True)
+
+
+@pytest.fixture(autouse=True)
+def _answering(tpm_host: TpmHost) -> None:
+    ensure_answering(tpm_host.instance, tpm_host.image.directory, tpm=True)
 
 
 def ids(result: subprocess.CompletedProcess[str]) -> set[str]:
@@ -129,6 +140,7 @@ def test_a_replayed_quote_fails_on_the_nonce(tpm_host: TpmHost,
     assert [f.id for f in verify(old, ak, new_nonce(), predicted).findings] == ["tpm.nonce"]
 
 
+@rerun_if_the_guest_stalls
 def test_reset_proves_the_reboot_through_the_tpm(tpm_host: TpmHost,
                                                  signing_keys: SigningKeys) -> None:
     """Drift, then --tpm --reset: the second quote shows a new resetCount, and the PCRs of the

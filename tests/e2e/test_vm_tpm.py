@@ -24,7 +24,13 @@ from builder import eventlog, pcr, vm, vtpm
 from builder.errors import ToolMissing, UsageError
 from builder.stages.uki import ESP_NAME, UKI_NAME
 from tests.conftest import KeyPair, free_port
-from tests.e2e.conftest import BOOT_TIMEOUT, BuiltImage
+from tests.e2e.conftest import (
+    BOOT_TIMEOUT,
+    BuiltImage,
+    ensure_answering,
+    rerun_if_the_guest_stalls,
+    start_vm,
+)
 from tests.test_pcr import READ_SCRIPT, BootEvidence, mismatch, read_evidence
 from verifier.reset import reboot
 from verifier.tpm_enroll import load_ca_bundle, verify_ek_certificate
@@ -78,7 +84,7 @@ def tpm_vm(container_host: BuiltImage, client_key: KeyPair) -> Iterator[TpmVm]:
     port = free_port()
     vm.stop(NAME, purge=True)
     started = time.monotonic()
-    instance = vm.start(image, name=NAME, ssh_port=port, timeout=BOOT_TIMEOUT, tpm=True)
+    instance = start_vm(image, name=NAME, port=port, tpm=True)
     seconds = time.monotonic() - started
     print(f"vm start --tpm: SSH after {seconds:.0f} s")
     try:
@@ -140,8 +146,10 @@ def test_the_ek_certificate_chains_to_the_instance_ca(tpm_vm: TpmVm) -> None:
 
 
 @pytest.mark.e2e
+@rerun_if_the_guest_stalls
 def test_a_guest_reboot_keeps_the_running_tpm(tpm_vm: TpmVm) -> None:
     inst = tpm_vm.instance
+    ensure_answering(inst, tpm_vm.image, tpm=True)
     before = tpm_vm.tpm_facts()
     swtpm_pid = inst.swtpm.pid()
     assert swtpm_pid is not None
