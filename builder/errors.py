@@ -61,7 +61,7 @@ class CommandFailed(HardhostError):
 
 
 class Unreachable(HardhostError):
-    """A host that does not answer in time, or a VM that never reached SSH."""
+    """A host that does not answer in time or refuses a reboot, or a VM that never reached SSH."""
 
     exit_code = 3
 

@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
+class RebootRefused(Unreachable):
+    """The host answered the reboot request with a failure: it cannot be reset."""
+
+
 def boot_id(target: Target, *, known_hosts: Path, identity: Path, timeout: float) -> str:
     with connect(target, known_hosts=known_hosts, identity=identity, timeout=timeout) as session:
         result = session.run(["cat", BOOT_ID], limit=128)
@@ -25,15 +29,22 @@ def reboot(target: Target, *, known_hosts: Path, identity: Path, timeout: float,
            connect_timeout: float = 15.0) -> str:
     """Reboot `target` and wait until it answers with a new boot_id; return that boot_id.
 
-    Raises `Unreachable` naming the last thing seen when the host does not come back within
-    `timeout` seconds.
+    Raises `RebootRefused` when systemctl answers with a failure, and `Unreachable` naming
+    the last thing seen when the host does not come back within `timeout` seconds.
     """
     with connect(target, known_hosts=known_hosts, identity=identity,
                  timeout=connect_timeout) as session:
         before = session.run(["cat", BOOT_ID], limit=128).stdout.decode().strip()
         # The connection may drop before systemctl answers; the new boot_id is the proof.
+        # A refusal that does answer (a masked reboot.target, say) is said now, not after
+        # `timeout` seconds of waiting for a reboot that will not happen.
+        answer = None
         with contextlib.suppress(Unreachable):
-            session.run(["systemctl", "reboot"], timeout=connect_timeout)
+            answer = session.run(["systemctl", "reboot"], timeout=connect_timeout, limit=4096)
+    if answer is not None and answer.exit_status != 0:
+        reason = answer.stderr.decode(errors="replace").strip().splitlines()
+        raise RebootRefused(f"{target}: systemctl reboot failed with exit status "
+                            f"{answer.exit_status}: {reason[-1][:200] if reason else 'no message'}")
     log.info("  %s: rebooting (boot_id %s)", target, before)
     start = time.monotonic()
     last_seen = "no answer yet"

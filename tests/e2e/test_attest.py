@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,30 @@ def test_a_host_that_does_not_return_in_time_is_exit_3(host: BootedHost,
     result = attest(host, signing_keys, "--reset", "--reset-timeout", "5")
     assert result.returncode == 3
     assert "did not come back with a new boot_id within 5s" in result.stderr
+
+
+def test_a_host_that_refuses_the_reboot_is_exit_3_at_once(host: BootedHost,
+                                                           signing_keys: SigningKeys) -> None:
+    """A masked reboot.target makes systemctl fail: said at once, not after the timeout."""
+    make_drift(host)
+    mask = ["systemctl", "mask", "--runtime", "reboot.target"]
+    with connect(host.target, known_hosts=host.known_hosts, identity=host.identity,
+                 timeout=30) as session:
+        assert session.run(mask).exit_status == 0
+    try:
+        started = time.monotonic()
+        result = attest(host, signing_keys, "--reset", "--reset-timeout", str(BOOT_TIMEOUT))
+        waited = time.monotonic() - started
+    finally:
+        with connect(host.target, known_hosts=host.known_hosts, identity=host.identity,
+                     timeout=30) as session:
+            session.run(["systemctl", "unmask", "--runtime", "reboot.target"])
+    assert result.returncode == 3, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    prefix = f"hardhost: {host.target}: systemctl reboot failed with exit status 1: "
+    # systemd 252 says it through logind: "Call to Reboot failed: Access denied".
+    assert last.startswith(prefix) and "Reboot failed" in last[len(prefix):], last
+    assert waited < BOOT_TIMEOUT / 2
 
 
 @rerun_if_the_guest_stalls
