@@ -15,10 +15,6 @@ log = logging.getLogger(__name__)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
-class RebootRefused(Unreachable):
-    """The host answered the reboot request with a failure: it cannot be reset."""
-
-
 def boot_id(target: Target, *, known_hosts: Path, identity: Path, timeout: float) -> str:
     with connect(target, known_hosts=known_hosts, identity=identity, timeout=timeout) as session:
         result = session.run(["cat", BOOT_ID], limit=128)
@@ -29,8 +25,8 @@ def reboot(target: Target, *, known_hosts: Path, identity: Path, timeout: float,
            connect_timeout: float = 15.0) -> str:
     """Reboot `target` and wait until it answers with a new boot_id; return that boot_id.
 
-    Raises `RebootRefused` when systemctl answers with a failure, and `Unreachable` naming
-    the last thing seen when the host does not come back within `timeout` seconds.
+    Raises `Unreachable` when systemctl answers with a failure, and when the host does not
+    come back within `timeout` seconds (naming the last thing seen).
     """
     with connect(target, known_hosts=known_hosts, identity=identity,
                  timeout=connect_timeout) as session:
@@ -41,10 +37,11 @@ def reboot(target: Target, *, known_hosts: Path, identity: Path, timeout: float,
         answer = None
         with contextlib.suppress(Unreachable):
             answer = session.run(["systemctl", "reboot"], timeout=connect_timeout, limit=4096)
-    if answer is not None and answer.exit_status != 0:
+    # -1 is a channel closed without a status: the reboot cut the session, as it may.
+    if answer is not None and answer.exit_status > 0:
         reason = answer.stderr.decode(errors="replace").strip().splitlines()
-        raise RebootRefused(f"{target}: systemctl reboot failed with exit status "
-                            f"{answer.exit_status}: {reason[-1][:200] if reason else 'no message'}")
+        raise Unreachable(f"{target}: systemctl reboot failed with exit status "
+                          f"{answer.exit_status}: {reason[-1][:200] if reason else 'no message'}")
     log.info("  %s: rebooting (boot_id %s)", target, before)
     start = time.monotonic()
     last_seen = "no answer yet"
