@@ -12,6 +12,7 @@ import functools
 import hashlib
 import logging
 import re
+import select
 import shlex
 import socket
 import time
@@ -143,28 +144,29 @@ class Session:
                 channel.sendall(stdin)
             channel.shutdown_write()
             out, err = bytearray(), bytearray()
-            while True:
-                if time.monotonic() > deadline:
-                    raise Unreachable(f"{self.target}: command did not finish within "
-                                      f"{timeout:.0f}s")
-                progressed = False
+            # Wait on the channel's pipe, which paramiko sets on output, stderr, EOF and
+            # close: a fleet has dozens of channels open, and polling them costs CPU that
+            # the hosts' key exchanges need.
+            while channel.recv_ready() or channel.recv_stderr_ready() \
+                    or not (channel.eof_received or channel.closed):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._too_slow(timeout)
+                select.select([channel], [], [], remaining)
                 if channel.recv_ready():
                     out += channel.recv(65536)
-                    progressed = True
                 if channel.recv_stderr_ready():
                     err += channel.recv_stderr(65536)
-                    progressed = True
                 if len(out) + len(err) > limit:
                     raise HostOutputError(f"{self.target}: output exceeds {limit} bytes")
-                if not progressed:
-                    # The end of output is EOF, not the exit status: sshd may send the status
-                    # while the last of the output is still on its way.
-                    drained = not (channel.recv_ready() or channel.recv_stderr_ready())
-                    if drained and (channel.eof_received or channel.closed) \
-                            and channel.exit_status_ready():
-                        break
-                    time.sleep(0.005)
+            # The end of output is EOF, not the exit status: sshd may send the status just
+            # before or after it.
+            if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+                raise self._too_slow(timeout)
             return ExecResult(channel.recv_exit_status(), bytes(out), bytes(err))
+
+    def _too_slow(self, timeout: float) -> Unreachable:
+        return Unreachable(f"{self.target}: command did not finish within {timeout:.0f}s")
 
     def run_script(self, script: str, *, timeout: float | None = None,
                    limit: int = DEFAULT_OUTPUT_LIMIT) -> ExecResult:
