@@ -148,6 +148,12 @@ class Fleet:
             server.stop()
 
 
+def control_dir(path: Path) -> dict[str, str]:
+    """Environment giving one Ansible run its own, empty ssh ControlPath folder."""
+    path.mkdir(mode=0o700)
+    return {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(path)}
+
+
 def compare(hosts: int, forks: int) -> None:
     with tempfile.TemporaryDirectory(prefix="hardhost-fleet-bench-") as name:
         fleet = Fleet.start(Path(name), hosts)
@@ -165,9 +171,13 @@ def compare(hosts: int, forks: int) -> None:
             common = [str(BIN / "ansible"), "all", "-i", str(fleet.inventory), "-f",
                       str(forks), "--private-key", str(fleet.client.private),
                       f"--ssh-common-args={ssh_args}"]
+            # Ansible's ssh keeps each connection open for 60 s (ControlPersist) in a
+            # shared folder: a second run would reuse the first's logins and skip its key
+            # exchanges. Each run starts cold, as hardhost's does.
             command, _ = timed([*common, "-m", "command", "-a", f"/bin/sh {evidence}"],
-                               ansible_env)
-            raw, _ = timed([*common, "-m", "raw", "-a", f"/bin/sh {evidence}"], ansible_env)
+                               {**ansible_env, **control_dir(fleet.work / "cp-command")})
+            raw, _ = timed([*common, "-m", "raw", "-a", f"/bin/sh {evidence}"],
+                           {**ansible_env, **control_dir(fleet.work / "cp-raw")})
             floor = paramiko_loop(fleet.ports, fleet.client.private, fleet.known,
                                   f"/bin/sh {evidence}", forks)
         finally:
