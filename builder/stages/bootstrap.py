@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tarfile
+import tempfile
 from pathlib import Path
 
 from builder.cache import BOOTSTRAP_VERSION, stage_key
@@ -13,6 +15,7 @@ from builder.errors import BuildError, CommandFailed
 from builder.log import StepTiming
 from builder.run import run
 from builder.spec import Spec
+from builder.stages import prune
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,37 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
             partial.rename(tarball)
         finally:
             partial.unlink(missing_ok=True)
-    ctx.tree.mkdir()
-    run(["tar", "--extract", "--preserve-permissions", "--xattrs", "--xattrs-include=*",
-         "--numeric-owner", "--file", tarball, "--directory", ctx.tree])
+    skipped = extract(tarball, ctx.tree, spec)
+    if skipped:
+        step.note += f"{', ' if step.note else ''}{skipped} pruned files not extracted"
     if not ctx.source_date_epoch:
         # Without $SOURCE_DATE_EPOCH, the time dpkg last wrote its database stands for the
         # package set: the same cached bootstrap always gives the same timestamps.
         ctx.source_date_epoch = int((ctx.tree / "var/lib/dpkg/status").stat().st_mtime)
+
+
+def extract(tarball: Path, tree: Path, spec: Spec) -> int:
+    """Unpack the cached tarball into a new `tree`, without the files the prune stage would
+    delete anyway; returns how many were left out."""
+    skipped = prune.unextracted(spec, _member_names(tarball))
+    tree.mkdir()
+    with tempfile.NamedTemporaryFile("w", dir=tree.parent, prefix=".unextracted-") as names:
+        # Newline-separated: tar 1.34 ignores the last name of a --null exclusion list.
+        names.write("".join(f"{name}\n" for name in skipped))
+        names.flush()
+        run(["tar", "--extract", "--preserve-permissions", "--xattrs", "--xattrs-include=*",
+             "--numeric-owner", "--no-wildcards", "--anchored", "--exclude-from", names.name,
+             "--file", tarball, "--directory", tree])
+    return len(skipped)
+
+
+def _member_names(tarball: Path) -> list[str]:
+    try:
+        with tarfile.open(tarball) as archive:
+            return archive.getnames()
+    except (OSError, tarfile.TarError) as exc:
+        raise BuildError(f"{tarball}: cannot read the cached root filesystem ({exc}); "
+                         "delete it to rebuild") from None
 
 
 def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:

@@ -4,7 +4,9 @@ files that now live outside the root."""
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from builder.chroot import run_in_tree
@@ -37,17 +39,42 @@ def inputs(spec: Spec, epoch: int) -> dict[str, object]:
             "docs": spec.prune.docs}
 
 
+def _reading_matter(spec: Spec) -> tuple[str, ...]:
+    """The docs, man pages and locales the spec drops: files no build stage reads."""
+    return ((_DOCS if spec.prune.docs else ()) + (_MAN if spec.prune.man else ())
+            + (_LOCALES if spec.prune.locales else ()))
+
+
 def prune_patterns(spec: Spec) -> tuple[str, ...]:
-    patterns: tuple[str, ...] = _ALWAYS
-    if spec.prune.docs:
-        patterns += _DOCS
-    if spec.prune.man:
-        patterns += _MAN
-    if spec.prune.locales:
-        patterns += _LOCALES
-    if spec.prune.package_manager:
-        patterns += _PACKAGE_MANAGER
-    return patterns + spec.prune.paths
+    return (_ALWAYS + _reading_matter(spec)
+            + (_PACKAGE_MANAGER if spec.prune.package_manager else ()) + spec.prune.paths)
+
+
+def unextracted(spec: Spec, names: Iterable[str]) -> list[str]:
+    """Members of the bootstrap tarball this stage deletes whatever the stages before it
+    do: docs, man pages and locales, as the spec asks. On this path, creating files costs
+    far more than writing their bytes, and these are a quarter of the tree's files, so a
+    rebuild does not extract them only to delete them here.
+
+    Names that tar would read back differently from an exclusion list (a backslash, a
+    newline, spaces at either end) are left for `run_stage` to delete."""
+    split = [pattern.split("/") for pattern in _reading_matter(spec)]
+    skipped = []
+    for name in names:
+        if "\\" in name or "\n" in name or name != name.strip():
+            continue
+        parts = name.removeprefix("./").split("/")
+        # Path.glob matches one name per pattern segment; whatever lies below a match is
+        # deleted with it.
+        doomed = any(len(parts) >= len(pattern) and all(
+            fnmatch.fnmatchcase(part, glob)
+            for part, glob in zip(parts[:len(pattern)], pattern, strict=True))
+            for pattern in split)
+        if spec.prune.docs and parts[:3] == ["usr", "share", "doc"] and len(parts) >= 5:
+            doomed = doomed or parts[4] != "copyright"
+        if doomed:
+            skipped.append(name)
+    return skipped
 
 
 def _remove(path: Path) -> int:
@@ -66,6 +93,17 @@ def _prune_docs(tree: Path) -> int:
     for path in (tree / "usr/share/doc").glob("*/*"):
         if path.name != "copyright":
             freed += _remove(path)
+    return freed
+
+
+def remove_unwanted(tree: Path, spec: Spec) -> int:
+    """Delete what `prune_patterns` and the docs rule name; returns the bytes freed."""
+    freed = 0
+    for pattern in prune_patterns(spec):
+        for path in sorted(tree.glob(pattern), reverse=True):
+            freed += _remove(path)
+    if spec.prune.docs:
+        freed += _prune_docs(tree)
     return freed
 
 
@@ -123,11 +161,7 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
         if not any(tree.glob(pattern)):
             raise SpecError(ctx.spec.source, "prune.paths", f"{pattern!r} matches nothing in "
                             "the image; fix the path or remove it")
-    for pattern in prune_patterns(ctx.spec):
-        for path in sorted(tree.glob(pattern), reverse=True):
-            freed += _remove(path)
-    if ctx.spec.prune.docs:
-        freed += _prune_docs(tree)
+    freed += remove_unwanted(tree, ctx.spec)
     step.note = f"{freed / 2**20:.0f} MiB freed"
     if kept is not None:
         step.note += f", {len(kept)} kernel modules kept"
