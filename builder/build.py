@@ -24,6 +24,7 @@ from builder.log import StepTiming, complete_step
 from builder.run import which
 from builder.spec import Filesystem, Spec
 from builder.stages import bootstrap, harden, initramfs, manifest, prune, rootfs, security, uki
+from builder.workspace import Workspace, scratch
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,11 @@ def require_root() -> None:
 
 
 def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False,
-          reuse: bool = True) -> Path:
+          reuse: bool = True, workspace: Workspace = Workspace.AUTO) -> Path:
     """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path.
 
     With `reuse` off, every stage after bootstrap runs even when its output is cached.
+    `workspace` says where the image tree is assembled.
     """
     require_root()
     if not spec.access.authorized_keys:
@@ -127,8 +129,13 @@ def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = Fal
     if final.exists() and not force:
         raise UsageError(f"{final}: already exists; pass --force to replace it")
     outdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.work-", dir=outdir))
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=outdir))
+    with scratch(outdir, spec.name, workspace) as workdir:
+        return _build_in(spec, final, workdir, key=key, reuse=reuse)
+
+
+def _build_in(spec: Spec, final: Path, workdir: Path, *, key: Ed25519PrivateKey,
+              reuse: bool) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=final.parent))
     ctx = BuildContext(spec=spec, workdir=workdir, staging=staging, cache_dir=cache_root(),
                        signing_key=key, source_date_epoch=_source_date_epoch(), reuse=reuse)
     try:
@@ -146,7 +153,6 @@ def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = Fal
             artifact.chmod(0o644)  # veritysetup makes its hash file 0600; nothing here is secret
         _replace(staging, final)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
     return final
 
@@ -163,17 +169,18 @@ def _replace(staging: Path, final: Path) -> None:
 
 
 def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
-                       force: bool = False) -> tuple[Path, str | None]:
+                       force: bool = False, workspace: Workspace = Workspace.AUTO,
+                       ) -> tuple[Path, str | None]:
     """Build `spec` twice and compare the signed artifacts.
 
     Returns the first build's path and the name of the first artifact that differs, or None.
     """
     # Neither build takes a stage's output from the cache: both must make every byte.
-    final = build(spec, outdir, key=key, force=force, reuse=False)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.again-", dir=outdir))
+    final = build(spec, outdir, key=key, force=force, reuse=False, workspace=workspace)
+    again_dir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.again-", dir=outdir))
     try:
         with complete_step("Building again to compare"):
-            again = build(spec, scratch, key=key, reuse=False)
+            again = build(spec, again_dir, key=key, reuse=False, workspace=workspace)
         first = json.loads((final / "build.json").read_text())["artifacts"]
         second = json.loads((again / "build.json").read_text())["artifacts"]
         for name in manifest.subjects(spec):
@@ -181,4 +188,4 @@ def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
                 return final, name
         return final, None
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(again_dir, ignore_errors=True)

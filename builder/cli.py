@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from builder.errors import HardhostError, UsageError
 from builder.log import setup_logging
+from builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
 
 if TYPE_CHECKING:
     from builder.spec import Spec
@@ -61,14 +62,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if extra:
         spec = with_authorized_keys(spec, tuple(extra), "--authorized-key")
     if args.check_reproducible:
-        final, differing = check_reproducible(spec, args.output, key=key, force=args.force)
+        final, differing = check_reproducible(spec, args.output, key=key, force=args.force,
+                                              workspace=args.workspace)
         if differing is not None:
             print(f"hardhost: not reproducible: {differing} differs between two builds of "
                   f"{args.spec}", file=sys.stderr)
             return 1
         log.info("Reproducible: two builds gave identical %s", ", ".join(_subjects(spec)))
     else:
-        final = build(spec, args.output, key=key, force=args.force, reuse=not args.no_cache)
+        final = build(spec, args.output, key=key, force=args.force, reuse=not args.no_cache,
+                      workspace=args.workspace)
     print(final)
     return 0
 
@@ -354,6 +357,13 @@ def parser() -> argparse.ArgumentParser:
                             "artifact that differs (exit 1)")
     build.add_argument("--no-cache", action="store_true",
                        help="run every stage after bootstrap even when its output is cached")
+    build.add_argument("--workspace", type=Workspace, choices=list(Workspace),
+                       default=Workspace.AUTO,
+                       help="where the image tree is assembled: memory (a tmpfs of the "
+                            "build's own, about 1 GiB at its peak, gone when the build ends), "
+                            "disk (a folder in OUTDIR), or auto (the default): memory when "
+                            f"{IN_MEMORY_MIN_AVAILABLE // 2**30} GiB are available. In "
+                            "memory, a rebuild is about twice as fast")
     build.set_defaults(func=_cmd_build)
 
     keygen = commands.add_parser(
