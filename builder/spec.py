@@ -258,6 +258,9 @@ class Prune:
         "remove every kernel module not in kernel.modules or needed by one"))
     firmware: bool = field(default=True, metadata=_help(
         "remove firmware files that no kept kernel module asks for"))
+    hwdb: bool = field(default=True, metadata=_help(
+        "remove udev's hardware database (vendor and model names, input-device quirks), "
+        "which a server's udev rules do not need"))
     paths: tuple[str, ...] = field(default=(), metadata=_help(
         "further files to remove: globs relative to the root, e.g. 'usr/bin/ctr'",
         _prune_paths))

@@ -123,6 +123,7 @@ CHANGES: list[tuple[str, Callable[[Spec], Spec], set[str]]] = [
      lambda s: _section(s, "apparmor", container_profile=False), FROM_SECURITY),
     ("docs pruning", lambda s: _section(s, "prune", docs=False), FROM_PRUNE),
     ("module pruning", lambda s: _section(s, "prune", kernel_modules=False), FROM_PRUNE),
+    ("hwdb pruning", lambda s: _section(s, "prune", hwdb=False), FROM_PRUNE),
     ("the module set", lambda s: _section(s, "kernel", modules=(*s.kernel.modules, "fuse")),
      FROM_PRUNE),
     ("a pruned path", lambda s: _section(s, "prune", paths=("usr/bin/ctr",)), FROM_PRUNE),
