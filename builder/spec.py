@@ -55,6 +55,9 @@ DEFAULT_MODULES = (
     "dm_verity",
     "net/netfilter/", "net/ipv4/netfilter/", "net/ipv6/netfilter/", "net/bridge/",
     "veth", "vxlan", "macvlan", "ipvlan", "tun",
+    # The ACPI power button, which logind reads through evdev: a hypervisor's or a cloud's
+    # "stop" then shuts the host down cleanly instead of cutting its power after a wait.
+    "button", "evdev",
 )
 _MODULE_RE = re.compile(r"^([A-Za-z0-9_\-*?\[\]]+|[a-z0-9_\-]+(/[a-z0-9_\-]+)*/)$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")

@@ -174,7 +174,7 @@ def test_prune_paths_stay_inside_the_root(path: str) -> None:
 def test_module_pruning_is_on_by_default_with_the_container_set() -> None:
     spec = parse_spec(MINIMAL, "spec.toml")
     assert spec.prune.kernel_modules and spec.prune.firmware and spec.prune.hwdb
-    assert {"dm_verity", "erofs", "overlay", "veth", "vxlan", "net/bridge/"} \
+    assert {"dm_verity", "erofs", "overlay", "veth", "vxlan", "net/bridge/", "button"} \
         <= set(spec.kernel.modules)
 
 
