@@ -435,8 +435,11 @@ def parser() -> argparse.ArgumentParser:
     start.set_defaults(func=_cmd_vm_start)
     stop = vm_commands.add_parser("stop", help="stop an instance",
                                   description="Stop the instance's qemu and, if it has one, "
-                                              "its swtpm. Its state disk, host key and vTPM "
-                                              "stay, unless --purge.")
+                                              "its swtpm: a guest with a vTPM is powered off "
+                                              "through its ACPI power button (killed if it "
+                                              "has not gone within 45 s), so its TPM sees an "
+                                              "orderly shutdown. Its state disk, host key and "
+                                              "vTPM stay, unless --purge.")
     stop.add_argument("name", metavar="NAME", help="instance name")
     stop.add_argument("--purge", action="store_true",
                       help="also delete the instance's state (host key, machine-id, logs, "

@@ -28,7 +28,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder import layout, vtpm
+from builder import layout, qmp, vtpm
 from builder.build import ARTIFACTS
 from builder.errors import CommandFailed, HardhostError, ToolMissing, Unreachable, UsageError
 from builder.log import complete_step
@@ -46,6 +46,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_PACKAGE = "ovmf"
 ESP_IMAGE = "esp.img"  # written by the uki build stage beside the other artifacts
+POWER_OFF_TIMEOUT = 45.0  # seconds; a TCG guest takes about 8 to shut down
 CPUS = 2  # with the memory size, part of builder.pcr.machine_key(): PCR 0 depends on both
 
 
@@ -71,6 +72,10 @@ class Instance:
     @property
     def pid_file(self) -> Path:
         return self.directory / "qemu.pid"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.directory / "qmp.sock"
 
     @property
     def known_hosts(self) -> Path:
@@ -211,6 +216,7 @@ def qemu_argv(inst: Instance, image_dir: Path, cmdline: str, *, ssh_port: int, a
         "qemu-system-x86_64", "-name", f"hardhost-{inst.name}", "-machine", "q35",
         *accel_args, "-smp", str(CPUS), "-m", str(memory_mib),
         "-nodefaults", "-display", "none", "-monitor", "none",
+        "-qmp", f"unix:{inst.qmp_socket},server=on,wait=off",
         "-serial", f"file:{inst.serial_log}",
         *_boot_args(inst, image, cmdline, tpm=tpm), *drives,
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
@@ -321,23 +327,45 @@ def _terminate(pid: int | None, pid_file: Path, grace: float) -> bool:
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
+    cmdline = vtpm.process_cmdline(pid)
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, cmdline, grace):
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, cmdline, grace)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _wait_gone(pid: int, cmdline: bytes, seconds: float) -> bool:
+    """Whether process `pid` (still running `cmdline`) ends within `seconds`."""
     # Watch the process, not its pid file: qemu and swtpm remove their pid files while
     # they are still exiting, before they have let go of their disks and state.
+    deadline = time.monotonic() + seconds
+    while vtpm.process_cmdline(pid) == cmdline:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _power_off(inst: Instance) -> bool:
+    """Shut the guest down as a power button would, and wait for qemu to exit; False if it
+    would not, and it is still running."""
+    pid = inst.pid()
+    if pid is None:
+        return False
     cmdline = vtpm.process_cmdline(pid)
-
-    def wait(seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while vtpm.process_cmdline(pid) == cmdline:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
-
-    os.kill(pid, signal.SIGTERM)
-    if not wait(grace):
-        os.kill(pid, signal.SIGKILL)
-        wait(grace)
-    pid_file.unlink(missing_ok=True)
+    log.info("vm %s: powering off (its vTPM needs an orderly shutdown)", inst.name)
+    try:
+        qmp.power_down(inst.qmp_socket, timeout=10.0)
+    except (OSError, qmp.QmpError) as exc:
+        log.warning("vm %s: cannot press the power button (%s); killing it", inst.name, exc)
+        return False
+    if not _wait_gone(pid, cmdline, POWER_OFF_TIMEOUT):
+        log.warning("vm %s: did not power off within %.0fs; killing it", inst.name,
+                    POWER_OFF_TIMEOUT)
+        return False
+    inst.pid_file.unlink(missing_ok=True)
     return True
 
 
@@ -355,7 +383,12 @@ def _stop_swtpm(inst: Instance) -> bool:
 def stop(name: str, *, purge: bool = False) -> None:
     """Stop the instance's qemu and its swtpm; with `purge`, delete all its state."""
     inst = instance(name)
-    if _kill(inst):
+    # A TPM that loses power without TPM2_Shutdown counts it against its dictionary-attack
+    # limit (3 for swtpm); past it, it refuses the attestation key for 1000 s of uptime
+    # per count. The guest's kernel sends TPM2_Shutdown when it powers off.
+    if inst.swtpm.pid() is not None and _power_off(inst):
+        log.info("vm %s powered off", name)
+    elif _kill(inst):
         log.info("vm %s stopped", name)
     else:
         log.info("vm %s was not running", name)

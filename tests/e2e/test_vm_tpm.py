@@ -2,7 +2,8 @@
 by builder.vtpm, that measures the boot, survives a guest reboot and stops with the VM.
 
 Every OVMF boot costs about a minute under TCG, so the boot tests share one instance and
-run in file order: boot, reboot, stop, then a restart whose swtpm is made to crash.
+run in file order: boot, reboot, power-off and start, stop, then a restart whose swtpm is
+made to crash.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ test -c /dev/tpmrm0 && echo "tpmrm present"
 echo "boot_id $(cat /proc/sys/kernel/random/boot_id)"
 echo "reset_count $(tpm2_readclock | sed -n 's/^ *reset_count: *//p')"
 echo "ek $(tpm2_nvread 0x01c00002 | base64 -w0)"
+"""
+
+# A signature by a key with an (empty) password: an authorization the TPM's dictionary-attack
+# protection covers, as the attestation key's are. After one, losing power without
+# TPM2_Shutdown counts against the lockout limit.
+DA_PROTECTED_USE = """\
+export TPM2TOOLS_TCTI=device:/dev/tpmrm0
+cd "$(mktemp -d)"
+tpm2_createprimary -Q -C o -c primary.ctx
+tpm2_create -Q -C primary.ctx -G ecc -u key.pub -r key.priv -c key.ctx
+echo message > message
+tpm2_sign -Q -c key.ctx -g sha256 -o signature message && echo signed
+"""
+LOCKOUT_COUNTER = """\
+export TPM2TOOLS_TCTI=device:/dev/tpmrm0
+tpm2_getcap properties-variable | sed -n 's/^TPM2_PT_LOCKOUT_COUNTER: *//p'
 """
 
 
@@ -164,6 +181,22 @@ def test_a_guest_reboot_keeps_the_running_tpm(tpm_vm: TpmVm) -> None:
     assert int(after["reset_count"]) == int(before["reset_count"]) + 1
     assert after["ek"] == before["ek"]
     assert_predicted(tpm_vm, tpm_vm.evidence())
+
+
+@pytest.mark.e2e
+@rerun_if_the_guest_stalls
+def test_stop_powers_the_guest_off_so_its_tpm_counts_no_power_loss(tpm_vm: TpmVm) -> None:
+    inst = tpm_vm.instance
+    ensure_answering(inst, tpm_vm.image, tpm=True)
+    assert tpm_vm.script(DA_PROTECTED_USE).strip() == "signed"
+    before = int(tpm_vm.script(LOCKOUT_COUNTER), 16)
+    started = time.monotonic()
+    vm.stop(NAME)
+    print(f"vm stop (power button to qemu's exit): {time.monotonic() - started:.0f} s")
+    assert processes_under(inst.directory) == []
+    start_vm(tpm_vm.image, name=NAME, port=tpm_vm.target.port, tpm=True)
+    # Killed instead, the TPM would count one more failure: three, and it locks the AK out.
+    assert int(tpm_vm.script(LOCKOUT_COUNTER), 16) == before
 
 
 @pytest.mark.e2e
