@@ -24,7 +24,7 @@ from builder.log import StepTiming, complete_step
 from builder.run import which
 from builder.spec import Filesystem, Spec
 from builder.stages import bootstrap, harden, initramfs, manifest, prune, rootfs, security, uki
-from builder.workspace import Workspace, scratch
+from builder.workspace import Workspace, private_folder, scratch
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = Fal
 
 def _build_in(spec: Spec, final: Path, workdir: Path, *, key: Ed25519PrivateKey,
               reuse: bool) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=final.parent))
+    staging = private_folder(final.parent, spec.name, "partial")
     ctx = BuildContext(spec=spec, workdir=workdir, staging=staging, cache_dir=cache_root(),
                        signing_key=key, source_date_epoch=_source_date_epoch(), reuse=reuse)
     try:

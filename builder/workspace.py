@@ -55,7 +55,7 @@ def scratch(outdir: Path, name: str, choice: Workspace) -> Iterator[Path]:
     """A fresh scratch folder in `outdir`, on a private tmpfs when `choice` allows; removed,
     and unmounted, when the block ends, however it ends."""
     remove_stale(outdir, name)
-    folder = Path(tempfile.mkdtemp(prefix=f".{name}.work-{os.getpid()}-", dir=outdir))
+    folder = private_folder(outdir, name, "work")
     mounted = False
     try:
         if in_memory(choice, memory_available()):
@@ -81,16 +81,27 @@ def _mount(folder: Path, *, required: bool) -> bool:
     return False
 
 
+def private_folder(outdir: Path, name: str, kind: str) -> Path:
+    """A new folder `.NAME.KIND-PID-RANDOM` in `outdir`: the pid lets a later build tell
+    whether the build that made it is still running."""
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{kind}-{os.getpid()}-", dir=outdir))
+
+
 def remove_stale(outdir: Path, name: str) -> None:
-    """Remove the scratch folders of builds of `name` into `outdir` whose process is gone."""
-    for folder in outdir.glob(f".{name}.work-*-*"):
-        pid = folder.name.removeprefix(f".{name}.work-").split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        log.info("removing %s, left by a build that did not finish", folder)
-        if os.path.ismount(folder):
-            _unmount(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+    """Remove the scratch and staging folders of builds of `name` into `outdir` whose
+    process is gone."""
+    for kind in ("work", "partial"):
+        for folder in outdir.glob(f".{name}.{kind}-*-*"):
+            pid = folder.name.removeprefix(f".{name}.{kind}-").split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove_left(folder)
+
+
+def _remove_left(folder: Path) -> None:
+    log.info("removing %s, left by a build that did not finish", folder)
+    if os.path.ismount(folder):
+        _unmount(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -70,9 +70,12 @@ def test_a_killed_builds_folder_is_removed_by_the_next_build(tmp_path: Path) -> 
     running.mkdir()
     other = tmp_path / f".other.work-{_dead_pid()}-ghi"  # another image's: not this build's
     other.mkdir()
+    staging = tmp_path / f".img.partial-{_dead_pid()}-jkl"  # its half-written output
+    (staging / "root.img").parent.mkdir()
+    (staging / "root.img").write_text("half")
     try:
         with scratch(tmp_path, "img", Workspace.DISK) as folder:
-            assert not dead.exists()
+            assert not dead.exists() and not staging.exists()
             assert _fstype(dead) is None
             assert running.is_dir() and other.is_dir()
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, other.name])
