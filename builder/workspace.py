@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from builder.errors import BuildError
+from builder.errors import BuildError, CommandFailed
 from builder.run import run
+from builder.vtpm import process_cmdline
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +69,17 @@ def scratch(outdir: Path, name: str, choice: Workspace) -> Iterator[Path]:
 
 
 def _mount(folder: Path, *, required: bool) -> bool:
-    # mode=0700: the tree holds the image's private files before they are packed.
-    result = run(["mount", "-t", "tmpfs", "-o", "mode=0700,nosuid,nodev", "hardhost-tree",
-                  folder], check=False)
-    if result.returncode == 0:
-        log.debug("building in memory: a tmpfs on %s", folder)
-        return True
-    reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
-    if required:
-        raise BuildError(f"{folder}: cannot mount a tmpfs for --workspace memory: {reason[0]}")
-    log.warning("building on disk: cannot mount a tmpfs on %s: %s", folder, reason[0])
-    return False
+    try:
+        # mode=0700: the tree holds the image's private files before they are packed.
+        run(["mount", "-t", "tmpfs", "-o", "mode=0700,nosuid,nodev", "hardhost-tree", folder])
+    except CommandFailed as exc:
+        if required:
+            raise BuildError(f"{folder}: cannot mount a tmpfs for --workspace memory: "
+                             f"{exc}") from None
+        log.warning("building on disk: cannot mount a tmpfs on %s: %s", folder, exc)
+        return False
+    log.debug("building in memory: a tmpfs on %s", folder)
+    return True
 
 
 def private_folder(outdir: Path, name: str, kind: str) -> Path:
@@ -93,7 +94,7 @@ def remove_stale(outdir: Path, name: str) -> None:
     for kind in ("work", "partial"):
         for folder in outdir.glob(f".{name}.{kind}-*-*"):
             pid = folder.name.removeprefix(f".{name}.{kind}-").split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_cmdline(int(pid)):
                 _remove_left(folder)
 
 
@@ -102,16 +103,6 @@ def _remove_left(folder: Path) -> None:
     if os.path.ismount(folder):
         _unmount(folder)
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unmount(folder: Path) -> None:
