@@ -35,6 +35,12 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return time.monotonic() - start
 
 
+def with_swappiness(spec_text: str, value: int) -> str:
+    """The spec with one sysctl changed. A value the hardened baseline does not already
+    have: an unchanged file would (rightly) leave every stage cached."""
+    return spec_text.replace("[sysctl]", f'[sysctl]\n"vm.swappiness" = {value}', 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=REPO / "images/container-host.toml")
@@ -53,10 +59,7 @@ def main() -> int:
         cache = {"HARDHOST_CACHE_DIR": str(work / "cache")}
         cold = timed([*hardhost, str(args.spec)], cache)
         changed = work / "changed.toml"
-        changed.write_text(args.spec.read_text().replace(
-            # A value the hardened baseline does not already have: an unchanged file would
-            # (rightly) leave every stage cached.
-            "[sysctl]", '[sysctl]\n"vm.swappiness" = 10', 1))
+        changed.write_text(with_swappiness(args.spec.read_text(), 10))
         warm = timed([*hardhost, str(changed)], cache)
         profile = work / "profile.toml"
         profile.write_text(args.spec.read_text() + "\n[seccomp]\nallow_keyring = true\n")
@@ -64,8 +67,7 @@ def main() -> int:
         # The same warm rebuild with the tree on disk, as on a machine with little memory.
         # A fresh value again, so the root image is not taken from the cache.
         on_disk = work / "disk.toml"
-        on_disk.write_text(args.spec.read_text().replace(
-            "[sysctl]", '[sysctl]\n"vm.swappiness" = 20', 1))
+        on_disk.write_text(with_swappiness(args.spec.read_text(), 20))
         warm_disk = timed([*hardhost, "--workspace", "disk", str(on_disk)], cache)
 
         raw_tree = work / "raw-tree"

@@ -362,8 +362,9 @@ def parser() -> argparse.ArgumentParser:
                        help="where the image tree is assembled: memory (a tmpfs of the "
                             "build's own, about 1 GiB at its peak, gone when the build ends), "
                             "disk (a folder in OUTDIR), or auto (the default): memory when "
-                            f"{IN_MEMORY_MIN_AVAILABLE // 2**30} GiB are available. In "
-                            "memory, a rebuild is about twice as fast")
+                            f"{IN_MEMORY_MIN_AVAILABLE // 2**30} GiB are available. The "
+                            "image is the same either way; in memory, a rebuild does not "
+                            "wait on the disk")
     build.set_defaults(func=_cmd_build)
 
     keygen = commands.add_parser(
