@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -74,3 +75,18 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(scratch)
         raise
+
+
+# C0 and C1 control characters and DEL: what a terminal acts on (cursor moves, erasing
+# lines, titles) and what XML 1.0 cannot carry at all.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` from a host, safe to print or to put in XML: every control character (escape
+    sequences included) shown as a visible `\\xNN` escape; with `keep_newlines`, newlines
+    and tabs are kept. Lone surrogates (from undecodable names) are escaped too."""
+    pattern = _CONTROL if keep_newlines else _CONTROL_OR_NEWLINE
+    escaped = pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
