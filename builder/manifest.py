@@ -62,6 +62,12 @@ class HostManifest:
     # PCR 0 and 7 depend on the firmware build and the machine, not the image: golden values
     # recorded per "FIRMWARE_SHA256 MACHINE" (see builder.pcr.KNOWN_FIRMWARE).
     firmware_pcrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The booted host's mount table (builder.layout): mount point -> filesystem type, each
+    # present exactly once; optional ones at most once; runtime areas are mount-point globs
+    # where services mount at will. Any other mount is drift.
+    mounts: Mapping[str, str] = field(default_factory=dict)
+    optional_mounts: Mapping[str, str] = field(default_factory=dict)
+    runtime_mount_areas: tuple[str, ...] = ()
 
     def statement(self) -> dict[str, Any]:
         predicate = asdict(self)
@@ -134,6 +140,12 @@ class _Reader:
             raise self.fail(key, "not a table of tables of strings")
         return {str(k): dict(v) for k, v in value.items()}
 
+    def optional_text_list(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+            raise self.fail(key, "not a list of strings")
+        return tuple(value)
+
     def list_map(self, key: str) -> dict[str, tuple[str, ...]]:
         value = self.data.get(key)
         if not isinstance(value, dict) or not all(
@@ -182,7 +194,11 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         created=p.text("created"), expires=p.text("expires"),
         # Optional: manifests of direct-boot images made before UKIs existed omit them.
         boot=p.optional_text("boot", "direct"), pcrs=p.optional_text_map("pcrs"),
-        firmware_pcrs=p.optional_nested_map("firmware_pcrs"))
+        firmware_pcrs=p.optional_nested_map("firmware_pcrs"),
+        # Optional in the model, so that an older manifest still parses; the comparison
+        # reports a manifest without a mount table as drift.
+        mounts=p.optional_text_map("mounts"), optional_mounts=p.optional_text_map(
+            "optional_mounts"), runtime_mount_areas=p.optional_text_list("runtime_mount_areas"))
     if manifest.boot not in ("direct", "uki"):
         raise p.fail("boot", f"{manifest.boot!r} is neither 'direct' nor 'uki'")
     _parse_time(manifest.created, "created", origin)

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from builder.manifest import MANIFEST_NAME, HostManifest, from_statement
 from tests.conftest import REPO, SigningKeys, free_port
-from tests.test_evidence import fake_output
+from tests.test_evidence import fake_output, listing
 from tests.test_signing import sample_manifest, write_signed
 from verifier.compare import compare
 from verifier.evidence import parse
@@ -27,7 +29,9 @@ def manifest_for_fake() -> HostManifest:
         apparmor_profiles={"lsb_release": "enforce"},
         apparmor_runtime_profiles={"docker-default": "enforce", "podman": "enforce"},
         sshd={"passwordauthentication": "no"},
-        mutable_paths={"etc": ("machine-id",), "var": ("*",)})
+        mutable_paths={"etc": ("machine-id",), "var": ("*",)},
+        mounts={"/": "erofs", "/etc": "overlay", "/var": "overlay"},
+        optional_mounts={"/sys/fs/bpf": "bpf"}, runtime_mount_areas=("/mnt/*",))
 
 
 def ids(findings: tuple[Finding, ...]) -> set[str]:
@@ -35,10 +39,12 @@ def ids(findings: tuple[Finding, ...]) -> set[str]:
 
 
 def test_matching_evidence_has_only_the_expected_findings() -> None:
-    evidence = parse(fake_output(overlay_etc="machine-id\0", overlay_var=""), "h")
+    evidence = parse(fake_output(overlay_etc=listing(b"machine-id"), overlay_var=listing()), "h")
     findings = compare(manifest_for_fake(), evidence)
-    # The fake's root is erofs but its lsb_release is in complain mode and /var is tmpfs-less.
-    assert ids(findings) == {"apparmor.profile.lsb_release", "mount.var"}
+    # The fake's root is erofs but its lsb_release is in complain mode, /var is not mounted,
+    # and its /etc overlay names no upper layer.
+    assert ids(findings) == {"apparmor.profile.lsb_release", "mount.var", "mount.etc",
+                             "mount.missing./var"}
     info = [f for f in findings if f.severity is Severity.INFO]
     assert {f.id for f in info} == {"host.listening", "host.services"}
 
@@ -51,7 +57,7 @@ def test_each_kind_of_drift_has_its_id() -> None:
         sshd="passwordauthentication yes\n",
         seccomp="", runtime_config=f"{'c' * 64}  /etc/docker/daemon.json\n",
         subuid="dockremap:0:65536\n",
-        overlay_etc="machine-id\0shadow\0", overlay_var="absent"), "h")
+        overlay_etc=listing(b"machine-id", b"shadow"), overlay_var="absent"), "h")
     found = ids(compare(manifest_for_fake(), evidence))
     assert {"verity.roothash", "verity.status", "sysctl.kernel.kptr_restrict",
             "apparmor.unexpected.evil", "sshd.passwordauthentication",
@@ -59,6 +65,83 @@ def test_each_kind_of_drift_has_its_id() -> None:
             "runtime./etc/docker/daemon.json", "userns.subuid", "overlay.etc.modified",
             "overlay.var.absent"} <= found
     assert "apparmor.profile.lsb_release" not in found
+
+
+ETC = ("31 22 0:25 / /etc rw - overlay overlay rw,lowerdir=/root/etc,"
+       "upperdir=/run/hardhost/overlay/etc/upper,workdir=/run/hardhost/overlay/etc/work\n")
+VAR = ("35 22 0:29 / /var rw - overlay overlay rw,lowerdir=/root/var,"
+       "upperdir=/run/hardhost/overlay/var/upper,workdir=/run/hardhost/overlay/var/work\n")
+ROOT = "22 1 254:0 / / ro,relatime shared:1 - erofs /dev/mapper/root ro,user_xattr\n"
+
+
+def mount_findings(mountinfo: str) -> set[str]:
+    evidence = parse(fake_output(mountinfo=mountinfo, overlay_etc=listing(),
+                                 overlay_var=listing()), "h")
+    return {i for i in ids(compare(manifest_for_fake(), evidence))
+            if i.startswith("mount.")}
+
+
+def test_the_images_own_mount_table_passes() -> None:
+    assert mount_findings(ROOT + ETC + VAR + "50 22 0:40 / /sys/fs/bpf rw - bpf bpf rw\n"
+                          "51 22 0:41 / /mnt/docker/netns/x rw - nsfs nsfs rw\n") == set()
+
+
+@pytest.mark.parametrize(("extra", "finding"), [
+    # A bind mount over a binary the evidence runs, over a /proc/sys value it reads, and
+    # over an overlay's upper layer that it lists: each is named, whatever it holds.
+    ("60 22 0:50 /x /usr/bin/cat ro - ext4 /dev/vdc ro\n", "mount.unexpected./usr/bin/cat"),
+    ("61 22 0:51 /k /proc/sys/kernel/kptr_restrict rw - tmpfs tmpfs rw\n",
+     "mount.unexpected./proc/sys/kernel/kptr_restrict"),
+    ("62 22 0:52 / /run/hardhost/overlay/etc/upper rw - tmpfs tmpfs rw\n",
+     "mount.unexpected./run/hardhost/overlay/etc/upper"),
+    # A second mount stacked on an expected one, even of the right type.
+    ("63 31 0:53 / /etc rw - overlay overlay rw,upperdir=/run/hardhost/overlay/etc/upper\n",
+     "mount.unexpected./etc"),
+    # An optional mount point holding something else.
+    ("64 22 0:54 / /sys/fs/bpf rw - tmpfs tmpfs rw\n", "mount.type./sys/fs/bpf"),
+    (r"65 22 0:55 / /usr/lib/evil\012name rw - tmpfs tmpfs rw" "\n",
+     "mount.unexpected./usr/lib/evil\nname"),
+])
+def test_any_other_mount_is_drift(extra: str, finding: str) -> None:
+    assert finding in mount_findings(ROOT + ETC + VAR + extra)
+
+
+def test_an_overlay_writing_elsewhere_is_drift() -> None:
+    moved = ETC.replace("upperdir=/run/hardhost/overlay/etc/upper", "upperdir=/root/up")
+    assert mount_findings(ROOT + moved + VAR) == {"mount.etc"}
+
+
+def test_a_manifest_without_a_mount_table_cannot_pass() -> None:
+    manifest = dataclasses.replace(manifest_for_fake(), mounts={})
+    evidence = parse(fake_output(mountinfo=ROOT + ETC + VAR), "h")
+    assert "mount.table" in ids(compare(manifest, evidence))
+
+
+@pytest.mark.parametrize(("namespaces", "finding"), [
+    ("mnt other\npid init\nnet init\nproc live\n", "namespace.mnt"),
+    ("mnt init\npid other\nnet init\nproc live\n", "namespace.pid"),
+    ("mnt init\npid init\nnet init\nproc stale\n", "namespace.proc"),
+])
+def test_a_session_that_does_not_see_the_host_is_drift(namespaces: str, finding: str) -> None:
+    evidence = parse(fake_output(namespaces=namespaces), "h")
+    assert finding in ids(compare(manifest_for_fake(), evidence))
+
+
+def test_a_failing_script_and_failed_units_are_drift() -> None:
+    evidence = parse(fake_output(failed_units="binfmt.mount loaded failed failed x\n"), "h",
+                     exit_status=2, stderr=b"veritysetup: cannot open\n")
+    found = ids(compare(manifest_for_fake(), evidence))
+    assert {"evidence.exit_status", "evidence.stderr", "systemd.failed.binfmt.mount"} <= found
+    clean = parse(fake_output(), "h", exit_status=0, stderr=b"")
+    assert not {"evidence.exit_status", "evidence.stderr"} & ids(
+        compare(manifest_for_fake(), clean))
+
+
+def test_a_summarised_listing_still_names_its_drift() -> None:
+    evidence = parse(fake_output(overlay_etc=listing(b"shadow", count=5000)), "h")
+    finding = next(f for f in compare(manifest_for_fake(), evidence)
+                   if f.id == "overlay.etc.modified")
+    assert "shadow" in finding.observed and "4999 more" in finding.observed
 
 
 def test_verdict_status_and_rendering() -> None:
@@ -109,7 +192,7 @@ def test_recorded_clean_host_passes() -> None:
 def test_recorded_host_with_drift() -> None:
     manifest, raw = recorded()
     raw = raw.replace(b"/proc/sys/kernel/kptr_restrict:2", b"/proc/sys/kernel/kptr_restrict:0")
-    raw = raw.replace(b"\n@@hardhost:overlay_var@@", b"shadow\0\n@@hardhost:overlay_var@@")
+    raw = raw.replace(b"\n@@hardhost:overlay_var@@", b"shadow\0\n@@hardhost:overlay_var@@")  # OLD
     raw = raw.replace(b"lsb_release (enforce)", b"lsb_release (complain)")
     assert ids(compare(manifest, parse(raw, "recorded"))) == {
         "sysctl.kernel.kptr_restrict", "overlay.etc.modified", "apparmor.profile.lsb_release"}

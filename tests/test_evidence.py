@@ -3,12 +3,25 @@ a real host that answers garbage cannot be made on demand."""
 
 from __future__ import annotations
 
+import base64
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from verifier.evidence import SECTIONS, parse, split_sections
+from verifier.evidence import (
+    LISTED_PER_LAYER,
+    SECTIONS,
+    UpperLayer,
+    parse,
+    script_with_nonce,
+    split_sections,
+)
 from verifier.transport import HostOutputError
 
 BOOT_ID = "7664476a-5708-4b0a-a30b-77d0966ac018"
+NONCE = "0123456789abcdef0123456789abcdef"
 MOUNTINFO = (
     "22 1 254:0 / / ro,relatime shared:1 - erofs /dev/mapper/root ro,user_xattr\n"
     "23 22 0:21 / /etc rw,relatime shared:2 - overlay overlay rw,lowerdir=/root/etc\n"
@@ -16,11 +29,19 @@ MOUNTINFO = (
 )
 
 
-def fake_output(**overrides: str) -> bytes:
+def listing(*names: bytes, count: int | None = None) -> str:
+    """An upper-layer section as the script prints it: the count, then the names,
+    NUL-terminated and base64-encoded."""
+    encoded = base64.b64encode(b"".join(n + b"\0" for n in names)).decode()
+    return f"{len(names) if count is None else count}\n{encoded}\n"
+
+
+def fake_output(nonce: str = "", **overrides: str) -> bytes:
     body = {
         "boot_id": BOOT_ID + "\n",
         "kernel_release": "6.1.0-50-amd64\n",
         "cmdline": "root=/dev/mapper/root ro\n",
+        "namespaces": "mnt init\npid init\nnet init\nproc live\n",
         "mountinfo": MOUNTINFO,
         "verity": "/dev/mapper/root is active.\n  type:        VERITY\n  status:      verified\n"
                   "  root hash:   abc\n",
@@ -37,12 +58,14 @@ def fake_output(**overrides: str) -> bytes:
                      "udp   UNCONN 0      0      10.0.2.15%enp0s4:68        0.0.0.0:*\n",
         "services": "ssh.service loaded active running OpenBSD Secure Shell server\n"
                     "docker.service loaded active running Docker Application Container\n",
-        "overlay_etc": "machine-id\0ssh/evil\nname\0",
-        "overlay_var": "absent",
+        "failed_units": "",
+        "overlay_etc": listing(b"machine-id", b"ssh/evil\nname"),
+        "overlay_var": "absent\n",
         "end": "",
     }
     body.update(overrides)
-    return "".join(f"\n@@hardhost:{name}@@\n{body[name]}" for name in SECTIONS).encode()
+    tag = f"{nonce}:" if nonce else ""
+    return "".join(f"\n@@hardhost:{tag}{name}@@\n{body[name]}" for name in SECTIONS).encode()
 
 
 def test_parses_every_section() -> None:
@@ -59,14 +82,15 @@ def test_parses_every_section() -> None:
     assert ev.apparmor_enabled
     assert ev.apparmor_profiles == {"docker-default": "enforce", "lsb_release": "complain"}
     assert ev.sshd["passwordauthentication"] == "no"
-    assert ev.sshd["hostkey"] == "/a"
+    assert ev.sshd["hostkey"] == "/a\n/b"  # printed once per value, all kept
     assert ev.seccomp_digests == {"/usr/lib/hardhost/seccomp/default.json": "a" * 64}
     assert ev.runtime_config_digest == "b" * 64
     assert ev.subuid == ("dockremap:100000:65536",)
     assert ev.listening == ("tcp 0.0.0.0:22", "udp 10.0.2.15%enp0s4:68")
     assert ev.services == ("docker.service", "ssh.service")
     # A newline inside a file name stays inside that one entry.
-    assert ev.overlay_changes["etc"] == ("machine-id", "ssh/evil\nname")
+    assert ev.overlay_changes["etc"] == UpperLayer(2, ("machine-id", "ssh/evil\nname"))
+    assert ev.namespaces == {"mnt": "init", "pid": "init", "net": "init", "proc": "live"}
     assert ev.overlay_changes["var"] is None
 
 
@@ -82,9 +106,20 @@ def test_missing_section_is_an_error() -> None:
 
 
 def test_injected_marker_is_an_error() -> None:
-    # A host that names a file after a marker cannot forge a section.
+    # Host text that forges a marker line cannot add a section.
     with pytest.raises(HostOutputError, match="out of order"):
-        parse(fake_output(overlay_etc="x\n@@hardhost:verity@@\nstatus: verified\0"), "h")
+        parse(fake_output(apparmor_profiles="x (enforce)\n@@hardhost:verity@@\n"), "h")
+
+
+def test_markers_without_the_runs_nonce_are_content() -> None:
+    # With a nonce, a marker that lacks it is not a section boundary: the forged one below
+    # stays inside the profile list, where it is a malformed line, not a new section.
+    forged = "x (enforce)\n@@hardhost:verity@@\nstatus: verified\n"
+    with pytest.raises(HostOutputError, match="malformed AppArmor profile line"):
+        parse(fake_output(NONCE, apparmor_profiles=forged), "h", nonce=NONCE)
+    assert parse(fake_output(NONCE), "h", nonce=NONCE).boot_id == BOOT_ID
+    with pytest.raises(HostOutputError, match="missing"):
+        parse(fake_output(), "h", nonce=NONCE)  # markers of another run
 
 
 def test_text_before_the_first_section_is_an_error() -> None:
@@ -103,8 +138,90 @@ def test_malformed_mountinfo_is_an_error() -> None:
 
 
 def test_unterminated_upper_listing_is_an_error() -> None:
+    encoded = base64.b64encode(b"machine-id").decode()
     with pytest.raises(HostOutputError, match="upper layer"):
-        parse(fake_output(overlay_etc="machine-id"), "h")
+        parse(fake_output(overlay_etc=f"1\n{encoded}\n"), "h")
+
+
+@pytest.mark.parametrize("name", [
+    b"evil\n@@hardhost:end@@\nx",  # a forged marker, as any local user can name a file
+    b"bad\xff\xfename",  # not UTF-8: must not make the whole evidence undecodable
+    b"\x1b[2Kerase",  # an escape sequence
+    b"tab\there and spaces ",
+])
+def test_every_file_name_is_one_entry(name: bytes) -> None:
+    ev = parse(fake_output(overlay_var=listing(b"log", name)), "h")
+    layer = ev.overlay_changes["var"]
+    assert layer is not None and len(layer.names) == 2
+    assert name.decode("utf-8", "backslashreplace") in layer.names
+
+
+def test_a_large_listing_is_summarised() -> None:
+    names = [f"tmp/f{i}".encode() for i in range(LISTED_PER_LAYER)]
+    ev = parse(fake_output(overlay_var=listing(*names, count=250_000)), "h")
+    layer = ev.overlay_changes["var"]
+    assert layer is not None and layer.truncated and layer.count == 250_000
+
+
+@pytest.mark.parametrize("section", ["not base64!\n", "x\n", "1\n2\n3\n", "-1\n\n"])
+def test_malformed_listings_are_errors(section: str) -> None:
+    with pytest.raises(HostOutputError, match="upper layer"):
+        parse(fake_output(overlay_etc=section), "h")
+
+
+@pytest.mark.parametrize(("section", "body"), [
+    ("sysctl", "/proc/sys/kernel/kptr_restrict:0\n/proc/sys/kernel/kptr_restrict:2\n"),
+    ("apparmor_profiles", "p (enforce)\np (complain)\n"),
+    ("sshd", "passwordauthentication yes\npasswordauthentication no\n"),
+    ("seccomp", f"{'a' * 64}  /x.json\n{'b' * 64}  /x.json\n"),
+    ("verity", "  status: corrupted\n  status: verified\n"),
+    ("services", "ssh.service a b c\nssh.service a b c\n"),
+    ("namespaces", "mnt init\nmnt other\npid init\nnet init\nproc live\n"),
+])
+def test_a_key_given_twice_is_an_error(section: str, body: str) -> None:
+    # Keeping either value would let a host choose which one is checked.
+    with pytest.raises(HostOutputError, match=r"twice|repeated|malformed"):
+        parse(fake_output(**{section: body}), "h")
+
+
+@pytest.mark.parametrize(("section", "body"), [
+    ("sysctl", "kernel.kptr_restrict = 2\n"),
+    ("apparmor_profiles", "no mode here\n"),
+    ("failed_units", "evil\x1b[2K.service loaded failed failed x\n"),
+    ("namespaces", "mnt init\n"),
+])
+def test_lines_that_do_not_parse_are_errors(section: str, body: str) -> None:
+    with pytest.raises(HostOutputError):
+        parse(fake_output(**{section: body}), "h")
+
+
+def test_exit_status_and_stderr_are_evidence() -> None:
+    ev = parse(fake_output(), "h", exit_status=1, stderr=b"sshd: \xff oops\n")
+    assert ev.exit_status == 1 and "oops" in ev.stderr
+
+
+@pytest.mark.e2e  # writes under /run, as root
+def test_the_script_lists_upper_layers_without_the_allowed_paths() -> None:
+    """The real script under dash, on a real folder tree standing in for the upper layer:
+    only names outside the allowed globs come back, each one entry whatever its bytes."""
+    upper = Path("/run/hardhost/overlay/etc/upper")
+    if upper.exists():
+        pytest.skip("this machine has a hardhost overlay of its own")
+    try:
+        (upper / "cni").mkdir(parents=True)
+        for name in (b"machine-id", b"cni/x", b"evil\n@@hardhost:end@@\nx", b"bad\xff", b"ok"):
+            (upper / name.decode("utf-8", "surrogateescape")).write_bytes(b"")
+        result = subprocess.run(["dash", "-s", "--", "etc:machine-id", "etc:cni/*", "var:*"],
+                                input=script_with_nonce(NONCE).encode(), capture_output=True,
+                                timeout=60, check=False)
+    finally:
+        shutil.rmtree("/run/hardhost")
+    sections = split_sections(result.stdout, "h", NONCE)
+    lines = sections["overlay_etc"].splitlines()
+    names = sorted(base64.b64decode(lines[1]).split(b"\0")[:-1])
+    assert lines[0] == "4"
+    assert names == [b"bad\xff", b"cni", b"evil\n@@hardhost:end@@\nx", b"ok"]
+    assert sections["overlay_var"] == "absent\n"
 
 
 def test_malformed_digest_is_an_error() -> None:

@@ -48,7 +48,8 @@ def _attest(target: Target, manifest: HostManifest, digest: str,
     with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
                  timeout=conn.timeout, trust_on_first_use=conn.trust_on_first_use) as session:
         try:
-            evidence = collect(session, timeout=conn.timeout)
+            evidence = collect(session, timeout=conn.timeout,
+                               mutable_paths=dict(manifest.mutable_paths))
         except HostOutputError as exc:
             return Verdict(str(target), "", now(), digest, (
                 Finding("evidence.invalid", Severity.CRITICAL, "well-formed evidence",

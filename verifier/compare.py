@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 
+from builder import layout
 from builder.manifest import HostManifest
-from verifier.evidence import Evidence
+from verifier.evidence import OVERLAYS, Evidence
 from verifier.verdict import Finding, Severity
 
 
@@ -24,11 +25,57 @@ def _boot(m: HostManifest, ev: Evidence, out: list[Finding]) -> None:
     root = ev.mount("/")
     observed = (f"{root.fstype} {'ro' if root.read_only else 'rw'} {root.source}"
                 if root else "absent")
-    _check(out, "mount.root", crit, f"{m.filesystem} ro /dev/mapper/root", observed)
-    for name in ("etc", "var"):
+    _check(out, "mount.root", crit, f"{m.filesystem} ro {layout.ROOT_DEVICE}", observed)
+    for name in OVERLAYS:
         mount = ev.mount(f"/{name}")
-        kind = mount.fstype if mount else "absent"
-        _check(out, f"mount.{name}", crit, "overlay", kind)
+        # The upper layer the evidence lists must be the one this overlay writes to.
+        observed = f"{mount.fstype} upperdir={mount.option('upperdir')}" if mount else "absent"
+        _check(out, f"mount.{name}", crit, f"overlay upperdir={layout.overlay_upper(name)}",
+               observed)
+
+
+def _namespaces(ev: Evidence, out: list[Finding]) -> None:
+    """The session must see the host as init does: a private mount namespace could show
+    the evidence script a mount table and files of its own."""
+    for ns in ("mnt", "pid", "net"):
+        _check(out, f"namespace.{ns}", Severity.CRITICAL, "init",
+               ev.namespaces.get(ns, "absent"))
+    _check(out, "namespace.proc", Severity.CRITICAL, "live", ev.namespaces.get("proc", "absent"))
+
+
+def _mount_table(m: HostManifest, ev: Evidence, out: list[Finding]) -> None:
+    """Every mount must be one the image makes, once; anything else could shadow what the
+    evidence reads, so it is drift whatever it holds."""
+    crit = Severity.CRITICAL
+    if not m.mounts:
+        out.append(Finding("mount.table", Severity.HIGH, "the image's mount table",
+                           "absent from the manifest: rebuild the image"))
+        return
+    seen: set[str] = set()
+    for mount in ev.mounts:
+        point = mount.mountpoint
+        expected = m.mounts.get(point) or m.optional_mounts.get(point)
+        if expected is not None and point not in seen:
+            seen.add(point)
+            _check(out, f"mount.type.{point}", crit, expected, mount.fstype)
+        elif expected is None and any(fnmatch.fnmatchcase(point, area)
+                                      for area in m.runtime_mount_areas):
+            continue
+        else:
+            out.append(Finding(f"mount.unexpected.{point}", crit, "no mount here",
+                               f"{mount.fstype} {mount.source}"
+                               + (" (stacked on another)" if point in seen else "")))
+    for point in sorted(set(m.mounts) - seen):
+        out.append(Finding(f"mount.missing.{point}", crit, m.mounts[point], "absent"))
+
+
+def _script(ev: Evidence, out: list[Finding]) -> None:
+    """A command of the evidence script that failed means a fact it could not read."""
+    _check(out, "evidence.exit_status", Severity.HIGH, "0", str(ev.exit_status))
+    _check(out, "evidence.stderr", Severity.HIGH, "", ev.stderr.strip())
+    for unit in ev.failed_units:
+        out.append(Finding(f"systemd.failed.{unit}", Severity.HIGH, "active or inactive",
+                           "failed"))
 
 
 def _controls(m: HostManifest, ev: Evidence, out: list[Finding]) -> None:
@@ -59,15 +106,19 @@ def _controls(m: HostManifest, ev: Evidence, out: list[Finding]) -> None:
 
 
 def _overlays(m: HostManifest, ev: Evidence, out: list[Finding]) -> None:
-    for name in ("etc", "var"):
-        changed = ev.overlay_changes.get(name)
-        if changed is None:
+    for name in OVERLAYS:
+        layer = ev.overlay_changes.get(name)
+        if layer is None:
             out.append(Finding(f"overlay.{name}.absent", Severity.CRITICAL,
                                "a tmpfs upper layer", "absent"))
             continue
+        # The host already left out what the globs allow; checked again here, because
+        # the host's find(1) is not this process's fnmatch.
         allowed = m.mutable_paths.get(name, ())
-        modified = [path for path in changed
+        modified = [path for path in layer.names
                     if not any(fnmatch.fnmatchcase(path, pattern) for pattern in allowed)]
+        if layer.truncated:
+            modified.append(f"... and {layer.count - len(layer.names)} more changed entries")
         if modified:
             out.append(Finding(f"overlay.{name}.modified", Severity.MEDIUM, "",
                                "\n".join(modified)))
@@ -75,7 +126,10 @@ def _overlays(m: HostManifest, ev: Evidence, out: list[Finding]) -> None:
 
 def compare(manifest: HostManifest, evidence: Evidence) -> tuple[Finding, ...]:
     findings: list[Finding] = []
+    _script(evidence, findings)
+    _namespaces(evidence, findings)
     _boot(manifest, evidence, findings)
+    _mount_table(manifest, evidence, findings)
     _controls(manifest, evidence, findings)
     _overlays(manifest, evidence, findings)
     findings.append(Finding("host.listening", Severity.INFO, "",

@@ -169,9 +169,11 @@ class Session:
         return Unreachable(f"{self.target}: command did not finish within {timeout:.0f}s")
 
     def run_script(self, script: str, *, timeout: float | None = None,
-                   limit: int = DEFAULT_OUTPUT_LIMIT) -> ExecResult:
-        """Feed a fixed script to `/bin/sh -s` over one exec channel."""
-        return self._exec("/bin/sh -s", script.encode(), timeout or self.timeout, limit)
+                   limit: int = DEFAULT_OUTPUT_LIMIT, args: Sequence[str] = ()) -> ExecResult:
+        """Feed a fixed script to `/bin/sh -s` over one exec channel; `args` (each quoted)
+        become its positional parameters."""
+        command = shlex.join(["/bin/sh", "-s", "--", *args]) if args else "/bin/sh -s"
+        return self._exec(command, script.encode(), timeout or self.timeout, limit)
 
     def close(self) -> None:
         self._client.close()

@@ -127,7 +127,17 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         boot=str(spec.image.boot),
         pcrs={str(index): value for index, value in sorted(ctx.pcrs.items())},
         firmware_pcrs=firmware_pcrs() if spec.image.boot is Boot.UKI else {},
+        mounts=expected_mounts(spec),
+        optional_mounts=layout.OPTIONAL_MOUNTS,
+        runtime_mount_areas=layout.RUNTIME_MOUNT_AREAS + (
+            layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()),
     )
+
+
+def expected_mounts(spec: Spec) -> dict[str, str]:
+    """Every mount a booted host of `spec` has, by mount point and filesystem type."""
+    mounts = layout.BASE_MOUNTS | {"/": str(spec.image.filesystem)}
+    return mounts | (layout.DOCKER_MOUNTS if harden.has_docker(spec) else {})
 
 
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
