@@ -7,7 +7,6 @@ is everything a verifier must expect of a booted host. It travels signed in a DS
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -300,13 +299,15 @@ def _hash_artifact(folder: int, directory: Path, name: str) -> str:
             raise TrustError(f"{path}: artifact is a symbolic link; the manifest names "
                              "regular files of the image folder") from None
         raise TrustError(f"{path}: cannot read the artifact: {exc.strerror}") from None
-    with contextlib.closing(os.fdopen(fd, "rb", buffering=0)) as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise TrustError(f"{path}: artifact is not a regular file")
-        if info.st_size > MAX_ARTIFACT_BYTES:
-            raise TrustError(f"{path}: artifact is larger than {MAX_ARTIFACT_BYTES} bytes")
-        os.set_blocking(fd, True)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise TrustError(f"{path}: artifact is not a regular file")
+    if info.st_size > MAX_ARTIFACT_BYTES:
+        os.close(fd)
+        raise TrustError(f"{path}: artifact is larger than {MAX_ARTIFACT_BYTES} bytes")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb", buffering=0) as f:
         h, size = hashlib.sha256(), 0
         try:
             while chunk := f.read(1 << 20):
