@@ -93,12 +93,18 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_manifest_verify(args: argparse.Namespace) -> int:
     from builder.manifest import check_artifacts, read_verified
+    from builder.outputs import printable
     from builder.signing import load_trusted_keys
 
     manifest, keyid = read_verified(args.file, load_trusted_keys(args.trust_key))
-    checked = check_artifacts(manifest, args.file.parent) if args.artifacts else []
-    print(f"{args.file}: good signature by {keyid[:16]}, {manifest.name}, expires "
-          f"{manifest.expires}; {len(checked)} of {len(manifest.subjects)} artifacts match")
+    name = printable(manifest.name)
+    if not args.artifacts:
+        print(f"{args.file}: good signature by {keyid[:16]}, {name}, expires "
+              f"{manifest.expires}; artifacts not checked (--no-artifacts)")
+        return 0
+    checked = check_artifacts(manifest, args.file.parent)
+    print(f"{args.file}: good signature by {keyid[:16]}, {name}, expires "
+          f"{manifest.expires}; all {len(checked)} artifacts match")
     return 0
 
 
@@ -106,6 +112,7 @@ def _cmd_manifest_show(args: argparse.Namespace) -> int:
     import json
 
     from builder.manifest import read_verified
+    from builder.outputs import printable
     from builder.signing import load_trusted_keys
 
     manifest, keyid = read_verified(args.file, load_trusted_keys(args.trust_key))
@@ -114,15 +121,16 @@ def _cmd_manifest_show(args: argparse.Namespace) -> int:
         print(json.dumps(statement, indent=2, sort_keys=True))
         return 0
     predicate = statement["predicate"]
-    print(f"manifest of {manifest.name}, signed by {keyid[:16]}")
+    # Signed is not harmless: escape what a terminal would act on.
+    print(f"manifest of {printable(manifest.name)}, signed by {keyid[:16]}")
     for key in sorted(predicate):
         value = predicate[key]
         if isinstance(value, dict):
-            print(f"{key}:")
+            print(f"{printable(key)}:")
             for inner in sorted(value):
-                print(f"  {inner} = {value[inner]}")
+                print(f"  {printable(inner)} = {printable(str(value[inner]))}")
         else:
-            print(f"{key}: {value}")
+            print(f"{printable(key)}: {printable(str(value))}")
     print("subjects:")
     for subject in manifest.subjects:
         print(f"  {subject.name}  sha256:{subject.sha256}")
@@ -370,17 +378,24 @@ def parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser(
         "keygen", help="make an Ed25519 signing key pair",
         description="Write DIR/signing.key (PEM, mode 0600) and DIR/signing.pub (PEM). "
-                    "Refuses to overwrite an existing key.",
+                    "DIR is made (mode 0700) if its parent exists. Refuses to overwrite an "
+                    "existing key or to write through a symbolic link, and refuses a DIR "
+                    "that group or others may write (they could swap the public key).",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     keygen.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder for the key pair")
     keygen.set_defaults(func=_cmd_keygen)
 
+    from builder.manifest import MAX_VALIDITY_DAYS
+
     manifest = commands.add_parser(
         "manifest", help="verify or show a signed manifest",
         description="Check a build's manifest.dsse.json: a DSSE envelope around an in-toto "
                     "statement. Exit 4 for a bad signature, an untrusted key, a truncated "
-                    "file, a changed artifact or an expired manifest.")
+                    "or malformed file, a changed or missing artifact, a manifest created "
+                    "in the future (beyond 5 minutes of clock skew), valid for more than "
+                    f"{MAX_VALIDITY_DAYS} days, or expired. Exit 2 when FILE or the "
+                    "trusted key is missing or not a regular file.")
     manifest_commands = manifest.add_subparsers(dest="manifest_command", required=True,
                                                 metavar="ACTION")
     for name, func, text in (
@@ -396,7 +411,10 @@ def parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         if name == "verify":
             sub.add_argument("--no-artifacts", dest="artifacts", action="store_false",
-                             help="do not compare the artifacts beside FILE with its digests")
+                             help="check the signature and validity only. By default every "
+                                  "artifact the manifest names must be a regular file beside "
+                                  "FILE (not a symbolic link) with the signed digest; a "
+                                  "missing one is exit 4")
         else:
             sub.add_argument("--json", action="store_true", help="print the statement as JSON")
 

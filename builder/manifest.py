@@ -8,8 +8,12 @@ is everything a verifier must expect of a booted host. It travels signed in a DS
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
+import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,12 +22,30 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from builder import signing
-from builder.errors import TrustError
+from builder.errors import TrustError, UsageError
+from builder.inputs import decode_json, read_bytes
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "urn:hardhost:host-manifest:v1"
 MANIFEST_NAME = "manifest.dsse.json"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+# The longest a manifest may be valid, `expires - created`. The spec's
+# `manifest.validity_days` refuses more, and a verifier refuses a manifest that claims more:
+# a key that signs a manifest valid until 9999 must not make it trusted forever.
+MAX_VALIDITY_DAYS = 3650
+# How far in the future `created` may lie: the clocks of the build host and of the verifier
+# disagree a little, but a manifest made later than now plus this was not made by a build.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+# A build writes about ten artifacts; the bound keeps a hostile statement small to check.
+MAX_SUBJECTS = 256
+# NAME_MAX of Linux file systems: a subject name is one file name in the image folder.
+MAX_SUBJECT_NAME = 255
+# An artifact's bytes are hashed only up to this size (root images are a few hundred MiB),
+# so a huge sparse file cannot keep `manifest verify` busy for hours.
+MAX_ARTIFACT_BYTES = 64 << 30
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -92,7 +114,8 @@ def _parse_time(value: str, key: str, origin: str) -> dt.datetime:
     try:
         return dt.datetime.strptime(value, TIME_FORMAT).replace(tzinfo=dt.UTC)
     except ValueError:
-        raise TrustError(f"{origin}: predicate.{key}: {value!r} is not a UTC time") from None
+        raise TrustError(f"{origin}: predicate.{key}: {value[:40]!r} is not a UTC time "
+                         "(YYYY-MM-DDTHH:MM:SSZ)") from None
 
 
 def format_time(moment: dt.datetime) -> str:
@@ -166,15 +189,24 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
     raw_subjects = statement.get("subject")
     if not isinstance(raw_subjects, list) or not raw_subjects:
         raise top.fail("subject", "missing or empty")
-    subjects = []
-    for entry in raw_subjects:
+    if len(raw_subjects) > MAX_SUBJECTS:
+        raise top.fail("subject", f"more than {MAX_SUBJECTS} entries")
+    subjects: list[Subject] = []
+    for index, entry in enumerate(raw_subjects):
+        where = f"subject[{index}]"
         if not isinstance(entry, dict):
-            raise top.fail("subject", "malformed entry")
-        name = _Reader(entry, origin, "subject.").text("name")
-        sha = entry.get("digest", {}).get("sha256") if isinstance(entry.get("digest"),
-                                                                  dict) else None
-        if not isinstance(sha, str) or len(sha) != 64:
-            raise top.fail("subject", f"{name}: missing sha256 digest")
+            raise top.fail(where, "not an object")
+        name = _subject_name(entry.get("name"))
+        if name is None:
+            raise top.fail(f"{where}.name", "not a plain file name of the image folder "
+                           f"(no '/', '.', '..' or control characters; at most "
+                           f"{MAX_SUBJECT_NAME} characters)")
+        digests = entry.get("digest")
+        sha = digests.get("sha256") if isinstance(digests, dict) else None
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            raise top.fail(f"{where}.digest", f"{name}: missing or not a lower-case hex sha256")
+        if any(s.name == name for s in subjects):
+            raise top.fail(where, f"{name}: listed twice")
         subjects.append(Subject(name, sha))
     predicate = statement.get("predicate")
     if not isinstance(predicate, dict):
@@ -200,54 +232,112 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         mounts=p.optional_text_map("mounts"), optional_mounts=p.optional_text_map(
             "optional_mounts"), runtime_mount_areas=p.optional_text_list("runtime_mount_areas"))
     if manifest.boot not in ("direct", "uki"):
-        raise p.fail("boot", f"{manifest.boot!r} is neither 'direct' nor 'uki'")
-    _parse_time(manifest.created, "created", origin)
-    _parse_time(manifest.expires, "expires", origin)
+        raise p.fail("boot", f"{manifest.boot[:40]!r} is neither 'direct' nor 'uki'")
+    created = _parse_time(manifest.created, "created", origin)
+    expires = _parse_time(manifest.expires, "expires", origin)
+    if expires <= created:
+        raise p.fail("expires", f"{manifest.expires} is not later than created "
+                                f"{manifest.created}")
+    if expires - created > dt.timedelta(days=MAX_VALIDITY_DAYS):
+        raise p.fail("expires", f"{manifest.expires} is more than {MAX_VALIDITY_DAYS} days "
+                                f"after created {manifest.created}")
     return manifest
+
+
+def _subject_name(value: object) -> str | None:
+    """`value` if it names one file directly in the image folder, else None."""
+    if (not isinstance(value, str) or not value or len(value) > MAX_SUBJECT_NAME
+            or "/" in value or value in (".", "..") or _CONTROL.search(value)):
+        return None
+    return value
 
 
 def read_verified(path: Path, trusted: dict[str, Ed25519PublicKey],
                   now: dt.datetime | None = None) -> tuple[HostManifest, str]:
     """Verify the envelope at `path` and return the manifest and the signer's key id.
 
-    Raises `TrustError` for a bad signature, an untrusted key, a malformed or truncated file,
-    or an expired manifest.
+    Raises `UsageError` when `path` is not a readable regular file (missing, a FIFO, a
+    device, a folder, too large), and `TrustError` for a bad signature, an untrusted key, a
+    malformed or truncated file, a manifest created in the future, valid for longer than
+    `MAX_VALIDITY_DAYS`, or expired.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TrustError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    data = read_bytes(path, what="manifest", limit=signing.MAX_ENVELOPE_BYTES)
     verified = signing.verify(data, trusted, str(path))
-    try:
-        statement = json.loads(verified.payload)
-    except ValueError:
-        raise TrustError(f"{path}: the signed payload is not JSON") from None
+    statement = decode_json(verified.payload, origin=f"{path}: the signed payload",
+                            error=TrustError)
     manifest = from_statement(statement, str(path))
     moment = now or dt.datetime.now(dt.UTC)
+    created = _parse_time(manifest.created, "created", str(path))
+    if created > moment + CLOCK_SKEW:
+        raise TrustError(f"{path}: created {manifest.created}, later than now "
+                         f"({format_time(moment)}); check the clocks of the build host and "
+                         "this one")
     if moment >= manifest.expires_at():
         raise TrustError(f"{path}: expired on {manifest.expires}; rebuild or re-sign the image")
     return manifest, verified.key_id
 
 
 def check_artifacts(manifest: HostManifest, directory: Path) -> list[str]:
-    """Compare each subject found in `directory` with its digest; return the names checked.
+    """Compare every subject with the file of that name in `directory`; return the names.
 
-    Raises `TrustError` naming the first artifact whose digest differs.
+    Each artifact must be a regular file directly in `directory`: a missing one, a symbolic
+    link, a FIFO or a folder is a `TrustError`, as is the first digest that differs. Subject
+    names are plain file names (`from_statement` refuses others), and each is opened relative
+    to the folder without following a link, so nothing outside the folder is read.
     """
-    checked = []
-    for subject in manifest.subjects:
-        path = directory / subject.name
-        if not path.is_file():
-            continue
-        actual = sha256_file(path)
-        if actual != subject.sha256:
-            raise TrustError(f"{path}: sha256 {actual[:16]}… does not match the manifest's "
-                             f"{subject.sha256[:16]}…")
-        checked.append(subject.name)
-    return checked
+    try:
+        folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot open the image folder: {exc.strerror}") from None
+    try:
+        for subject in manifest.subjects:
+            actual = _hash_artifact(folder, directory, subject.name)
+            if actual != subject.sha256:
+                raise TrustError(f"{directory / subject.name}: sha256 {actual[:16]}… does not "
+                                 f"match the manifest's {subject.sha256[:16]}…")
+    finally:
+        os.close(folder)
+    return [subject.name for subject in manifest.subjects]
+
+
+def _hash_artifact(folder: int, directory: Path, name: str) -> str:
+    path = directory / name
+    try:
+        # O_NOFOLLOW: a link could point anywhere. O_NONBLOCK: a FIFO must not wait for a
+        # writer; it is refused below as not a regular file.
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                     | os.O_NOCTTY, dir_fd=folder)
+    except FileNotFoundError:
+        raise TrustError(f"{path}: artifact missing; restore it, or pass --no-artifacts to "
+                         "check the signature alone") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TrustError(f"{path}: artifact is a symbolic link; the manifest names "
+                             "regular files of the image folder") from None
+        raise TrustError(f"{path}: cannot read the artifact: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise TrustError(f"{path}: artifact is not a regular file")
+    if info.st_size > MAX_ARTIFACT_BYTES:
+        os.close(fd)
+        raise TrustError(f"{path}: artifact is larger than {MAX_ARTIFACT_BYTES} bytes")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        h, size = hashlib.sha256(), 0
+        try:
+            while chunk := f.read(1 << 20):
+                size += len(chunk)
+                if size > info.st_size:
+                    raise TrustError(f"{path}: artifact grew while it was read")
+                h.update(chunk)
+        except OSError as exc:
+            raise TrustError(f"{path}: cannot read the artifact: {exc.strerror}") from None
+    return h.hexdigest()
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of a file the build itself wrote (not for untrusted paths)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

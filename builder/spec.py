@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import SpecError
+from builder.manifest import MAX_VALIDITY_DAYS
 
 
 class Filesystem(enum.StrEnum):
@@ -333,8 +334,9 @@ class UserNamespaces:
 def _validity(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(f"expected a number of days, got {_tname(value)}")
-    if not 1 <= value <= 3650:
-        raise _Invalid(f"{value} is outside 1..3650 days")
+    if not 1 <= value <= MAX_VALIDITY_DAYS:
+        # A verifier refuses a manifest valid for longer (builder.manifest).
+        raise _Invalid(f"{value} is outside 1..{MAX_VALIDITY_DAYS} days")
     return value
 
 

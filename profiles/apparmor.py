@@ -33,7 +33,9 @@ from pathlib import Path
 import jinja2
 
 from builder.errors import CommandFailed, UsageError
+from builder.inputs import SMALL_FILE, read_text
 from builder.run import run
+from profiles.aaglob import MAX_PATTERN, Glob, GlobError, compile_glob
 from profiles.trace import FAMILIES, Trace
 
 DATA = Path(__file__).resolve().parent.parent / "apparmor"
@@ -275,10 +277,12 @@ class FileRule:
     deny: bool
     line: int
     text: str
-    regex: re.Pattern[str] = field(compare=False, repr=False)
+    # Matched in linear time: a profile read back by `profile check` may be hostile, and a
+    # Python regex of its pattern could backtrack for hours (see profiles.aaglob).
+    glob: Glob = field(compare=False, repr=False)
 
     def matches(self, path: str) -> bool:
-        return self.regex.fullmatch(path) is not None
+        return self.glob.fullmatch(path)
 
 
 @dataclass(frozen=True)
@@ -430,7 +434,11 @@ def _expand(text: str, variables: Mapping[str, tuple[str, ...]], origin: str,
         out.append(values[0] if len(values) == 1 else "{" + ",".join(values) + "}")
         index = match.end()
     out.append(text[index:])
-    return "".join(out)
+    expanded = "".join(out)
+    if len(expanded) > MAX_PATTERN:
+        # Each level may double the text: 16 levels of two references each would be 2**16.
+        raise ProfileError(f"{origin}: variables expand beyond {MAX_PATTERN} characters")
+    return expanded
 
 
 def _filter_slashes(pattern: str) -> str:
@@ -546,7 +554,7 @@ def _parse_rule(words: list[str], deny: bool, line: int, text: str,
     kind = words[0]
     if kind == "file" and len(words) == 1:
         every = frozenset(_FILE_LETTERS)
-        return FileRule("/**", every, deny, line, text, re.compile(".*", re.DOTALL))
+        return FileRule("/**", every, deny, line, text, compile_glob("**"))
     if kind == "file":
         words = words[1:]
         kind = words[0]
@@ -557,8 +565,11 @@ def _parse_rule(words: list[str], deny: bool, line: int, text: str,
         if not written.startswith(("/", "@{")):
             raise ProfileError(f"{origin}: {words[0]} is not an absolute path")
         pattern = _filter_slashes(_expand(written, variables, origin))
-        return FileRule(pattern, _file_perms(words[1], deny, origin), deny, line, text,
-                        glob_regex(pattern, origin))
+        try:
+            glob = compile_glob(pattern, origin)
+        except GlobError as exc:
+            raise ProfileError(str(exc)) from None
+        return FileRule(pattern, _file_perms(words[1], deny, origin), deny, line, text, glob)
     if kind == "network":
         args = words[1:]
         family = args.pop(0) if args and args[0] not in SOCK_TYPES else ""
@@ -638,12 +649,7 @@ def parse(profile_text: str, origin: str = "profile") -> ParsedProfile:
 
 
 def load(path: Path) -> ParsedProfile:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read the AppArmor profile: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ProfileError(f"{path}: the AppArmor profile is not UTF-8") from None
+    text = read_text(path, what="AppArmor profile", limit=SMALL_FILE, error=ProfileError)
     return parse(text, str(path))
 
 

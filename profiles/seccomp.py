@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import UsageError
+from builder.inputs import SMALL_FILE, decode_json, read_text
 from profiles.trace import Trace
 
 DATA = Path(__file__).resolve().parent.parent / "seccomp"
@@ -176,18 +177,43 @@ def first_denied(profile: Mapping[str, Any], trace: Trace) -> Call | None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SeccompError(f"{path}: not a readable seccomp profile: {exc}") from None
+    text = read_text(path, what="seccomp profile", limit=SMALL_FILE, error=SeccompError)
     return loads(text, str(path))
 
 
+_OPS = frozenset({"SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_GT",
+                  "SCMP_CMP_GE", "SCMP_CMP_MASKED_EQ"})
+
+
+def _is_u64(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
+
+
 def loads(text: str, origin: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise SeccompError(f"{origin}: not a readable seccomp profile: {exc}") from None
-    if not isinstance(data, dict) or "defaultAction" not in data:
+    """Parse an OCI seccomp profile strictly: every field `action_for` reads has its type
+    checked here, so a hostile profile is one error and never a crash."""
+    data = decode_json(text, origin=origin, error=SeccompError)
+    if not isinstance(data, dict) or not isinstance(data.get("defaultAction"), str):
         raise SeccompError(f"{origin}: not an OCI seccomp profile (no defaultAction)")
+    rules = data.get("syscalls", [])
+    if not isinstance(rules, list):
+        raise SeccompError(f"{origin}: syscalls: expected a list of rules")
+    for index, rule in enumerate(rules):
+        where = f"{origin}: syscalls[{index}]"
+        if not isinstance(rule, dict):
+            raise SeccompError(f"{where}: expected an object")
+        names = rule.get("names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SeccompError(f"{where}.names: expected a list of strings")
+        if not isinstance(rule.get("action"), str):
+            raise SeccompError(f"{where}.action: expected a string")
+        conditions = rule.get("args") or []
+        if not isinstance(conditions, list):
+            raise SeccompError(f"{where}.args: expected a list of conditions")
+        for number, cond in enumerate(conditions):
+            if (not isinstance(cond, dict) or cond.get("op") not in _OPS
+                    or not _is_u64(cond.get("index")) or not _is_u64(cond.get("value", 0))
+                    or not _is_u64(cond.get("valueTwo", 0))):
+                raise SeccompError(f"{where}.args[{number}]: expected index, value and "
+                                   "valueTwo as integers and a known SCMP_CMP_* op")
     return data

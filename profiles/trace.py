@@ -14,12 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import UsageError
+from builder.inputs import LARGE_FILE, decode_json, read_text
 
 TRACE_VERSION = 1
 _SYSCALL = re.compile(r"^[a-z_][a-z0-9_]*$")
 FILE_MODES = frozenset("rwaxm")  # read, write, append, execute, mmap-exec (AppArmor's letters)
 FAMILIES = frozenset({"unix", "inet", "inet6", "netlink", "packet"})
 NET_CALLS = frozenset({"connect", "bind", "listen"})
+# The recorder names the common socket types and writes others (rdm, packet) as numbers.
+SOCK_TYPES = frozenset({"", "stream", "dgram", "raw", "seqpacket", *map(str, range(16))})
+# The most entries a trace may hold in any one list. A long recording of a busy service
+# opens some ten thousand distinct files; a trace beyond this is not a recording but an
+# attempt to make every generator and `profile check` run for hours.
+MAX_ENTRIES = 100_000
+MAX_PATH = 4096  # PATH_MAX
+MAX_TEXT = 256  # syscall and capability names, socket addresses
 
 
 class TraceError(UsageError):
@@ -105,75 +114,103 @@ def _fail(origin: str, key: str, problem: str) -> TraceError:
     return TraceError(f"{origin}: {key}: {problem}")
 
 
-def _strings(data: dict[str, Any], key: str, origin: str) -> list[str]:
+def _list(data: dict[str, Any], key: str, origin: str) -> list[Any]:
     value = data.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(origin, key, "expected a list of strings")
+    if not isinstance(value, list):
+        raise _fail(origin, key, "expected a list")
+    if len(value) > MAX_ENTRIES:
+        raise _fail(origin, key, f"more than {MAX_ENTRIES} entries")
+    return value
+
+
+def _strings(data: dict[str, Any], key: str, origin: str, limit: int = MAX_TEXT) -> list[str]:
+    value = _list(data, key, origin)
+    for item in value:
+        if not isinstance(item, str):
+            raise _fail(origin, key, "expected a list of strings")
+        if len(item) > limit or "\0" in item:
+            raise _fail(origin, key, f"{item[:40]!r}…: longer than {limit} characters or "
+                                     "holds a NUL")
     return value
 
 
 def _ints(data: dict[str, Any], key: str, origin: str) -> list[int]:
-    value = data.get(key, [])
-    if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        raise _fail(origin, key, "expected a list of non-negative integers")
+    value = _list(data, key, origin)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64
+               for v in value):
+        raise _fail(origin, key, "expected a list of integers in 0..2**64-1")
     return value
 
 
-def _records(data: dict[str, Any], key: str, origin: str) -> list[dict[str, Any]]:
-    value = data.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise _fail(origin, key, "expected a list of tables")
+def _records(data: dict[str, Any], key: str, origin: str,
+             fields: frozenset[str]) -> list[dict[str, Any]]:
+    value = _list(data, key, origin)
+    for record in value:
+        if not isinstance(record, dict):
+            raise _fail(origin, key, "expected a list of tables")
+        unknown = sorted(set(record) - fields)
+        if unknown:
+            raise _fail(origin, key, f"unknown field {unknown[0][:40]!r}")
+    return value
+
+
+def _text(record: dict[str, Any], name: str, key: str, origin: str, allowed: frozenset[str]
+          | None = None, limit: int = MAX_TEXT) -> str:
+    value = record.get(name, "")
+    if not isinstance(value, str) or len(value) > limit or "\0" in value or (
+            allowed is not None and value not in allowed):
+        shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+        raise _fail(origin, key, f"{name} {shown} is not valid")
     return value
 
 
 def from_json(text: str, origin: str) -> Trace:
     """Parse a trace strictly; every problem names the file and the key."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise TraceError(f"{origin}: not a JSON trace (truncated or corrupt): {exc}") from None
+    data = decode_json(text, origin=origin, error=TraceError)
     if not isinstance(data, dict):
         raise TraceError(f"{origin}: not a JSON trace")
     known = {"syscalls", "clone_flags", "personality", "sockets", "executables", "files",
              "network", "capabilities", "version"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise _fail(origin, unknown[0], "unknown key")
-    if data.get("version") != TRACE_VERSION:
-        raise _fail(origin, "version", f"expected {TRACE_VERSION}, got {data.get('version')!r}")
+        raise _fail(origin, unknown[0][:40], "unknown key")
+    version = data.get("version")
+    if version != TRACE_VERSION or isinstance(version, bool):
+        shown = version if isinstance(version, int) else type(version).__name__
+        raise _fail(origin, "version", f"expected {TRACE_VERSION}, got {shown!r}")
     syscalls = _strings(data, "syscalls", origin)
     for name in syscalls:
         if not _SYSCALL.match(name):
-            raise _fail(origin, "syscalls", f"{name!r} is not a syscall name")
+            raise _fail(origin, "syscalls", f"{name[:40]!r} is not a syscall name")
     files = []
-    for record in _records(data, "files", origin):
-        path, mode = record.get("path"), record.get("mode")
-        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-            raise _fail(origin, "files", f"{path!r} is not an absolute path")
-        if not isinstance(mode, str) or not mode or not set(mode) <= FILE_MODES:
-            raise _fail(origin, "files", f"{path}: mode {mode!r} is not made of "
+    for record in _records(data, "files", origin, frozenset({"path", "mode"})):
+        path = _text(record, "path", "files", origin, limit=MAX_PATH)
+        if not path.startswith("/"):
+            raise _fail(origin, "files", f"{path[:40]!r} is not an absolute path")
+        mode = _text(record, "mode", "files", origin)
+        if not mode or not set(mode) <= FILE_MODES:
+            raise _fail(origin, "files", f"{path[:80]}: mode {mode[:40]!r} is not made of "
                                          f"{''.join(sorted(FILE_MODES))}")
         files.append(FileAccess(path, mode))
     network = []
-    for record in _records(data, "network", origin):
-        call, family = record.get("call"), record.get("family")
-        if call not in NET_CALLS or family not in FAMILIES:
-            raise _fail(origin, "network", f"unknown call or family in {record}")
+    for record in _records(data, "network", origin,
+                           frozenset({"call", "family", "sock_type", "address", "port"})):
         port = record.get("port", 0)
-        if not isinstance(port, int) or not 0 <= port <= 65535:
-            raise _fail(origin, "network", f"bad port {port!r}")
-        network.append(NetworkCall(str(call), str(family), str(record.get("sock_type", "")),
-                                   str(record.get("address", "")), port))
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise _fail(origin, "network", f"bad port {str(port)[:20]!r}")
+        network.append(NetworkCall(
+            _text(record, "call", "network", origin, NET_CALLS),
+            _text(record, "family", "network", origin, FAMILIES),
+            _text(record, "sock_type", "network", origin, SOCK_TYPES),
+            _text(record, "address", "network", origin, limit=MAX_PATH), port))
     sockets = []
-    for record in _records(data, "sockets", origin):
-        if record.get("family") not in FAMILIES:
-            raise _fail(origin, "sockets", f"unknown family {record.get('family')!r}")
-        sockets.append(SocketUse(str(record["family"]), str(record.get("sock_type", ""))))
-    executables = _strings(data, "executables", origin)
+    for record in _records(data, "sockets", origin, frozenset({"family", "sock_type"})):
+        sockets.append(SocketUse(_text(record, "family", "sockets", origin, FAMILIES),
+                                 _text(record, "sock_type", "sockets", origin, SOCK_TYPES)))
+    executables = _strings(data, "executables", origin, limit=MAX_PATH)
     for path in executables:
         if not path.startswith("/"):
-            raise _fail(origin, "executables", f"{path!r} is not an absolute path")
+            raise _fail(origin, "executables", f"{path[:40]!r} is not an absolute path")
     return normalise(
         syscalls=syscalls, clone_flags=_ints(data, "clone_flags", origin),
         personality=_ints(data, "personality", origin), sockets=sockets,
@@ -182,10 +219,7 @@ def from_json(text: str, origin: str) -> Trace:
 
 
 def load(path: Path) -> Trace:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read the trace: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"{path}: the trace is not UTF-8") from None
-    return from_json(text, str(path))
+    """Read and parse the trace at `path`: at most `LARGE_FILE` bytes and `MAX_ENTRIES`
+    entries a list; a FIFO, a device or a folder is refused without waiting."""
+    return from_json(read_text(path, what="trace", limit=LARGE_FILE, error=TraceError),
+                     str(path))

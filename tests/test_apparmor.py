@@ -256,7 +256,7 @@ def test_check_allows_every_event_of_its_own_trace(tmp_path: Path) -> None:
     written = tmp_path / "webapp.apparmor"
     written.write_text(apparmor.generate(trace, "webapp"))
     assert apparmor.first_denied(apparmor.load(written), trace) is None
-    with pytest.raises(ProfileError, match="cannot read the AppArmor profile"):
+    with pytest.raises(ProfileError, match="AppArmor profile not found"):
         apparmor.load(tmp_path / "missing")
 
 

@@ -65,7 +65,7 @@ def test_bad_profile_name_and_bad_trace_are_refused(tmp_path: Path) -> None:
     truncated = hardhost("profile", "generate", str(trace), "--name", "x", "--out-dir",
                          str(tmp_path / "out"))
     assert truncated.returncode == 2
-    assert truncated.stderr.startswith(f"hardhost: {trace}: not a JSON trace (truncated")
+    assert truncated.stderr.startswith(f"hardhost: {trace}: not valid JSON")
     trace.write_text('{"version": 1, "syscalls": ["read", "frobnicate"]}')
     unknown = hardhost("profile", "generate", str(trace), "--name", "x", "--out-dir",
                        str(tmp_path / "out"))

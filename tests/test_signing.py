@@ -22,6 +22,7 @@ from builder import signing
 from builder.errors import TrustError, UsageError
 from builder.manifest import (
     MANIFEST_NAME,
+    MAX_VALIDITY_DAYS,
     HostManifest,
     Subject,
     check_artifacts,
@@ -44,7 +45,7 @@ def sample_manifest(expires: dt.datetime | None = None) -> HostManifest:
         apparmor_runtime_profiles={},
         seccomp_profiles={}, runtime_config={}, userns={}, sshd={"passwordauthentication": "no"},
         mutable_paths={"etc": ("machine-id",), "var": ("*",)}, created=format_time(now),
-        expires=format_time(expires or now + dt.timedelta(days=36500)))
+        expires=format_time(expires or now + dt.timedelta(days=MAX_VALIDITY_DAYS)))
 
 
 def write_signed(directory: Path, manifest: HostManifest, key: Ed25519PrivateKey) -> Path:
@@ -140,7 +141,7 @@ def test_expired_manifest_is_refused(tmp_path: Path, signing_keys: SigningKeys) 
 def test_a_changed_artifact_is_refused(tmp_path: Path) -> None:
     (tmp_path / "root.img").write_bytes(b"data")
     manifest = dataclasses.replace(sample_manifest(), subjects=(
-        Subject("root.img", "0" * 64), Subject("absent", "1" * 64)))
+        Subject("root.img", "0" * 64),))
     with pytest.raises(TrustError, match="does not match the manifest"):
         check_artifacts(manifest, tmp_path)
 
@@ -186,7 +187,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_manifest_verify_cli_exit_codes(tmp_path: Path, signing_keys: SigningKeys) -> None:
     path = write_signed(tmp_path, sample_manifest(), signing_keys.key)
-    good = run_cli("manifest", "verify", str(path), "--trust-key", str(signing_keys.public))
+    good = run_cli("manifest", "verify", str(path), "--trust-key", str(signing_keys.public),
+                   "--no-artifacts")
     assert good.returncode == 0, good.stderr
     assert "good signature" in good.stdout
     _, stranger = keygen(tmp_path / "stranger")

@@ -4,6 +4,7 @@ runs it, and the example module parsed with python-hcl2."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,10 +68,32 @@ def test_readme_example_parses(readme: Path) -> None:
         "host", "port", "user", "manifest", "trust_key", "known_hosts", "identity", "timeout"}
 
 
+def test_hostile_json_queries_fail_on_stderr() -> None:
+    for text, problem in (("[" * 30_000 + "]" * 30_000, "nested too deeply"),
+                          ('{"host": "a", "host": "b"}', "'host' appears twice")):
+        result = subprocess.run([sys.executable, "-m", "builder.cli", "terraform-attest"],
+                                input=text, cwd=REPO, capture_output=True, text=True,
+                                timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 2 and result.stdout == ""
+        assert problem in result.stderr and result.stderr.count("\n") == 1
+
+
+# Files that do not exist: every check here must fail before any is read.
+COMPLETE = {"host": "h", "manifest": "/nonexistent/m.json", "trust_key": "/nonexistent/k",
+            "known_hosts": "/nonexistent/kh", "identity": "/nonexistent/id"}
+
+
 @pytest.mark.parametrize(("query", "problem"), [
     ({"host": "h", "port": 22}, "Terraform passes strings only"),
     ({"host": "h", "colour": "red"}, "unknown query key 'colour'"),
     ({"host": "h"}, "missing query keys: manifest, trust_key, known_hosts, identity"),
+    *[({**COMPLETE, "timeout": value}, "timeout") for value in
+      ("inf", "nan", "-inf", "0", "-1", "1e9", "3601", "ten")],
+    *[({**COMPLETE, "port": value}, "is not a TCP port") for value in
+      ("0", "65536", "22abc", "-22", "\u0662\u0662", "")[:-1]],
+    ({**COMPLETE, "host": "h@evil"}, "is not a host name"),
+    ({**COMPLETE, "host": "h -oProxyCommand=x"}, "is not a host name"),
+    ({**COMPLETE, "user": "root@h"}, "is not a user name"),
 ])
 def test_bad_queries_fail_on_stderr(query: dict[str, Any], problem: str) -> None:
     result = program(query)

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from builder.errors import ToolMissing, TrustError, UsageError
+from builder.inputs import LARGE_FILE, load_json
 from builder.run import run
 from verifier.evidence import split_marked_sections
 from verifier.tpm_quote import (
@@ -504,17 +505,11 @@ class AkRegistry:
         return UsageError(f"{self.path}: {where}: {problem}")
 
     def _read(self) -> dict[str, EnrolledAK]:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise UsageError(f"{self.path}: cannot read the AK registry: {exc.strerror}") \
-                from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise self._bad(f"line {exc.lineno}", f"not JSON: {exc.msg}") from None
+        if not os.path.lexists(self.path):
+            return {}  # nothing enrolled yet
+        # Bounded and never blocking: the registry is a path a user may give, and about
+        # 700 bytes a host leave room for a fleet of some 90,000 hosts.
+        data = load_json(self.path, what="AK registry", limit=LARGE_FILE)
         if not isinstance(data, dict) or data.get("format") != _REGISTRY_FORMAT:
             raise self._bad("format", f"expected {_REGISTRY_FORMAT!r}")
         hosts = data.get("hosts")
@@ -524,14 +519,15 @@ class AkRegistry:
 
     def _entry(self, key: str, value: Any) -> EnrolledAK:
         if not isinstance(value, dict) or set(value) != set(_ENTRY_FIELDS):
-            raise self._bad(f"hosts.{key}", f"expected exactly the keys "
+            raise self._bad(f"hosts.{key[:80]}", f"expected exactly the keys "
                                             f"{', '.join(sorted(_ENTRY_FIELDS))}")
         for name, pattern in _ENTRY_FIELDS.items():
             if not isinstance(value[name], str) or not pattern.match(value[name]):
-                raise self._bad(f"hosts.{key}.{name}", f"malformed value {value[name]!r:.80}")
+                raise self._bad(f"hosts.{key[:80]}.{name}",
+                                f"malformed value {value[name]!r:.80}")
         host = HostId(value["address"], value["ssh_host_key"])
         if host.key != key:
-            raise self._bad(f"hosts.{key}", f"recorded for {host.key!r}")
+            raise self._bad(f"hosts.{key[:80]}", f"recorded for {host.key!r:.80}")
         return EnrolledAK(host, int(value["ak_handle"], 16), value["ak_name"],
                           value["ak_public_pem"], value["ek_certificate_sha256"],
                           value["enrolled_at"])
