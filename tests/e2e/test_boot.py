@@ -33,6 +33,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(autouse=True)
+
+def changed(ev: Evidence, name: str) -> tuple[str, ...]:
+    """The names the evidence lists of overlay `name`'s upper layer (none without one)."""
+    layer = ev.overlay_changes[name]
+    return layer.names if layer is not None else ()
+
 def _answering(booted: BootedHost) -> None:
     ensure_answering(booted.instance, booted.image.directory)
 
@@ -77,7 +83,7 @@ def test_etc_and_var_are_tmpfs_overlays(booted: BootedHost) -> None:
         assert mount is not None and mount.fstype == "overlay"
         assert not mount.read_only
         assert ev.overlay_changes[name] is not None
-    assert "machine-id" in (ev.overlay_changes["etc"] or ())
+    assert "machine-id" in changed(ev, "etc")
 
 
 def test_sysctls_have_the_values_the_spec_gives(booted: BootedHost) -> None:
@@ -175,7 +181,7 @@ def test_booted_host_matches_the_signed_manifest(booted: BootedHost,
         assert status == 0 and out.split()[0] == digest
     status, out, _ = shell(booted, "cat", "/etc/subuid")
     assert out.strip() == manifest.userns["subuid"]
-    unexpected = [path for path in ev.overlay_changes["etc"] or ()
+    unexpected = [path for path in changed(ev, "etc")
                   if not any(fnmatch.fnmatchcase(path, pattern)
                              for pattern in manifest.mutable_paths["etc"])]
     assert unexpected == []
@@ -220,14 +226,14 @@ def test_reboot_resets_etc_and_keeps_the_host_key(booted: BootedHost) -> None:
     status, _, _ = shell(booted, "sh", "-c", f"echo drift > {marker}")
     assert status == 0
     before = evidence(booted)
-    assert "hardhost-drift-test" in (before.overlay_changes["etc"] or ())
+    assert "hardhost-drift-test" in changed(before, "etc")
     new_boot = reboot(booted.target, known_hosts=booted.known_hosts, identity=booted.identity,
                       timeout=BOOT_TIMEOUT)
     assert new_boot != before.boot_id
     # The strict known_hosts check passing is the proof that the host key survived.
     after = evidence(booted)
     assert after.boot_id == new_boot
-    assert "hardhost-drift-test" not in (after.overlay_changes["etc"] or ())
+    assert "hardhost-drift-test" not in changed(after, "etc")
     status, _, err = shell(booted, "cat", marker)
     assert status != 0 and "No such file" in err
     assert boot_id(booted.target, known_hosts=booted.known_hosts, identity=booted.identity,
