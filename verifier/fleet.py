@@ -62,9 +62,9 @@ class Manifests:
             return
         bare = [h.name for h in hosts if not h.error and h.manifest is None]
         if bare:
-            raise UsageError(f"{printable(bare[0])}: no manifest (and {len(bare) - 1} more "
-                             "hosts without one). Fix with: --manifest FILE, or the host "
-                             "variable hardhost_manifest")
+            more = f" (and {len(bare) - 1} more hosts)" if len(bare) > 1 else ""
+            raise UsageError(f"{printable(bare[0])}: no manifest{more}. Fix with: --manifest "
+                             "FILE, or the host variable hardhost_manifest")
 
     def load_all(self, hosts: Sequence[FleetHost]) -> dict[Path, Loaded | HardhostError]:
         """Each manifest the hosts need, or the error that stops the hosts that need it."""
@@ -217,8 +217,8 @@ def write_junit(path: Path, verdicts: Sequence[Verdict]) -> None:
                                     message=f"{len(drift)} findings: "
                                             f"{', '.join(printable(f.id) for f in drift[:5])}")
             failure.text = "\n".join(
-                f"{printable(f.id)}: expected {printable(f.expected)!r}, "
-                f"observed {printable(f.observed)!r}" for f in drift)
+                f"{printable(f.id)}: expected '{printable(f.expected)}', "
+                f"observed '{printable(f.observed)}'" for f in drift)
     write_atomic(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
