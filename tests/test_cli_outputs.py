@@ -128,6 +128,22 @@ def test_fleet_without_a_manifest_is_usage_before_any_host(tmp_path: Path, inven
     assert listener.accepted == 0
 
 
+def test_an_inventory_that_does_not_parse_stops_the_run(tmp_path: Path, manifest: Path,
+                                                        signing_keys: SigningKeys,
+                                                        listener: Listener) -> None:
+    # Ansible, by default, warns and goes on with the hosts read before the error.
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": {
+        "first": {"ansible_host": "127.0.0.1", "ansible_port": listener.port},
+        "broken[": {"ansible_host": "127.0.0.1"}}}}))
+    result = hardhost("fleet", str(inventory), "--manifest", str(manifest), "--trust-key",
+                      str(signing_keys.public), "--history", str(tmp_path / "h.db"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"hardhost: {inventory}: ")
+    assert "Traceback" not in result.stderr
+    assert listener.accepted == 0
+
+
 SCRIPT = """#!/bin/sh
 touch {marker}
 echo '{{"all": {{"hosts": ["scripted"]}}, "_meta": {{"hostvars": {{}}}}}}'

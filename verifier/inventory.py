@@ -47,7 +47,14 @@ def load(path: Path, *, limit: str | None = None, default_user: str = "root",
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
 
+    from ansible import constants
+
     loader = DataLoader()
+    # By default Ansible warns about a source it cannot parse and goes on with whatever hosts
+    # it read before the error, or with none: a fleet run would then check part of the fleet
+    # and report success. A source that does not parse fails the run instead.
+    saved = constants.INVENTORY_ANY_UNPARSED_IS_FAILED, constants.INVENTORY_UNPARSED_IS_FAILED
+    constants.INVENTORY_ANY_UNPARSED_IS_FAILED = constants.INVENTORY_UNPARSED_IS_FAILED = True
     try:
         inventory = InventoryManager(loader=loader, sources=[str(path)])
         if limit:
@@ -55,7 +62,10 @@ def load(path: Path, *, limit: str | None = None, default_user: str = "root",
         variables = VariableManager(loader=loader, inventory=inventory)
         hosts = inventory.get_hosts()
     except AnsibleError as exc:
-        raise UsageError(f"{path}: {exc.message}") from None
+        raise UsageError(f"{path}: {exc.message} (Ansible's warnings above say why)") from None
+    finally:
+        (constants.INVENTORY_ANY_UNPARSED_IS_FAILED,
+         constants.INVENTORY_UNPARSED_IS_FAILED) = saved
     if not hosts:
         raise UsageError(f"{path}: no hosts{' match ' + limit if limit else ''}")
     return [_host(host.name, variables.get_vars(host=host), default_user) for host in hosts]
