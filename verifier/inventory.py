@@ -42,12 +42,11 @@ def load(path: Path, *, limit: str | None = None, default_user: str = "root",
     if not allow_executable:
         _refuse_executables(path)
     # Imported here: ansible-core takes a moment to import, and only fleet commands need it.
+    import ansible.constants as constants
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
-
-    from ansible import constants
 
     loader = DataLoader()
     # By default Ansible warns about a source it cannot parse and goes on with whatever hosts
