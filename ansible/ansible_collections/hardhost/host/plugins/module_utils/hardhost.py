@@ -35,7 +35,8 @@ ARGS = {"manifest", "trust_key", "known_hosts", "timeout", "fail_on_drift", "res
 
 def not_installed(exc: ImportError) -> str:
     return (f"hardhost is not installed in the controller's Python ({sys.executable}): "
-            f"{exc}. Fix with: {sys.executable} -m pip install hardhost")
+            f"{exc}. Fix with: {sys.executable} -m pip install hardhost, or run Ansible "
+            "from the Python hardhost is installed in")
 
 
 def target_of(task_vars: dict[str, Any], inventory_hostname: str) -> Target:
