@@ -805,8 +805,10 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
                     "0 if all is allowed; otherwise name the first event each profile would "
                     "deny and exit 1.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("directory", type=Path, metavar="DIR")
-    check.add_argument("--trace", type=Path, required=True, metavar="TRACE")
+    check.add_argument("directory", type=Path, metavar="DIR",
+                       help="folder of profiles written by profile generate")
+    check.add_argument("--trace", type=Path, required=True, metavar="TRACE",
+                       help="the recorded trace whose every event must be allowed")
     check.set_defaults(func=_cmd_profile_check)
 
 

@@ -3,6 +3,7 @@ work starts, one line and a documented exit code for every bad input, never a tr
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import sqlite3
@@ -352,3 +353,16 @@ def test_build_output_is_checked_before_any_stage(tmp_path: Path, output: str,
     line = one_line(result, 2)
     assert expected in line and path in line
     assert (tmp_path / "file").read_text() == "precious"
+
+
+@pytest.mark.parametrize("path", [["fleet"], ["history"], ["attest"], ["build"],
+                                  ["profile", "record"], ["profile", "merge"],
+                                  ["profile", "generate"], ["profile", "check"]])
+def test_every_option_has_help(path: list[str]) -> None:
+    command = parser()
+    for name in path:
+        sub = next(a for a in command._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[name]
+    undocumented = [a.dest for a in command._actions
+                    if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not undocumented, f"{' '.join(path)}: {undocumented} have no help"
