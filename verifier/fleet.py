@@ -142,7 +142,7 @@ class Progress:
 
 
 def _each(items: Sequence[int], workers: int, work: Callable[[int], Verdict],
-          on_done: Callable[[Verdict], None] | None) -> list[Verdict]:
+          progress: Progress, on_done: Callable[[Verdict], None] | None) -> list[Verdict]:
     """`work` on every item, `workers` at a time, results in order. On an interrupt the
     hosts not yet started are dropped and the interrupt goes on at once; the ones in flight
     end within their own timeouts, and report nothing more."""
@@ -150,8 +150,10 @@ def _each(items: Sequence[int], workers: int, work: Callable[[int], Verdict],
 
     def one(item: int) -> Verdict:
         verdict = work(item)
-        if on_done is not None and not stopping.is_set():
-            on_done(verdict)
+        if not stopping.is_set():
+            progress.update(verdict)
+            if on_done is not None:
+                on_done(verdict)
         return verdict
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
@@ -168,14 +170,11 @@ def run(hosts: Sequence[FleetHost], manifests: Manifests, conn: Connection, fork
     """Attest every host, at most `forks` at a time; verdicts in inventory order.
     `on_done` sees each verdict as it comes, so an interrupted run keeps what it did."""
     loaded = manifests.load_all(hosts)
-    progress = Progress(len(hosts))
 
     def check(index: int) -> Verdict:
-        verdict = _check_one(hosts[index], loaded, manifests.default, conn)
-        progress.update(verdict)
-        return verdict
+        return _check_one(hosts[index], loaded, manifests.default, conn)
 
-    return _each(range(len(hosts)), forks, check, on_done)
+    return _each(range(len(hosts)), forks, check, Progress(len(hosts)), on_done)
 
 
 def exit_code(verdicts: Sequence[Verdict]) -> int:
@@ -231,7 +230,6 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
     loaded = manifests.load_all(hosts)
     drifted = [i for i, v in enumerate(verdicts) if v.status == "drift"]
     log.info("Resetting %d drifted hosts, %d at a time", len(drifted), batch)
-    progress = Progress(len(drifted))
 
     def again(index: int) -> Verdict:
         host = hosts[index]
@@ -248,11 +246,10 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
                          connect_timeout=min(per_host.timeout, 15.0))
             return attest(target, entry.manifest, entry.digest, per_host)
 
-        verdict = _guarded(host, entry.digest, reboot_and_attest)
-        progress.update(verdict)
-        return verdict
+        return _guarded(host, entry.digest, reboot_and_attest)
 
     result = list(verdicts)
-    for index, verdict in zip(drifted, _each(drifted, batch, again, on_done), strict=True):
+    again_all = _each(drifted, batch, again, Progress(len(drifted)), on_done)
+    for index, verdict in zip(drifted, again_all, strict=True):
         result[index] = verdict
     return result
