@@ -212,10 +212,11 @@ def _cmd_profile_record(args: argparse.Namespace) -> int:
 def _require_program(program: str) -> None:
     """strace reports a command it cannot run in its own log and exits as if recording had
     worked; a program that is not there is said here, before anything runs."""
-    found = (program if "/" in program and os.path.isfile(program)
-             and os.access(program, os.X_OK) else shutil.which(program) if "/" not in program
-             else None)
-    if found is None:
+    if "/" in program:
+        found = os.path.isfile(program) and os.access(program, os.X_OK)
+    else:
+        found = shutil.which(program) is not None
+    if not found:
         raise UsageError(f"{printable(program)}: no such program to record (not an executable "
                          "file, nor on PATH). Fix with: the program's full path after --")
 
@@ -237,10 +238,10 @@ def _cmd_profile_generate(args: argparse.Namespace) -> int:
 
     check_name(args.name)
     check_output_dir(args.out_dir, what="profiles")
-    for path in (seccomp_path(args.out_dir, args.name),
-                 args.out_dir / f"{selinux_name(args.name)}.cil",
-                 args.out_dir / f"{args.name}.apparmor"):
-        if args.out_dir.is_dir():
+    if args.out_dir.is_dir():  # an existing folder: each profile's path must take a file
+        for path in (seccomp_path(args.out_dir, args.name),
+                     args.out_dir / f"{selinux_name(args.name)}.cil",
+                     args.out_dir / f"{args.name}.apparmor"):
             check_output_file(path, what="profile")
     written = generate_all(load(args.trace), args.name, args.out_dir)
     for path in (written.seccomp, written.apparmor, written.selinux):
