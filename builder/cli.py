@@ -1,37 +1,48 @@
 """The `hardhost` command line. Every failure the user can act on is one line and an exit code.
 
-Exit codes: 0 success; 1 a failed build or command; 2 bad usage or a malformed spec;
-3 a host or VM that is unreachable or timed out; 4 a trust failure (host key, credentials).
+Exit codes: 0 success; 1 a failed build or command, or drift; 2 bad usage, a malformed
+input or a wrong path; 3 a host or VM that is unreachable or timed out; 4 a trust failure
+(host key, credentials, manifest); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
+import os
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from builder.durations import MAX_RECORDING, MAX_TIMEOUT, duration
 from builder.errors import HardhostError, UsageError
+from builder.inputs import read_bytes
 from builder.log import setup_logging
+from builder.outputs import check_output_dir, check_output_file, printable, write_atomic
 from builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
 
 if TYPE_CHECKING:
     from builder.spec import Spec
+    from verifier.verdict import Verdict
 
 log = logging.getLogger("hardhost")
 
 EXIT_CODES = """\
 exit codes:
-  0  success
-  1  a build or command failed
-  2  bad usage, or a malformed spec (FILE: KEY: what is wrong)
-  3  a host or VM did not answer in time
-  4  trust failure: unknown or changed host key, refused credentials, or a manifest
-     with a bad signature, an untrusted key, a changed artifact or past its expiry
+  0    success
+  1    a build or command failed, or attestation found drift
+  2    bad usage, a malformed spec or input (FILE: KEY: what is wrong), a missing file
+       or a path that cannot be written (checked before the work starts)
+  3    a host or VM did not answer in time
+  4    trust failure: unknown or changed host key, refused credentials, or a manifest
+       with a bad signature, an untrusted key, a changed artifact or past its expiry
+  130  interrupted (Ctrl-C or SIGTERM); fleet writes the verdicts of the hosts checked
 """
 
 
@@ -50,6 +61,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from builder.spec import load_spec, with_authorized_keys
 
     spec = load_spec(args.spec)
+    _check_build_output(args.output)  # before any stage: a bad -o must not cost a build
     require_root()
     key = load_private_key(_signing_key_path(args, spec.manifest.signing_key))
     extra: list[str] = []
@@ -74,6 +86,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
                       workspace=args.workspace)
     print(final)
     return 0
+
+
+def _check_build_output(output: Path) -> None:
+    """OUTDIR may not exist yet (the build makes it, with its parents); the nearest folder
+    that does must take new files, and nothing on the way may be a file."""
+    existing = output
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == output:
+        check_output_dir(output, what="build output")
+    elif not existing.is_dir():
+        raise UsageError(f"{output}: cannot make the build output folder: {existing} is not "
+                         "a folder")
+    else:
+        first = existing / output.relative_to(existing).parts[0]
+        check_output_dir(first, what="build output")
 
 
 def _subjects(spec: Spec) -> tuple[str, ...]:
@@ -177,8 +205,11 @@ def _cmd_profile_record(args: argparse.Namespace) -> int:
     from profiles.record import record
 
     command = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
+    check_output_file(args.out, what="trace")
+    if command:
+        _require_program(command[0])
     trace, status = record(command, timeout=args.timeout)
-    args.out.write_text(trace.to_json())
+    write_atomic(args.out, trace.to_json())
     log.info("recorded %d syscalls, %d files, %d executables, %d network calls (exit %d)",
              len(trace.syscalls), len(trace.files), len(trace.executables),
              len(trace.network), status)
@@ -186,19 +217,40 @@ def _cmd_profile_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_program(program: str) -> None:
+    """strace reports a command it cannot run in its own log and exits as if recording had
+    worked; a program that is not there is said here, before anything runs."""
+    if "/" in program:
+        found = os.path.isfile(program) and os.access(program, os.X_OK)
+    else:
+        found = shutil.which(program) is not None
+    if not found:
+        raise UsageError(f"{printable(program)}: no such program to record (not an executable "
+                         "file, nor on PATH). Fix with: the program's full path after --")
+
+
 def _cmd_profile_merge(args: argparse.Namespace) -> int:
     from profiles.trace import load, merge
 
+    check_output_file(args.output, what="merged trace")
     merged = merge(load(path) for path in args.traces)
-    args.output.write_text(merged.to_json())
+    write_atomic(args.output, merged.to_json())
     print(args.output)
     return 0
 
 
 def _cmd_profile_generate(args: argparse.Namespace) -> int:
-    from profiles.generate import generate_all
+    from profiles.apparmor import check_name
+    from profiles.generate import generate_all, seccomp_path, selinux_name
     from profiles.trace import load
 
+    check_name(args.name)
+    check_output_dir(args.out_dir, what="profiles")
+    if args.out_dir.is_dir():  # an existing folder: each profile's path must take a file
+        for path in (seccomp_path(args.out_dir, args.name),
+                     args.out_dir / f"{selinux_name(args.name)}.cil",
+                     args.out_dir / f"{args.name}.apparmor"):
+            check_output_file(path, what="profile")
     written = generate_all(load(args.trace), args.name, args.out_dir)
     for path in (written.seccomp, written.apparmor, written.selinux):
         if path is not None:
@@ -218,9 +270,26 @@ def _cmd_profile_check(args: argparse.Namespace) -> int:
     return 1 if denials else 0
 
 
-def _cmd_attest(args: argparse.Namespace) -> int:
-    import json
+def _json_errors(command: Callable[[argparse.Namespace], int]
+                 ) -> Callable[[argparse.Namespace], int]:
+    """With --json, a command that cannot attest still prints one JSON document on stdout
+    (host, status "error", error, exit_code), so a program reading stdout gets an answer; the
+    one-line error goes to stderr and the exit code is the same."""
+    @functools.wraps(command)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except Exception as exc:
+            if args.json:
+                code = exc.exit_code if isinstance(exc, HardhostError) else 1
+                print(json.dumps({"host": args.target, "status": "error", "error": str(exc),
+                                  "exit_code": code}, indent=2, sort_keys=True))
+            raise
+    return wrapper
 
+
+@_json_errors
+def _cmd_attest(args: argparse.Namespace) -> int:
     from builder.manifest import read_verified
     from builder.signing import load_trusted_keys
     from verifier.attest import Connection, attest, attest_and_reset, manifest_digest
@@ -229,6 +298,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     from verifier.verdict import render
 
     target = Target.parse(args.target)
+    read_bytes(args.manifest, what="manifest")  # a missing one is a typo (2), not trust (4)
     # The manifest is verified before the host is contacted: a bad one is exit 4, offline.
     manifest, _ = read_verified(args.manifest, load_trusted_keys(args.trust_key))
     digest = manifest_digest(args.manifest)
@@ -262,41 +332,111 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     from verifier.attest import Connection
     from verifier.verdict import now
 
+    # Every output is checked before the first host is contacted: a typo in --junit found
+    # after ten minutes of attestation would lose the run.
+    for path, what in ((args.json, "JSON verdicts"), (args.junit, "JUnit XML")):
+        if path is not None:
+            check_output_file(path, what=what)
+    history_path = args.history or history.default_path()
+    history.prepare(history_path, create_folder=args.history is None)
     started = now()
-    hosts = inventory.load(args.inventory, limit=args.limit)
-    manifests = fleet.Manifests(args.manifest, load_trusted_keys(args.trust_key))
+    trusted = load_trusted_keys(args.trust_key)
+    hosts = inventory.load(args.inventory, limit=args.limit,
+                           allow_executable=args.allow_executable_inventory)
+    manifests = fleet.Manifests(args.manifest, trusted)
+    manifests.check(hosts)
     conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use)
     log.info("Attesting %d hosts, %d at a time", len(hosts), args.forks)
-    verdicts = fleet.run(hosts, manifests, conn, args.forks)
-    if args.reset:
-        history.record(args.history, started, str(args.inventory), verdicts)
-        verdicts = fleet.reset_drifted(hosts, verdicts, manifests, conn,
-                                       batch=args.reset_batch, reset_timeout=args.reset_timeout)
-    history.record(args.history, started, str(args.inventory), verdicts)
-    if args.json:
-        fleet.write_json(args.json, verdicts)
-    if args.junit:
-        fleet.write_junit(args.junit, verdicts)
-    width = max(len(v.host) for v in verdicts)
-    for verdict in verdicts:
-        drift = [f.id for f in verdict.findings if f.counts()]
-        detail = verdict.error or (", ".join(drift[:4]) + (" …" if len(drift) > 4 else ""))
-        print(f"{verdict.host.ljust(width)}  {verdict.status:<6}  {detail}")
+    done: dict[str, Verdict] = {}  # by inventory name, the latest verdict of each host
+
+    def keep(verdict: Verdict) -> None:
+        done[verdict.host] = verdict
+
+    def so_far() -> list[Verdict]:
+        return [done[h.name] for h in hosts if h.name in done]
+
+    try:
+        verdicts = fleet.run(hosts, manifests, conn, args.forks, on_done=keep)
+        if args.reset:
+            history.record(history_path, started, str(args.inventory), verdicts)
+            verdicts = fleet.reset_drifted(hosts, verdicts, manifests, conn,
+                                           batch=args.reset_batch,
+                                           reset_timeout=args.reset_timeout, on_done=keep)
+    except KeyboardInterrupt:
+        partial = so_far()
+        _write_fleet_outputs(args, history_path, started, partial, interrupted=True)
+        print(f"hardhost: interrupted after {len(partial)} of {len(hosts)} hosts; their "
+              "verdicts are written", file=sys.stderr)
+        return 130
+    except BaseException:
+        _write_fleet_outputs(args, history_path, started, so_far(), interrupted=True)
+        raise
+    _write_fleet_outputs(args, history_path, started, verdicts)
+    _print_fleet(verdicts)
     return fleet.exit_code(verdicts)
+
+
+def _write_fleet_outputs(args: argparse.Namespace, history_path: Path, started: str,
+                         verdicts: list[Verdict], *, interrupted: bool = False) -> None:
+    """The history, --json and --junit, each attempted even when another fails. After an
+    interruption a failure is only reported: the interruption is what the user hears of."""
+    from verifier import fleet, history
+
+    if not verdicts:
+        return
+    writers: list[Callable[[], object]] = [
+        lambda: history.record(history_path, started, str(args.inventory), verdicts)]
+    if args.json:
+        writers.append(lambda: fleet.write_json(args.json, verdicts))
+    if args.junit:
+        writers.append(lambda: fleet.write_junit(args.junit, verdicts))
+    failures: list[HardhostError] = []
+    for write in writers:
+        try:
+            write()
+        except HardhostError as exc:
+            failures.append(exc)
+    for failure in failures[1:] if not interrupted else failures:
+        print(f"hardhost: {failure}", file=sys.stderr)
+    if failures and not interrupted:
+        raise failures[0]
+
+
+def _print_fleet(verdicts: Sequence[Verdict]) -> None:
+    """One line per host: name, address, status, and the first findings or the error, all
+    escaped: names and findings come from inventories and hosts."""
+    names = [printable(v.host) for v in verdicts]
+    addresses = [printable(v.address or "-") for v in verdicts]
+    width, address_width = max(map(len, names)), max(map(len, addresses))
+    for name, address, verdict in zip(names, addresses, verdicts, strict=True):
+        drift = [printable(f.id) for f in verdict.findings if f.counts()]
+        detail = (printable(verdict.error) if verdict.error
+                  else ", ".join(drift[:4]) + (" …" if len(drift) > 4 else ""))
+        print(f"{name.ljust(width)}  {address.ljust(address_width)}  {verdict.status:<6}  "
+              f"{detail}")
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
     from verifier import history
 
-    rows = history.summary(args.db, args.host)
-    if not rows:
-        print(f"{args.db}: no verdicts recorded" + (f" for {args.host}" if args.host else ""))
+    path = args.db or history.default_path()
+    if args.db is None and not path.exists():
+        print(f"{path}: no fleet run recorded yet")
         return 0
-    width = max(len(r.host) for r in rows)
-    print(f"{'host'.ljust(width)}  last      at                    last passed")
-    for row in rows:
-        print(f"{row.host.ljust(width)}  {row.last_status:<8}  {row.last_time}  "
-              f"{row.last_pass or 'never'}")
+    rows = history.summary(path, args.host)
+    if not rows:
+        print(f"{path}: no verdicts recorded" + (f" for {printable(args.host)}"
+                                                 if args.host else ""))
+        return 0
+    hosts = [printable(r.host) for r in rows]
+    addresses = [printable(r.address or "-") for r in rows]
+    width, address_width = max(map(len, hosts)), max(map(len, addresses))
+    print(f"{'host'.ljust(width)}  {'address'.ljust(address_width)}  last      "
+          "at                    last passed")
+    for host, address, row in zip(hosts, addresses, rows, strict=True):
+        print(f"{host.ljust(width)}  {address.ljust(address_width)}  "
+              f"{printable(row.last_status):<8}  {printable(row.last_time)}  "
+              f"{printable(row.last_pass) or 'never'}")
     return 0
 
 
@@ -309,14 +449,18 @@ def _cmd_terraform_attest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError("must be greater than zero")
-    return number
+def _seconds(maximum: float) -> Callable[[str], float]:
+    """An argparse type for a duration: finite, more than zero and at most `maximum`."""
+    def parse(value: str) -> float:
+        try:
+            return duration(value, what="seconds", maximum=maximum)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("seconds: ")) from None
+    return parse
+
+
+# Every timeout and wait (connecting, evidence, a reboot, a VM's boot) is at most an hour.
+_positive = _seconds(MAX_TIMEOUT)
 
 
 def _port(value: str) -> int:
@@ -351,7 +495,8 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("spec", type=Path, metavar="SPEC", help="image spec, e.g. "
                        "images/container-host.toml")
     build.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
-                       help="folder that receives NAME/")
+                       help="folder that receives NAME/, made if absent; checked before "
+                            "any stage runs")
     build.add_argument("--force", action="store_true",
                        help="replace OUTDIR/NAME if it exists (only once the new build is done)")
     build.add_argument("--authorized-key", type=Path, action="append", default=[],
@@ -522,13 +667,26 @@ def _add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         description="Read INVENTORY (Ansible INI or YAML, with groups and host variables) with "
                     "ansible-core, and attest its hosts concurrently, at most --forks at a "
                     "time. Host variables may set ansible_host, ansible_port, ansible_user, "
-                    "ansible_ssh_private_key_file and hardhost_manifest. Every run is stored in "
-                    "the SQLite history. Exit 0 when all pass, 1 on drift, 3 if a host is "
-                    "unreachable, 4 on a trust failure (the worst wins).",
+                    "ansible_ssh_private_key_file and hardhost_manifest; a host whose "
+                    "variables are wrong is that host's error (exit 2), and the others are "
+                    "still checked. Verdicts are named by inventory name, with the address "
+                    "beside it. Every output is checked before the first host is contacted, "
+                    "and written for every host checked, also when the run is interrupted "
+                    "(exit 130). Every run is stored in the SQLite history. Exit 0 when all "
+                    "pass, 1 on drift (or a host's unexpected failure), 2 if a host's "
+                    "variables or manifest path are wrong, 3 if a host is unreachable, 4 on "
+                    "a trust failure (the worst wins).",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fleet.add_argument("inventory", type=Path, metavar="INVENTORY")
+    fleet.add_argument("inventory", type=Path, metavar="INVENTORY",
+                       help="Ansible inventory: an INI or YAML file, or a folder of them")
+    fleet.add_argument("--allow-executable-inventory", action="store_true",
+                       help="let Ansible run an executable inventory file (or one in an "
+                            "inventory folder) as a program, as this user; refused without "
+                            "it (exit 2)")
     fleet.add_argument("--manifest", type=Path, metavar="FILE",
-                       help="manifest for hosts without a hardhost_manifest variable")
+                       help="manifest for hosts without a hardhost_manifest variable; "
+                            "without it, every host needs that variable (else exit 2 before "
+                            "any host is contacted)")
     fleet.add_argument("--trust-key", type=Path, required=True, metavar="PUB",
                        help="trusted manifest signing key (PEM), or a folder of *.pub keys")
     _connection_options(fleet)
@@ -537,27 +695,32 @@ def _add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     fleet.add_argument("--forks", type=_positive_int, default=50, metavar="N",
                        help="hosts checked at once (default: 50)")
     fleet.add_argument("--limit", metavar="PATTERN", help="Ansible host pattern to select hosts")
-    fleet.add_argument("--history", type=Path, default=default_path(), metavar="DB",
-                       help=f"SQLite history (default: {default_path()})")
+    fleet.add_argument("--history", type=Path, default=None, metavar="DB",
+                       help="SQLite history, created if absent; its folder must exist "
+                            f"(default: {default_path()}, folder made as needed)")
     fleet.add_argument("--reset", action="store_true",
                        help="reboot drifted hosts and attest them again (both runs are kept "
                             "in the history; the outputs show the final verdicts)")
     fleet.add_argument("--reset-batch", type=_positive_int, default=5, metavar="N",
                        help="drifted hosts rebooted at once (default: 5)")
     fleet.add_argument("--reset-timeout", type=_positive, default=300, metavar="SECONDS",
-                       help="how long to wait for each host to return (default: 300)")
-    fleet.add_argument("--json", type=Path, metavar="FILE", help="write the verdicts as JSON")
-    fleet.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML for CI")
+                       help=f"how long to wait for each host to return (default: 300, at "
+                            f"most {MAX_TIMEOUT:g})")
+    fleet.add_argument("--json", type=Path, metavar="FILE",
+                       help="write the verdicts as JSON (replaced whole, never in part)")
+    fleet.add_argument("--junit", type=Path, metavar="FILE",
+                       help="write JUnit XML for CI, a test case per host (replaced whole)")
     fleet.set_defaults(func=_cmd_fleet)
 
     history = commands.add_parser(
         "history", help="show the last verdicts and when each host last passed",
-        description="Read the fleet history: each host's last verdict, and when it last "
-                    "passed.", epilog=EXIT_CODES,
+        description="Read the fleet history: each host's last verdict, its address, and "
+                    "when it last passed. The database is only read: a --db that does not "
+                    "exist is exit 2.", epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    history.add_argument("--host", help="only this host (as shown, user@host:port)")
-    history.add_argument("--db", type=Path, default=default_path(), metavar="DB",
-                         help=f"SQLite history (default: {default_path()})")
+    history.add_argument("--host", help="only this host (its inventory name, as shown)")
+    history.add_argument("--db", type=Path, default=None, metavar="DB",
+                         help=f"SQLite history written by fleet (default: {default_path()})")
     history.set_defaults(func=_cmd_history)
 
 
@@ -586,11 +749,15 @@ def _add_attest_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     attest.add_argument("--trust-on-first-use", action="store_true",
                         help="accept an unknown host key once and record it in --known-hosts "
                              "(a changed key is still refused)")
-    attest.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    attest.add_argument("--json", action="store_true",
+                        help="print the verdict as JSON; when the host cannot be attested, a "
+                             "JSON document with status \"error\", the error and the exit "
+                             "code")
     attest.add_argument("--reset", action="store_true",
                         help="on drift, reboot the host and attest it again")
     attest.add_argument("--reset-timeout", type=_positive, default=300, metavar="SECONDS",
-                        help="how long to wait for the host to return (default: 300)")
+                        help="how long to wait for the host to return (default: 300, at most "
+                             f"{MAX_TIMEOUT:g})")
     attest.add_argument("--tpm", action="store_true",
                         help="also verify a TPM quote against the manifest's predicted PCRs "
                              "(images built with image.boot = \"uki\"); with --reset, the "
@@ -620,9 +787,11 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
                     "their access modes, network calls and inferred capabilities.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     record.add_argument("--out", type=Path, required=True, metavar="TRACE",
-                        help="trace file to write (JSON)")
-    record.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS",
-                        help="stop the command after this long")
+                        help="trace file to write (JSON; checked before CMD runs, replaced "
+                             "whole)")
+    record.add_argument("--timeout", type=_seconds(MAX_RECORDING), default=None,
+                        metavar="SECONDS", help="stop the command after this long (at most "
+                        f"{MAX_RECORDING:g}; default: no limit)")
     record.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                         help="the command to record")
     record.set_defaults(func=_cmd_profile_record)
@@ -630,9 +799,10 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
                                description="Merge traces: the union of everything recorded.",
                                epilog=EXIT_CODES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    merge.add_argument("traces", type=Path, nargs="+", metavar="TRACE")
+    merge.add_argument("traces", type=Path, nargs="+", metavar="TRACE",
+                       help="traces written by profile record")
     merge.add_argument("-o", "--output", type=Path, required=True, metavar="TRACE",
-                       help="merged trace to write")
+                       help="merged trace to write (checked first, replaced whole)")
     merge.set_defaults(func=_cmd_profile_merge)
     generate = actions.add_parser(
         "generate", help="write the profiles for a trace",
@@ -641,9 +811,11 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
                     "(a least-privilege SELinux CIL module, compiled with secilc against a "
                     "base policy).",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    generate.add_argument("trace", type=Path, metavar="TRACE")
+    generate.add_argument("trace", type=Path, metavar="TRACE", help="a recorded trace")
     generate.add_argument("--name", required=True, help="profile name (letters, digits, . _ -)")
-    generate.add_argument("--out-dir", type=Path, required=True, metavar="DIR")
+    generate.add_argument("--out-dir", type=Path, required=True, metavar="DIR",
+                          help="folder for the three profiles, made if absent (its parent "
+                               "must exist)")
     generate.set_defaults(func=_cmd_profile_generate)
     check = actions.add_parser(
         "check", help="prove offline that every recorded event is allowed",
@@ -652,8 +824,10 @@ def _add_profile_commands(commands: argparse._SubParsersAction[argparse.Argument
                     "0 if all is allowed; otherwise name the first event each profile would "
                     "deny and exit 1.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("directory", type=Path, metavar="DIR")
-    check.add_argument("--trace", type=Path, required=True, metavar="TRACE")
+    check.add_argument("directory", type=Path, metavar="DIR",
+                       help="folder of profiles written by profile generate")
+    check.add_argument("--trace", type=Path, required=True, metavar="TRACE",
+                       help="the recorded trace whose every event must be allowed")
     check.set_defaults(func=_cmd_profile_check)
 
 
@@ -674,6 +848,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hardhost: interrupted; temporary output removed", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug still gets one line and exit 1; its traceback is for -v and a bug report.
+        log.debug("internal error", exc_info=True)
+        print(f"hardhost: internal error: {type(exc).__name__}: {printable(str(exc))[:300]} "
+              "(run with -v for the traceback, and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, start_sshd
+from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
 from tests.test_signing import sample_manifest, write_signed
 
 BIN = Path(sys.executable).parent
@@ -105,3 +105,81 @@ def test_drift_can_be_recorded_without_failing(tmp_path: Path, hosts: list[Runni
     assert result.returncode == 0, result.stdout + result.stderr
     assert all(s["failed"] == 0 and s["ok"] == 2 for s in recap(result.stdout).values())
     assert result.stdout.count("STATUS=drift") == 3
+
+
+def dead_end_playbook(tmp_path: Path, keys: SigningKeys, identity: Path) -> Path:
+    """Four hosts on ports where nothing listens: two that must be UNREACHABLE (attest,
+    reset), two whose durations are refused before any connection. One play, so that no
+    host's end stops the others."""
+    hosts = [("attest", "5", None), ("reset", "5", None), ("attest", "inf", None),
+             ("reset", "5", "0")]
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[dead]\n" + "".join(
+        f"dead{i} ansible_host=127.0.0.1 ansible_port={free_port()} ansible_user=root "
+        f"ansible_ssh_private_key_file={identity} kind={kind} t={timeout}"
+        + (f" rt={reset}" if reset else "") + "\n"
+        for i, (kind, timeout, reset) in enumerate(hosts)))
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    manifest = write_signed(tmp_path, sample_manifest(), keys.key)
+    common = {"manifest": str(manifest), "trust_key": str(keys.public),
+              "known_hosts": str(known), "timeout": "{{ t }}"}
+    play = tmp_path / "dead.yml"
+    play.write_text(json.dumps([{"hosts": "dead", "gather_facts": False, "tasks": [
+        {"name": "Attest", "when": "kind == 'attest'", "hardhost.host.attest": common},
+        {"name": "Reset", "when": "kind == 'reset'", "hardhost.host.reset": {
+            **common, "reset_timeout": "{{ rt | default(300) }}"}}]}]))
+    return play
+
+
+@pytest.mark.e2e
+def test_unreachable_hosts_are_unreachable_and_bad_durations_fail(
+        tmp_path: Path, signing_keys: SigningKeys, client_key: KeyPair) -> None:
+    play = dead_end_playbook(tmp_path, signing_keys, client_key.private)
+    result = ansible("ansible-playbook", "-i", str(tmp_path / "inventory.ini"), str(play),
+                     cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 4, output  # ansible-playbook's code for unreachable hosts
+    summary = recap(result.stdout.replace("dead", "h"))
+    assert summary["h0"]["unreachable"] == 1 and summary["h0"]["failed"] == 0, summary
+    assert summary["h1"]["unreachable"] == 1 and summary["h1"]["failed"] == 0, summary
+    assert re.search(r"^fatal: \[dead0\]: UNREACHABLE!", result.stdout, re.M)
+    assert re.search(r"^fatal: \[dead1\]: UNREACHABLE!", result.stdout, re.M)
+    # Refused before any connection: failed, not unreachable.
+    assert summary["h2"]["failed"] == 1 and summary["h2"]["unreachable"] == 0, summary
+    assert summary["h3"]["failed"] == 1 and summary["h3"]["unreachable"] == 0, summary
+    assert "timeout: 'inf' is not a duration" in result.stdout
+    assert "reset_timeout: '0' is not a duration" in result.stdout
+    assert "Traceback" not in output
+
+
+@pytest.mark.e2e
+def test_a_controller_without_hardhost_is_told_in_one_line(
+        tmp_path: Path, signing_keys: SigningKeys, client_key: KeyPair) -> None:
+    # A real controller Python with ansible-core and no hardhost: a venv that sees this
+    # one's site-packages as a plain path, so hardhost's editable-install hook never runs.
+    venv = tmp_path / "controller"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    (site,) = venv.glob("lib/python3*/site-packages")
+    (site / "shared.pth").write_text("".join(f"{p}\n" for p in sysconfig_paths()))
+    play = dead_end_playbook(tmp_path, signing_keys, client_key.private)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / ".ansible-tmp"))
+    result = subprocess.run([str(venv / "bin/python"), str(BIN / "ansible-playbook"), "-i",
+                             str(tmp_path / "inventory.ini"), str(play)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert len(re.findall(r'^fatal: \[dead\d\]: FAILED! => .*"msg": "hardhost is not '
+                          r"installed in the controller's Python", result.stdout, re.M)) == 4
+    assert all(s["failed"] == 1 for s in recap(result.stdout.replace("dead", "h")).values())
+    assert "No module named 'builder'" in output
+    assert "Traceback" not in output and "UNREACHABLE" not in output
+
+
+def sysconfig_paths() -> list[str]:
+    import sysconfig
+
+    return [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]

@@ -113,8 +113,9 @@ def test_fleet_reports_every_host(fleet: Fleet, signing_keys: SigningKeys,
     elapsed = time.monotonic() - start
     assert result.returncode == 3, result.stderr  # unreachable hosts are the worst outcome
     data = json.loads((tmp_path / "fleet.json").read_text())
-    by_port = {int(h["host"].rsplit(":", 1)[1]): h for h in data["hosts"]}
+    by_port = {int(h["address"].rsplit(":", 1)[1]): h for h in data["hosts"]}
     assert len(by_port) == HOSTS + 4
+    assert by_port[fleet.live[3]]["host"] == "live3"  # named by the inventory
     # This machine is no immutable host: every live sshd answers, and reports drift.
     assert {by_port[p]["status"] for p in fleet.live} == {"drift"}
     assert all(len(by_port[p]["boot_id"]) == 36 for p in fleet.live)
@@ -135,8 +136,7 @@ def test_fleet_reports_every_host(fleet: Fleet, signing_keys: SigningKeys,
     rows = history.summary(tmp_path / "history.db")
     assert len(rows) == HOSTS + 4 and {r.last_pass for r in rows} == {""}
     shown = subprocess.run([sys.executable, "-m", "builder.cli", "history", "--db",
-                            str(tmp_path / "history.db"), "--host",
-                            f"root@127.0.0.1:{fleet.live[0]}"],
+                            str(tmp_path / "history.db"), "--host", "live0"],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "drift" in shown.stdout and "never" in shown.stdout
 

@@ -8,6 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from builder.outputs import printable
+
 
 class Severity(enum.StrEnum):
     CRITICAL = "critical"  # the boot chain itself: verity, kernel, command line, root mount
@@ -36,6 +38,9 @@ class Verdict:
     findings: tuple[Finding, ...] = ()
     error: str = ""  # set when the host could not be attested at all
     exit_code: int = field(default=0)
+    # How the host was reached (user@address:port), when `host` is a name of its own, such as
+    # an inventory name: ten hosts behind one address stay apart by name.
+    address: str = ""
 
     @property
     def status(self) -> str:
@@ -57,17 +62,20 @@ def now() -> str:
 
 
 def render(verdict: Verdict) -> str:
-    """A readable table for people."""
-    lines = [f"{verdict.host}: {verdict.status.upper()}  boot_id {verdict.boot_id or '-'}  "
-             f"at {verdict.time}"]
+    """A readable table for people. Everything that came from the host goes through
+    `printable`: an escape sequence in a finding must not erase the lines above it."""
+    address = f" ({printable(verdict.address)})" if verdict.address else ""
+    lines = [f"{printable(verdict.host)}{address}: {verdict.status.upper()}  "
+             f"boot_id {printable(verdict.boot_id) or '-'}  at {printable(verdict.time)}"]
     if verdict.error:
-        lines.append(f"  error: {verdict.error}")
+        lines.append(f"  error: {printable(verdict.error)}")
     shown = [f for f in verdict.findings if f.counts()]
     if shown:
-        width = max(len(f.id) for f in shown)
+        ids = [printable(f.id) for f in shown]
+        width = max(len(i) for i in ids)
         lines.append(f"  {'finding'.ljust(width)}  severity  expected -> observed")
-        for f in shown:
-            lines.append(f"  {f.id.ljust(width)}  {f.severity.value:<8}  "
+        for finding_id, f in zip(ids, shown, strict=True):
+            lines.append(f"  {finding_id.ljust(width)}  {f.severity.value:<8}  "
                          f"{_short(f.expected)} -> {_short(f.observed)}")
     elif not verdict.error:
         lines.append("  every expected fact holds")
@@ -75,5 +83,6 @@ def render(verdict: Verdict) -> str:
 
 
 def _short(value: str, width: int = 60) -> str:
-    flat = " ".join(value.split())
+    # Escaped before flattening: str.split() would silently drop \x0b, \x0c and \x1c-\x1f.
+    flat = " ".join(printable(value).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"

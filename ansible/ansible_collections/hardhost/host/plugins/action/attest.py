@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ansible_collections.hardhost.host.plugins.module_utils.hardhost import (
     HardhostAction,
     verdict_result,
 )
 
-from verifier.attest import Connection, attest
-from verifier.transport import Target
+if TYPE_CHECKING:  # imported when run: the base class reports a controller without hardhost
+    from builder.manifest import HostManifest
+    from verifier.attest import Connection
+    from verifier.transport import Target
 
 
 class ActionModule(HardhostAction):
-    def act(self, target: Target, manifest: Any, digest: str, conn: Connection,
+    def act(self, target: Target, manifest: HostManifest, digest: str, conn: Connection,
             args: dict[str, Any], result: dict[str, Any]) -> None:
+        from verifier.attest import attest
+
         verdict = attest(target, manifest, digest, conn)
         result.update(verdict_result(verdict), changed=False)
         if verdict.status != "pass" and args.get("fail_on_drift", True):

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ansible_collections.hardhost.host.plugins.module_utils.hardhost import (
     HardhostAction,
     verdict_result,
 )
 
-from verifier import reset
-from verifier.attest import Connection, attest
-from verifier.transport import Target
+if TYPE_CHECKING:  # imported when run: the base class reports a controller without hardhost
+    from builder.manifest import HostManifest
+    from verifier.attest import Connection
+    from verifier.transport import Target
 
 
 class ActionModule(HardhostAction):
-    def act(self, target: Target, manifest: Any, digest: str, conn: Connection,
+    def act(self, target: Target, manifest: HostManifest, digest: str, conn: Connection,
             args: dict[str, Any], result: dict[str, Any]) -> None:
+        from builder.durations import duration
+        from verifier import reset
+        from verifier.attest import attest
+
         before = attest(target, manifest, digest, conn)
         if before.status == "pass":
             result.update(verdict_result(before), changed=False)
@@ -26,7 +31,7 @@ class ActionModule(HardhostAction):
                           msg=f"{target}: drifted; would reboot it and attest again")
             return
         reset.reboot(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                     timeout=float(args.get("reset_timeout") or 300),
+                     timeout=duration(args.get("reset_timeout", 300), what="reset_timeout"),
                      connect_timeout=min(conn.timeout, 15.0))
         after = attest(target, manifest, digest, conn)
         result.update(verdict_result(after), changed=True, before=verdict_result(before))

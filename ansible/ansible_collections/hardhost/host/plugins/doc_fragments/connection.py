@@ -19,9 +19,12 @@ options:
     type: path
     required: true
   timeout:
-    description: Seconds allowed for connecting and for collecting evidence.
+    description:
+      - Seconds allowed for connecting and for collecting evidence.
+      - Finite, more than 0 and at most 3600; anything else fails the task.
+      - A host that does not answer within it is reported UNREACHABLE, not failed.
     type: float
     default: 30
 requirements:
-  - hardhost installed in the controller's Python
+  - hardhost installed in the controller's Python; without it the task fails saying so
 """

@@ -3,43 +3,77 @@ attesting itself would prove nothing."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ansible.plugins.action import ActionBase
 
-from builder.errors import HardhostError
-from builder.manifest import read_verified
-from builder.signing import load_trusted_keys
-from verifier.attest import Connection, manifest_digest
-from verifier.transport import Target
+# hardhost itself is imported guarded: on a controller whose Python lacks it, the task says
+# so in one line instead of Ansible printing an import traceback.
+try:
+    from builder.durations import duration
+    from builder.errors import HardhostError, Unreachable, UsageError
+    from builder.inputs import read_bytes
+    from builder.manifest import read_verified
+    from builder.signing import load_trusted_keys
+    from verifier.attest import Connection, manifest_digest
+    from verifier.transport import Target
+except ImportError as exc:
+    IMPORT_ERROR: ImportError | None = exc
+else:
+    IMPORT_ERROR = None
+
+if TYPE_CHECKING:
+    from builder.manifest import HostManifest
+
+log = logging.getLogger(__name__)
 
 ARGS = {"manifest", "trust_key", "known_hosts", "timeout", "fail_on_drift", "reset_timeout"}
 
 
+def not_installed(exc: ImportError) -> str:
+    return (f"hardhost is not installed in the controller's Python ({sys.executable}): "
+            f"{exc}. Fix with: {sys.executable} -m pip install hardhost, or run Ansible "
+            "from the Python hardhost is installed in")
+
+
 def target_of(task_vars: dict[str, Any], inventory_hostname: str) -> Target:
     """The SSH target from the inventory's connection variables."""
-    host = str(task_vars.get("ansible_host") or inventory_hostname)
-    port = int(task_vars.get("ansible_port") or 22)
-    user = str(task_vars.get("ansible_user") or "root")
-    return Target(user, host, port)
+    host = task_vars.get("ansible_host") or inventory_hostname
+    port = task_vars.get("ansible_port") or 22
+    user = task_vars.get("ansible_user") or "root"
+    if not isinstance(host, str) or not host.strip():
+        raise UsageError(f"{inventory_hostname}: ansible_host {host!r} is not an address")
+    if not isinstance(user, str):
+        raise UsageError(f"{inventory_hostname}: ansible_user {user!r} is not a user name")
+    text = str(port) if isinstance(port, int | str) and not isinstance(port, bool) else ""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise UsageError(f"{inventory_hostname}: ansible_port {port!r} is not a TCP port")
+    return Target(user, host.strip("[]"), int(text))
 
 
 def prepare(args: dict[str, Any], task_vars: dict[str, Any],
-            inventory_hostname: str) -> tuple[Target, Any, str, Connection]:
+            inventory_hostname: str) -> tuple[Target, HostManifest, str, Connection]:
     unknown = set(args) - ARGS
     if unknown:
-        raise HardhostError(f"unsupported arguments: {', '.join(sorted(unknown))}")
+        raise UsageError(f"unsupported arguments: {', '.join(sorted(unknown))}")
     for required in ("manifest", "trust_key", "known_hosts"):
         if not args.get(required):
-            raise HardhostError(f"the argument {required} is required")
+            raise UsageError(f"the argument {required} is required")
+    timeout = duration(args.get("timeout", 30), what="timeout")
+    if "reset_timeout" in args:
+        duration(args["reset_timeout"], what="reset_timeout")
+    target = target_of(task_vars, inventory_hostname)
     manifest_path = Path(str(args["manifest"])).expanduser()
+    read_bytes(manifest_path, what="manifest")  # missing: a typo (exit 2), not trust (4)
     manifest, _ = read_verified(manifest_path,
                                 load_trusted_keys(Path(str(args["trust_key"])).expanduser()))
     identity = task_vars.get("ansible_ssh_private_key_file") or "~/.ssh/id_ed25519"
     conn = Connection(Path(str(args["known_hosts"])).expanduser(),
-                      Path(str(identity)).expanduser(), float(args.get("timeout") or 30))
-    return target_of(task_vars, inventory_hostname), manifest, manifest_digest(manifest_path), conn
+                      Path(str(identity)).expanduser(), timeout)
+    return target, manifest, manifest_digest(manifest_path), conn
 
 
 def verdict_result(verdict: Any) -> dict[str, Any]:
@@ -49,24 +83,34 @@ def verdict_result(verdict: Any) -> dict[str, Any]:
 
 
 class HardhostAction(ActionBase):  # type: ignore[misc]  # ansible-core ships no types
-    """Runs `act` on the controller with the host's target, manifest and connection; any
-    hardhost error becomes a failed task with its one-line reason and exit code."""
+    """Runs `act` on the controller with the host's target, manifest and connection. A host
+    that does not answer is Ansible's unreachable; any other hardhost error a failed task
+    with its one-line reason and exit code."""
 
     TRANSFERS_FILES = False
     _requires_connection = False  # the controller connects with hardhost's own SSH client
 
-    def act(self, target: Target, manifest: Any, digest: str, conn: Connection,
+    def act(self, target: Target, manifest: HostManifest, digest: str, conn: Connection,
             args: dict[str, Any], result: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars)
+        if IMPORT_ERROR is not None:
+            result.update(failed=True, msg=not_installed(IMPORT_ERROR))
+            return result
         task_vars = task_vars or {}
         args = dict(self._task.args)
         try:
             target, manifest, digest, conn = prepare(args, task_vars,
                                                      task_vars.get("inventory_hostname", ""))
             self.act(target, manifest, digest, conn, args, result)
+        except Unreachable as exc:
+            result.update(unreachable=True, msg=str(exc), exit_code=exc.exit_code)
         except HardhostError as exc:
             result.update(failed=True, msg=str(exc), exit_code=exc.exit_code)
+        except Exception as exc:
+            log.debug("hardhost task failed", exc_info=True)
+            result.update(failed=True, exit_code=1,
+                          msg=f"hardhost: internal error: {type(exc).__name__}: {exc}")
         return result

@@ -18,7 +18,10 @@ extends_documentation_fragment:
   - hardhost.host.connection
 options:
   reset_timeout:
-    description: Seconds to wait for the host to come back after the reboot.
+    description:
+      - Seconds to wait for the host to come back after the reboot.
+      - Finite, more than 0 and at most 3600. A host that does not come back in time, or
+        whose C(systemctl reboot) fails, is reported UNREACHABLE.
     type: float
     default: 300
   fail_on_drift:
