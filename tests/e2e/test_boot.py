@@ -34,7 +34,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(autouse=True)
 def _answering(booted: BootedHost) -> None:
-    ensure_answering(booted.instance, booted.image.directory)
+    ensure_answering(booted.instance, booted.image.directory,
+                     trust_key=booted.image.trust_key)
 
 
 def evidence(host: BootedHost) -> Evidence:
