@@ -197,13 +197,16 @@ def _authorized_keys(value: Any) -> tuple[str, ...]:
 # rdinit=, initrd=, which the EFI stub loads from the ESP, dm-mod.create=, rw), open a
 # shell before or instead of the system (break= in initramfs-tools, systemd's debug and
 # crash shells, systemd.setenv=SYSTEMD_SULOGIN_FORCE=1, systemd.run=, a boot target or
-# runlevel), or switch off AppArmor, whose profiles the manifest records. The kernel and
-# systemd read '-' and '_' in a name as the same character, so names are compared with '_'.
+# runlevel), or switch off AppArmor, whose profiles the manifest records (apparmor=0, and
+# its module parameters apparmor.enabled=0 and apparmor.mode=complain). sysctl.* (Linux
+# 5.8+) belongs in [sysctl], where the manifest records it. The kernel and systemd read '-'
+# and '_' in a name as the same character, so names are compared with '_'.
 _RESERVED_ARGS = frozenset({
     "root", "rootfstype", "rootflags", "roothash", "usrhash", "ro", "rw", "init", "rdinit",
     "initrd", "nfsroot", "dm_mod.create", "break", "apparmor", "security", "lsm", "selinux",
     "enforcing", "single", "emergency", "rescue", "s", "1", "2", "3", "4", "5",
 })
+_RESERVED_PREFIXES = ("hardhost.", "apparmor.")
 # systemd.* arguments: only logging, status output and the cgroup layout. The others
 # choose units, generators, shells and the environment of the boot.
 _SYSTEMD_ALLOWED = frozenset({"systemd.show_status", "systemd.status_unit_format",
@@ -214,7 +217,7 @@ _SYSTEMD_ALLOWED_PREFIXES = ("systemd.log_", "systemd.journald.")
 
 def _reserved(name: str) -> bool:
     name = name.replace("-", "_").removeprefix("rd.")
-    if name in _RESERVED_ARGS or name.startswith("hardhost."):
+    if name in _RESERVED_ARGS or name.startswith(_RESERVED_PREFIXES):
         return True
     if name.startswith("systemd."):
         return name not in _SYSTEMD_ALLOWED and not name.startswith(_SYSTEMD_ALLOWED_PREFIXES)
@@ -229,6 +232,9 @@ def _cmdline(value: Any) -> tuple[str, ...]:
                            "optionally '=' and a value of letters, digits and _.,:/@+%=- "
                            "(no spaces, quotes or '--')")
         name = arg.split("=", 1)[0]
+        if name.startswith("sysctl."):
+            raise _Invalid(f"{_show(arg)}: set sysctls in the [sysctl] table, where the "
+                           "manifest records them")
         if _reserved(name):
             raise _Invalid(f"{_show(arg)}: {name} decides what boots or how it is verified; "
                            "the builder sets it and a spec cannot")

@@ -232,11 +232,18 @@ def test_console_accepts_kernel_console_syntax(console: str) -> None:
     "systemd.wants=debug-shell.service", "systemd.confirm_spawn=1", "systemd.verity=0",
     # The LSM whose profiles the manifest records.
     "apparmor=0", "security=selinux", "lsm=landlock", "selinux=1", "enforcing=0",
+    "apparmor.enabled=0", "apparmor.mode=complain",
 ])
 def test_cmdline_refuses_what_decides_the_boot(arg: str) -> None:
     error = refused(dict(VALID, **{"kernel.cmdline": [arg]}))
     assert error.key == "kernel.cmdline"
     assert "the builder sets it and a spec cannot" in error.problem
+
+
+def test_cmdline_sysctls_belong_in_the_sysctl_table() -> None:
+    error = refused(dict(VALID, **{"kernel.cmdline": [
+        "sysctl.kernel.unprivileged_userns_clone=1"]}))
+    assert error.key == "kernel.cmdline" and "set sysctls in the [sysctl] table" in error.problem
 
 
 @pytest.mark.parametrize("arg", [
