@@ -90,8 +90,12 @@ _URL_RE = re.compile(r"(https?|file)://[!-~]+")
 # Parts of one dotted TOML key: tomllib spends memory quadratic in them (a 400 KB key of
 # 200,000 parts exhausts it), and no spec key has more than a sysctl name's few.
 _MAX_KEY_PARTS = 32
+# A match starts only where a key part can (not inside a word or after a quote), and each
+# part is atomic: the scan stays linear in the text, whatever the text.
 _DOTTED_KEY_RE = re.compile(
-    rf"""(?:(?:[A-Za-z0-9_\-]+|"[^"\n]*"|'[^'\n]*')[ \t]*\.[ \t]*){{{_MAX_KEY_PARTS}}}""")
+    r"""(?<![A-Za-z0-9_\-"'])"""
+    r"""(?:(?>[A-Za-z0-9_\-]+|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')[ \t]*+\.[ \t]*+)"""
+    rf"{{{_MAX_KEY_PARTS}}}")
 # Specs are a few KiB; the bound keeps what tomllib is handed small.
 MAX_SPEC_BYTES = 256 << 10
 _KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -541,7 +545,7 @@ def _convert(hint: Any, value: Any, key: str, path: str) -> Any:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         allowed = [m.value for m in hint]
         if value not in allowed:
-            raise SpecError(path, key, f"{value!r} is not one of {', '.join(allowed)}")
+            raise SpecError(path, key, f"{_show(value)} is not one of {', '.join(allowed)}")
         return hint(value)
     if hint is bool:
         if not isinstance(value, bool):

@@ -295,3 +295,15 @@ def test_the_cli_reports_an_unreadable_spec_in_one_line(tmp_path: Path) -> None:
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr == f"hardhost: {fifo}: the spec is a FIFO, not a regular file\n"
+
+
+@pytest.mark.parametrize("text", [
+    "a" * MAX_SPEC_BYTES,  # a run of key characters: a match may not start inside it
+    '"' + "a" * MAX_SPEC_BYTES,  # a string that never closes
+    '"' + "\\\\" * (MAX_SPEC_BYTES // 2),
+    "a." * 31 + "=" + "a" * MAX_SPEC_BYTES,
+])
+def test_the_deep_key_scan_stays_linear(text: str) -> None:
+    started = time.monotonic()
+    error_of(text)
+    assert time.monotonic() - started < 2
