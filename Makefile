@@ -75,7 +75,7 @@ demo: deps venv keys
 		--trust-key $(CACHE)/keys/signing.pub
 	$(BIN)/hardhost vm stop $(DEMO_NAME)
 	$(BIN)/hardhost vm start $(DEMO_OUT)/container-host --name $(DEMO_NAME) \
-		--ssh-port $(DEMO_PORT) --tpm
+		--ssh-port $(DEMO_PORT) --tpm --trust-key $(CACHE)/keys/signing.pub
 	$(BIN)/hardhost evidence root@127.0.0.1:$(DEMO_PORT) --identity $(DEMO_KEY) \
 		--known-hosts $(DEMO_VM)/known_hosts
 	$(BIN)/hardhost attest root@127.0.0.1:$(DEMO_PORT) --identity $(DEMO_KEY) \

@@ -49,6 +49,10 @@ def main() -> int:
                         default=Path.home() / ".cache/hardhost/keys/id_ed25519",
                         help="private key the images were built to accept (default: the one "
                              "make demo uses)")
+    parser.add_argument("--trust-key", type=Path,
+                        default=Path.home() / ".cache/hardhost/keys/signing.pub",
+                        help="public key the images' manifests were signed with (default: "
+                             "the one make demo uses)")
     args = parser.parse_args()
     setup_logging(verbose=False)
     results: list[tuple[str, float, float]] = []
@@ -60,7 +64,8 @@ def main() -> int:
         vm.stop(name, purge=True)
         port = free_port()
         start = time.monotonic()
-        inst = vm.start(image, name=name, ssh_port=port, timeout=300, tpm=tpm)
+        inst = vm.start(image, trust_key=args.trust_key, name=name, ssh_port=port,
+                        timeout=300, tpm=tpm)
         to_ssh = time.monotonic() - start
         results.append((label, to_ssh, (image / "root.img").stat().st_size / 2**20))
         try:

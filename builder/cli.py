@@ -168,9 +168,9 @@ def _cmd_manifest_show(args: argparse.Namespace) -> int:
 def _cmd_vm_start(args: argparse.Namespace) -> int:
     from builder import vm
 
-    instance = vm.start(args.image_dir, name=args.name, ssh_port=args.ssh_port,
-                        accel=args.accel, memory_mib=args.memory, timeout=args.timeout,
-                        tpm=args.tpm)
+    instance = vm.start(args.image_dir, trust_key=args.trust_key, name=args.name,
+                        ssh_port=args.ssh_port, accel=args.accel, memory_mib=args.memory,
+                        timeout=args.timeout, tpm=args.tpm)
     print(f"{instance.name}: ssh -p {instance.ssh_port} "
           f"-o UserKnownHostsFile={instance.known_hosts} root@127.0.0.1")
     if args.tpm:
@@ -570,7 +570,12 @@ def parser() -> argparse.ArgumentParser:
     vm_commands = vm.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
     start = vm_commands.add_parser(
         "start", help="boot an image and wait until SSH answers with the provisioned key",
-        description="Boot IMAGE_DIR under qemu. On first start, an SSH host key and a "
+        description="Boot IMAGE_DIR under qemu. IMAGE_DIR/manifest.dsse.json must verify "
+                    "against --trust-key, and every file the boot reads (vmlinuz, "
+                    "initrd.img, root.img, root.verity; with --tpm esp.img instead of the "
+                    "first two) must match its signed digest, or nothing starts (exit 4); "
+                    "the kernel command line is the manifest's, never build.json's. "
+                    "On first start, an SSH host key and a "
                     "machine-id are generated and put on the instance's state disk, and the "
                     "key is written to the instance's known_hosts, so the host is known "
                     "without trust on first use. Returns when SSH answers with that key. "
@@ -583,6 +588,9 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     start.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="OUTDIR/NAME of a build")
     start.add_argument("--name", required=True, help="instance name")
+    start.add_argument("--trust-key", type=Path, required=True, metavar="PUB",
+                       help="trusted public key (PEM) that signed the image's manifest, or a "
+                            "folder of *.pub keys")
     start.add_argument("--ssh-port", type=_port, required=True, metavar="PORT",
                        help="loopback port forwarded to the guest's sshd")
     start.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",

@@ -7,17 +7,25 @@ trust on first use), the serial log, the pid file and known_hosts.
 With a TPM (`--tpm`), the image's esp.img boots under OVMF instead of qemu's direct kernel
 boot, with a swtpm vTPM. The instance then also keeps the firmware's variable store, the
 vTPM's state and the local CA that certified its EK (see `builder.vtpm`).
+
+Nothing in the image folder is trusted but what its signed manifest vouches for: the
+manifest must verify against a key the caller names, the command line comes from it (not
+from the unsigned build.json), and every file the guest boots must match its digest. The
+kernel, the initrd and the ESP are copied into the instance's folder and the copies are
+checked and booted, so the folder cannot swap them between the check and qemu's read.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -29,10 +37,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder import layout, qmp, vtpm
-from builder.build import ARTIFACTS
-from builder.errors import CommandFailed, HardhostError, ToolMissing, Unreachable, UsageError
+from builder.errors import (
+    CommandFailed,
+    HardhostError,
+    ToolMissing,
+    TrustError,
+    Unreachable,
+    UsageError,
+)
 from builder.log import complete_step
+from builder.manifest import MANIFEST_NAME, HostManifest, check_artifacts, read_verified
 from builder.run import run, which
+from builder.signing import load_trusted_keys
 from verifier.transport import fingerprint, public_key_from_line, wait_for_host_key
 
 log = logging.getLogger(__name__)
@@ -48,6 +64,16 @@ OVMF_PACKAGE = "ovmf"
 ESP_IMAGE = "esp.img"  # written by the uki build stage beside the other artifacts
 POWER_OFF_TIMEOUT = 45.0  # seconds; a TCG guest takes about 8 to shut down
 CPUS = 2  # with the memory size, part of builder.pcr.machine_key(): PCR 0 depends on both
+# What each boot reads from the image folder. The copied files are booted from the
+# instance's folder; the disks are attached in place: dm-verity checks every block qemu
+# reads from them against the root hash on the signed command line, so a disk changed
+# after the digest check fails the read, not the trust.
+DIRECT_COPIED = ("vmlinuz", "initrd.img")
+TPM_COPIED = (ESP_IMAGE,)
+DISKS = ("root.img", "root.verity")
+# Kernels and initrds are tens of MiB and ESPs a few hundred: a bigger "kernel" is not one,
+# and is not copied.
+MAX_BOOT_FILE = 1 << 30
 
 
 def state_root() -> Path:
@@ -86,13 +112,22 @@ class Instance:
         return self.directory / "ssh_host_ed25519_key.pub"
 
     @property
+    def kernel(self) -> Path:
+        """The verified copy of the image's kernel that a direct boot runs."""
+        return self.directory / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd.img"
+
+    @property
     def ovmf_vars(self) -> Path:
         """The firmware's variable store, copied once: boot entries persist like a disk's."""
         return self.directory / "OVMF_VARS.fd"
 
     @property
     def esp(self) -> Path:
-        """A writable copy of the image's ESP, made afresh at each start."""
+        """A writable, verified copy of the image's ESP, made afresh at each start."""
         return self.directory / ESP_IMAGE
 
     @property
@@ -165,23 +200,110 @@ def _check_port_free(port: int) -> None:
             raise UsageError(f"port {port} on 127.0.0.1 is already in use") from None
 
 
-def _read_image(image_dir: Path) -> str:
-    missing = [name for name in (*ARTIFACTS, "build.json") if not (image_dir / name).is_file()]
+def _booted(tpm: bool) -> tuple[str, ...]:
+    return (TPM_COPIED if tpm else DIRECT_COPIED) + DISKS
+
+
+def verified_manifest(image_dir: Path, trust_key: Path, *, tpm: bool) -> HostManifest:
+    """The manifest of the image at `image_dir`, verified against `trust_key` (a PEM public
+    key or a folder of *.pub), and signing every file a boot reads.
+
+    Raises `UsageError` for a folder that is not a built image (or has no ESP for a TPM
+    boot) and `TrustError` for a manifest that does not verify or signs too little.
+    """
+    trusted = load_trusted_keys(trust_key)
+    booted = _booted(tpm)
+    if tpm and not (image_dir / ESP_IMAGE).exists():
+        raise UsageError(f"{image_dir}: no {ESP_IMAGE} to boot with --tpm; build the image "
+                         'with image.boot = "uki" in its spec')
+    missing = [name for name in (MANIFEST_NAME, *booted) if not (image_dir / name).exists()]
     if missing:
         raise UsageError(f"{image_dir}: not a built image (missing {', '.join(missing)})")
+    path = image_dir / MANIFEST_NAME
+    manifest, _key_id = read_verified(path, trusted)
+    signed = {subject.name for subject in manifest.subjects}
+    unsigned = [name for name in booted if name not in signed]
+    if unsigned:
+        raise TrustError(f"{path}: signs no digest for {', '.join(unsigned)}, which the boot "
+                         "reads; rebuild the image")
+    return manifest
+
+
+def _only(manifest: HostManifest, names: tuple[str, ...]) -> HostManifest:
+    return dataclasses.replace(manifest, subjects=tuple(
+        subject for subject in manifest.subjects if subject.name in names))
+
+
+def _check(manifest: HostManifest, directory: Path, names: tuple[str, ...]) -> None:
+    """Each of `names` in `directory` matches its signed digest (`TrustError` if not)."""
+    checked = check_artifacts(_only(manifest, names), directory)
+    # check_artifacts passes over a file that is not there or not a regular file: here
+    # each one must have been read.
+    unread = sorted(set(names) - set(checked))
+    if unread:
+        raise TrustError(f"{directory / unread[0]}: not a regular file; the boot reads only "
+                         "files whose digests the manifest signs")
+
+
+def _copy_boot_file(source: Path, target: Path) -> None:
+    """Copy `source` to `target` (mode 0600, replaced whole). `source` must be a regular
+    file: a FIFO is opened without waiting for a writer and refused like a device."""
     try:
-        cmdline = json.loads((image_dir / "build.json").read_text())["cmdline"]
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{image_dir}/build.json: unreadable or without cmdline") from None
-    if not isinstance(cmdline, str):
-        raise UsageError(f"{image_dir}/build.json: cmdline is not a string")
-    return cmdline
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read: {exc.strerror}") from None
+    with contextlib.closing(os.fdopen(fd, "rb", buffering=0)) as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TrustError(f"{source}: not a regular file; the boot reads only files "
+                             "whose digests the manifest signs")
+        if info.st_size > MAX_BOOT_FILE:
+            raise TrustError(f"{source}: larger than {MAX_BOOT_FILE} bytes, which no boot "
+                             "file of an image is")
+        os.set_blocking(fd, True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(out, "wb") as g:
+                copied = 0
+                while chunk := f.read(1 << 20):
+                    copied += len(chunk)
+                    if copied > MAX_BOOT_FILE:
+                        raise TrustError(f"{source}: grew past {MAX_BOOT_FILE} bytes while "
+                                         "it was copied")
+                    g.write(chunk)
+            partial.replace(target)
+        except OSError as exc:
+            raise HardhostError(f"{target}: cannot copy {source}: {exc.strerror}") from None
+        finally:
+            partial.unlink(missing_ok=True)
 
 
-def _boot_args(inst: Instance, image: Path, cmdline: str, *, tpm: bool) -> list[str]:
+def stage_boot_files(inst: Instance, image_dir: Path, manifest: HostManifest, *,
+                     tpm: bool) -> None:
+    """Copy the files qemu loads once (kernel and initrd, or the ESP) into the instance's
+    folder and check the copies, and check the disks in place, against `manifest`."""
+    copied = TPM_COPIED if tpm else DIRECT_COPIED
+    try:
+        for name in copied:
+            _copy_boot_file(image_dir / name, inst.directory / name)
+            try:
+                _check(manifest, inst.directory, (name,))
+            except TrustError as exc:
+                # Name the image's file, which the user can act on, not the copy.
+                raise TrustError(f"{image_dir / name}: its sha256 does not match the signed "
+                                 f"manifest's ({exc}); rebuild the image or restore the "
+                                 "file") from None
+        _check(manifest, image_dir, DISKS)
+    except TrustError:
+        for name in copied:  # nothing of a refused image is left to boot by mistake
+            (inst.directory / name).unlink(missing_ok=True)
+        raise
+
+
+def _boot_args(inst: Instance, cmdline: str, *, tpm: bool) -> list[str]:
     if not tpm:
-        return ["-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
-                "-append", cmdline]
+        return ["-kernel", str(inst.kernel), "-initrd", str(inst.initrd), "-append", cmdline]
     # No -kernel: the UKI on the ESP carries the kernel, initrd and command line, and
     # systemd-stub measures them into PCR 11.
     return [
@@ -218,7 +340,7 @@ def qemu_argv(inst: Instance, image_dir: Path, cmdline: str, *, ssh_port: int, a
         "-nodefaults", "-display", "none", "-monitor", "none",
         "-qmp", f"unix:{inst.qmp_socket},server=on,wait=off",
         "-serial", f"file:{inst.serial_log}",
-        *_boot_args(inst, image, cmdline, tpm=tpm), *drives,
+        *_boot_args(inst, cmdline, tpm=tpm), *drives,
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", nic,
         "-object", "rng-random,filename=/dev/urandom,id=rng0",
@@ -227,11 +349,8 @@ def qemu_argv(inst: Instance, image_dir: Path, cmdline: str, *, ssh_port: int, a
     ]
 
 
-def _require_tpm_boot(image_dir: Path) -> None:
-    """What a TPM boot needs beyond a direct boot: the image's ESP, OVMF and swtpm."""
-    if not (image_dir / ESP_IMAGE).is_file():
-        raise UsageError(f"{image_dir}: no {ESP_IMAGE} to boot with --tpm; build the image "
-                         'with image.boot = "uki" in its spec')
+def _require_tpm_tools() -> None:
+    """What a TPM boot needs beyond a direct boot: OVMF and swtpm."""
     for firmware in (OVMF_CODE, OVMF_VARS):
         if not firmware.is_file():
             raise ToolMissing(str(firmware), OVMF_PACKAGE)
@@ -246,12 +365,11 @@ def _copy(source: Path, target: Path) -> None:
     partial.replace(target)
 
 
-def _prepare_tpm(inst: Instance, image_dir: Path) -> None:
-    """The firmware variables and the vTPM, made once; the ESP copy, made at each start so
-    the boot reads the image's ESP as built."""
+def _prepare_tpm(inst: Instance) -> None:
+    """The firmware variables and the vTPM, made once. (The ESP is copied and checked at
+    each start by `stage_boot_files`.)"""
     if not inst.ovmf_vars.exists():
         _copy(OVMF_VARS, inst.ovmf_vars)
-    _copy(image_dir / ESP_IMAGE, inst.esp)
     if inst.tpm_ca.exists():  # written last: its presence means a complete manufacture
         return
     with complete_step(f"Manufacturing the vTPM of vm {inst.name}"):
@@ -263,26 +381,31 @@ def _alive(inst: Instance, tpm: bool) -> bool:
     return inst.pid() is not None and (not tpm or inst.swtpm.pid() is not None)
 
 
-def start(image_dir: Path, *, name: str, ssh_port: int, accel: str = "tcg",
+def start(image_dir: Path, *, trust_key: Path, name: str, ssh_port: int, accel: str = "tcg",
           memory_mib: int = 1024, timeout: float = 300, tpm: bool = False) -> Instance:
     """Boot `image_dir` and return once its sshd answers with the provisioned host key.
+
+    The image's manifest must verify against `trust_key` (a PEM public key or a folder of
+    *.pub keys), and every file the boot reads must match its signed digest; the guest
+    boots with the manifest's command line. Otherwise `TrustError`, before qemu starts.
 
     With `tpm`, boot the image's esp.img under OVMF with a swtpm vTPM, manufactured (EK and
     its certificate) at the instance's first TPM start; `Instance.tpm_ca` then names the
     CA bundle that certifies the EK.
     """
     inst = instance(name)
-    cmdline = _read_image(image_dir)
-    which("qemu-system-x86_64")
-    if tpm:
-        _require_tpm_boot(image_dir)
+    manifest = verified_manifest(image_dir, trust_key, tpm=tpm)
     if inst.pid() is not None:
         raise UsageError(f"vm {name} is already running; stop it with: hardhost vm stop {name}")
+    inst.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stage_boot_files(inst, image_dir, manifest, tpm=tpm)
+    which("qemu-system-x86_64")
+    if tpm:
+        _require_tpm_tools()
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise UsageError("--accel kvm: /dev/kvm is not usable here; use --accel tcg")
     _check_port_free(ssh_port)
     inst = Instance(name, inst.directory, ssh_port)
-    inst.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with complete_step(f"Starting vm {name} from {image_dir}") as step:
         host_key = _provision_state(inst)
         inst.known_hosts.write_text(
@@ -292,9 +415,9 @@ def start(image_dir: Path, *, name: str, ssh_port: int, accel: str = "tcg",
         _stop_swtpm(inst)
         try:
             if tpm:
-                _prepare_tpm(inst, image_dir)
+                _prepare_tpm(inst)
                 inst.swtpm.start()
-            run(qemu_argv(inst, image_dir, cmdline, ssh_port=ssh_port, accel=accel,
+            run(qemu_argv(inst, image_dir, manifest.cmdline, ssh_port=ssh_port, accel=accel,
                           memory_mib=memory_mib, tpm=tpm))
             log.info("  qemu running (%s%s); waiting for SSH on 127.0.0.1:%d", accel,
                      ", OVMF, swtpm" if tpm else "", ssh_port)

@@ -76,7 +76,7 @@ FROM_PRUNE = {"prune", "rootfs", "uki", "manifest"}
 FROM_ROOTFS = {"rootfs", "uki", "manifest"}
 FROM_UKI = {"uki", "manifest"}
 ONLY_MANIFEST = {"manifest"}
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ7p0x1b2d5a3f0c7e9b8a6d4c2e0f1a3b5c7d9e1f3a5b7c a"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ7p0x1b2d5a3f0c7e9b8a6d4c2e0f1a3b5c7d9e1f3a5b7 a"
 OTHER_KEY = KEY.replace(" a", " b").replace("AAAAIG", "AAAAIH")
 EPOCH = 1700000000
 

@@ -63,14 +63,18 @@ def test_help_describes_every_command(capsys: pytest.CaptureFixture[str]) -> Non
         assert len(text.splitlines()) > 5
 
 
-def test_vm_start_rejects_a_folder_that_is_not_an_image(tmp_path: Path) -> None:
-    result = run_cli("vm", "start", str(tmp_path), "--name", "x", "--ssh-port", "2299")
+def test_vm_start_rejects_a_folder_that_is_not_an_image(tmp_path: Path,
+                                                        signing_keys: SigningKeys) -> None:
+    result = run_cli("vm", "start", str(tmp_path), "--name", "x", "--ssh-port", "2299",
+                     "--trust-key", str(signing_keys.public))
     assert result.returncode == 2
-    assert result.stderr.startswith(f"hardhost: {tmp_path}: not a built image (missing vmlinuz")
+    assert result.stderr.startswith(f"hardhost: {tmp_path}: not a built image (missing "
+                                    "manifest.dsse.json, vmlinuz")
 
 
 def test_vm_start_rejects_a_bad_port() -> None:
-    result = run_cli("vm", "start", ".", "--name", "x", "--ssh-port", "70000")
+    result = run_cli("vm", "start", ".", "--name", "x", "--ssh-port", "70000",
+                     "--trust-key", "signing.pub")
     assert result.returncode == 2
     assert "is not a TCP port" in result.stderr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -10,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from builder.spec import Spec, load_spec, with_authorized_keys
-from builder.stages.harden import BASELINE_SYSCTLS, RenderedFile, lock_passwords, render_layer
+from builder.stages.harden import (
+    BASELINE_SYSCTLS,
+    BINFMT_UNITS,
+    RenderedFile,
+    lock_passwords,
+    mask_units,
+    masked_units,
+    render_layer,
+)
+from builder.stages.prune import prune_patterns
 from tests.conftest import IMAGES, REPO, make_keypair, sshd_binary
 
 GOLDEN = REPO / "tests" / "golden"
@@ -110,3 +120,51 @@ def test_lock_passwords(tmp_path: Path) -> None:
     lock_passwords(shadow)
     fields = [line.split(":")[1] for line in shadow.read_text().splitlines()]
     assert fields == ["!*", "!$6$salt$hash", "!"]
+
+
+# --- a host that boots clean ----------------------------------------------------------------
+
+
+def pam_env_file(text: str) -> dict[str, str]:
+    """What pam_env takes from an envfile: KEY=VALUE lines; '#' starts a comment."""
+    values = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep and key.isidentifier() and value, f"pam_env cannot read {line!r}"
+            values[key] = value
+    return values
+
+
+@pytest.mark.parametrize("image", ["minimal", "container-host"])
+def test_logins_find_a_locale_that_pruning_keeps(image: str) -> None:
+    """Debian's sshd and login PAM stacks read /etc/default/locale with pam_env; without
+    it every login logs 'Unable to open env file'."""
+    files = by_path(render_layer(spec(image)))
+    assert pam_env_file(files["/etc/default/locale"].content) == {"LANG": "C.UTF-8"}
+    # C.UTF-8 is compiled into glibc: none of the locale data the prune drops is needed.
+    assert not any(pattern.startswith("usr/lib/locale")
+                   for pattern in prune_patterns(spec(image)))
+
+
+def test_binfmt_misc_stays_out_of_the_image() -> None:
+    """The module is pruned, so its units are masked; were it kept, they would not be."""
+    for image in ("minimal", "container-host"):
+        s = spec(image)
+        assert not any(fnmatch.fnmatchcase("binfmt_misc", p) for p in s.kernel.modules)
+        assert set(BINFMT_UNITS) <= set(masked_units(s))
+
+
+@pytest.mark.parametrize("image", ["minimal", "container-host"])
+def test_masked_units_are_masked_for_systemd(image: str, tmp_path: Path) -> None:
+    """systemctl, the real consumer, reads the tree the stage wrote: the binfmt_misc units
+    that would fail every boot of a pruned image are masked, the rest of systemd's untouched."""
+    units = tmp_path / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    for name in (*BINFMT_UNITS, "dev-mqueue.mount"):
+        (units / name).write_text("[Unit]\nDescription=test\n")
+    mask_units(tmp_path, spec(image))
+    for name in (*BINFMT_UNITS, "dev-mqueue.mount"):
+        state = subprocess.run(["systemctl", f"--root={tmp_path}", "is-enabled", name],
+                               capture_output=True, text=True).stdout.strip()
+        assert state == ("masked" if name in BINFMT_UNITS else "static"), name

@@ -67,14 +67,24 @@ INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "dm_verity", "erofs", "squashfs
                      "ext4", "crc32c_generic")
 
 INITRAMFS_CONFIG = "/etc/initramfs-tools"
+LOCALE = "# Rendered by hardhost: read by pam_env at login.\nLANG=C.UTF-8\n"
 
 ENABLED_UNITS = ("systemd-networkd.service",)
+# binfmt_misc hands any file whose first bytes match a registered magic to an interpreter
+# of root's choosing, with the 'C' flag under that file's set-uid credentials: a way to
+# persist that runs nothing any profile names. A container host runs its own architecture's
+# binaries, so the prune stage drops the module, and these units would fail at every boot:
+# systemd 252's automount has no condition on the module and fires on the first look into
+# /proc/sys/fs/binfmt_misc (sysctl -a does), and its mount then cannot load the filesystem,
+# leaving the host "degraded". Masked, the directory stays empty.
+BINFMT_UNITS = ("proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount",
+                "systemd-binfmt.service")
 # A container host does not wait for "network online" to start sshd. With the package
 # manager pruned, apt's and dpkg's timers have nothing to run; e2scrub checks LVM snapshots
 # of ext4, which the image has none of; the root is read-only, so there is nothing to trim.
 MASKED_UNITS = ("systemd-networkd-wait-online.service", "apt-daily.timer",
                 "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
-                "e2scrub_reap.service", "fstrim.timer")
+                "e2scrub_reap.service", "fstrim.timer", *BINFMT_UNITS)
 # A UKI boot measures the "sysinit" phase into PCR 11 before sshd starts; the "ready" phase
 # unit runs whenever the boot settles, so a quote taken just after SSH answers could see PCR
 # 11 either way. Masking it makes PCR 11 one predictable value from SSH on.
@@ -148,6 +158,10 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
         RenderedFile("/etc/fstab", render("fstab.j2")),
         RenderedFile("/etc/systemd/network/80-hardhost-dhcp.network", render("network.j2")),
         RenderedFile("/etc/hostname", f"{spec.name}\n"),
+        # pam_env reads it at every login (Debian's /etc/pam.d/sshd and login); minbase has
+        # no locales package to write it, and without it each login logs an error. C.UTF-8
+        # is built into glibc 2.35+, so no pruned locale data is needed.
+        RenderedFile("/etc/default/locale", LOCALE),
         RenderedFile("/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n"
                                    "::1 localhost ip6-localhost ip6-loopback\n"),
         RenderedFile(f"{initramfs}/conf.d/hardhost", render("initramfs/conf.j2")),
@@ -291,5 +305,9 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
     (tree / "etc/machine-id").write_text("")
     run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])
-    run(["systemctl", f"--root={tree}", "mask", *masked_units(ctx.spec)])
+    mask_units(tree, ctx.spec)
     step.note = f"{len(files)} files"
+
+
+def mask_units(tree: Path, spec: Spec) -> None:
+    run(["systemctl", f"--root={tree}", "mask", *masked_units(spec)])

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder import vm
 from builder.build import build
 from builder.errors import Unreachable
 from builder.spec import Spec, load_spec, with_authorized_keys
-from tests.conftest import IMAGES, KeyPair, free_port
+from tests.conftest import IMAGES, KeyPair, SigningKeys, free_port
 from verifier.transport import Target, public_key_from_line, wait_for_host_key
 
 BOOT_TIMEOUT = 400  # seconds; TCG boots take about 30 s, a loaded CI machine much longer
@@ -33,6 +32,7 @@ rerun_if_the_guest_stalls = pytest.mark.flaky(reruns=1, only_rerun=STALLED)
 class BuiltImage:
     spec: Spec
     directory: Path
+    trust_key: Path  # the public key its manifest verifies against
 
     @property
     def record(self) -> dict[str, object]:
@@ -54,11 +54,11 @@ class BootedHost:
 
 @pytest.fixture(scope="session")
 def container_host(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair,
-                   signing_key: Ed25519PrivateKey) -> BuiltImage:
+                   signing_keys: SigningKeys) -> BuiltImage:
     spec = load_spec(IMAGES / "container-host.toml")
     spec = with_authorized_keys(spec, (client_key.public_line,), "test")
     out = tmp_path_factory.mktemp("images")
-    return BuiltImage(spec, build(spec, out, key=signing_key))
+    return BuiltImage(spec, build(spec, out, key=signing_keys.key), signing_keys.public)
 
 
 def report_stall(name: str, error: Exception) -> None:
@@ -69,17 +69,21 @@ def report_stall(name: str, error: Exception) -> None:
                   stacklevel=2)
 
 
-def start_vm(image_dir: Path, *, name: str, port: int, tpm: bool = False) -> vm.Instance:
+def start_vm(image_dir: Path, *, trust_key: Path, name: str, port: int,
+             tpm: bool = False) -> vm.Instance:
     """vm.start, and once more if the guest stalled before SSH answered."""
     try:
-        return vm.start(image_dir, name=name, ssh_port=port, timeout=BOOT_TIMEOUT, tpm=tpm)
+        return vm.start(image_dir, trust_key=trust_key, name=name, ssh_port=port,
+                        timeout=BOOT_TIMEOUT, tpm=tpm)
     except Unreachable as error:
         report_stall(name, error)
         vm.stop(name)  # the state disk, host key and vTPM stay
-        return vm.start(image_dir, name=name, ssh_port=port, timeout=BOOT_TIMEOUT, tpm=tpm)
+        return vm.start(image_dir, trust_key=trust_key, name=name, ssh_port=port,
+                        timeout=BOOT_TIMEOUT, tpm=tpm)
 
 
-def ensure_answering(instance: vm.Instance, image_dir: Path, *, tpm: bool = False) -> None:
+def ensure_answering(instance: vm.Instance, image_dir: Path, *, trust_key: Path,
+                     tpm: bool = False) -> None:
     """Before each test of a module that shares one guest: a guest that stalled in an earlier
     test (or is still rebooting from it) answers again, so one stall fails one test only."""
     key = public_key_from_line(instance.host_public_key.read_text())
@@ -89,13 +93,14 @@ def ensure_answering(instance: vm.Instance, image_dir: Path, *, tpm: bool = Fals
     except Unreachable as error:
         report_stall(instance.name, error)
         vm.stop(instance.name)
-        start_vm(image_dir, name=instance.name, port=instance.ssh_port, tpm=tpm)
+        start_vm(image_dir, trust_key=trust_key, name=instance.name, port=instance.ssh_port,
+                 tpm=tpm)
 
 
 def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
     port = free_port()
     vm.stop(name, purge=True)
-    instance = start_vm(image.directory, name=name, port=port)
+    instance = start_vm(image.directory, trust_key=image.trust_key, name=name, port=port)
     try:
         yield BootedHost(image, instance, Target("root", "127.0.0.1", port), identity)
     finally:

@@ -37,7 +37,7 @@ def host(container_host: BuiltImage, client_key: KeyPair) -> Iterator[BootedHost
 @pytest.fixture(autouse=True)
 def _answering(host: BootedHost) -> None:
     """Also waits out the reboot that test_a_host_that_does_not_return_in_time leaves."""
-    ensure_answering(host.instance, host.image.directory)
+    ensure_answering(host.instance, host.image.directory, trust_key=host.image.trust_key)
 
 
 def attest(host: BootedHost, keys: SigningKeys, *extra: str,

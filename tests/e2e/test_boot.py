@@ -40,7 +40,8 @@ def changed(ev: Evidence, name: str) -> tuple[str, ...]:
     return layer.names if layer is not None else ()
 
 def _answering(booted: BootedHost) -> None:
-    ensure_answering(booted.instance, booted.image.directory)
+    ensure_answering(booted.instance, booted.image.directory,
+                     trust_key=booted.image.trust_key)
 
 
 def evidence(host: BootedHost) -> Evidence:

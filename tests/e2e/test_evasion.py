@@ -27,7 +27,7 @@ def host(container_host: BuiltImage, client_key: KeyPair) -> Iterator[BootedHost
 
 @pytest.fixture(autouse=True)
 def _answering(host: BootedHost) -> None:
-    ensure_answering(host.instance, host.image.directory)
+    ensure_answering(host.instance, host.image.directory, trust_key=host.image.trust_key)
 
 
 def on_host(host: BootedHost, script: str) -> None:

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from builder import vm
+from builder.manifest import MANIFEST_NAME, read_verified
+from builder.signing import load_trusted_keys
 from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys, free_port
 from tests.e2e.conftest import BootedHost, BuiltImage, boot
+from tests.images import resign
 from verifier.transport import connect
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +37,7 @@ def first_extent(image: Path, path: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def corrupted(container_host: BuiltImage, client_key: KeyPair,
+def corrupted(container_host: BuiltImage, client_key: KeyPair, signing_keys: SigningKeys,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedHost]:
     copy = tmp_path_factory.mktemp("corrupted") / "container-host"
     shutil.copytree(container_host.directory, copy)
@@ -45,8 +48,14 @@ def corrupted(container_host: BuiltImage, client_key: KeyPair,
         original = image.read(1)
         image.seek(offset)
         image.write(bytes([original[0] ^ 0xFF]))
-    yield from boot(BuiltImage(container_host.spec, copy), "e2e-corrupt",
-                    client_key.private)
+    # vm start refuses a root.img whose digest the manifest does not sign. This is the disk
+    # changing after that check, or a host booted by other means: the manifest is signed
+    # again for the flipped byte, and dm-verity, holding the disk to the root hash on the
+    # command line, must still never serve it.
+    manifest, _ = read_verified(copy / MANIFEST_NAME, load_trusted_keys(signing_keys.public))
+    resign(copy, manifest, signing_keys.key, ("root.img",))
+    yield from boot(BuiltImage(container_host.spec, copy, container_host.trust_key),
+                    "e2e-corrupt", client_key.private)
 
 
 def test_flipped_byte_is_never_served(corrupted: BootedHost) -> None:
@@ -87,7 +96,8 @@ def test_vm_that_never_answers_exits_3_naming_the_serial_log(container_host: Bui
     vm.stop(name, purge=True)
     result = subprocess.run(
         [sys.executable, "-m", "builder.cli", "vm", "start", str(container_host.directory),
-         "--name", name, "--ssh-port", str(free_port()), "--timeout", "2"],
+         "--name", name, "--ssh-port", str(free_port()), "--timeout", "2",
+         "--trust-key", str(container_host.trust_key)],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     try:
         assert result.returncode == 3

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.build import build
 from builder.spec import load_spec, with_authorized_keys
-from tests.conftest import IMAGES, KeyPair
+from tests.conftest import IMAGES, KeyPair, SigningKeys
 from tests.e2e.conftest import BootedHost, BuiltImage, boot
 from verifier.evidence import collect
 from verifier.transport import connect
@@ -19,10 +18,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def minimal(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair,
-            signing_key: Ed25519PrivateKey) -> Iterator[BootedHost]:
+            signing_keys: SigningKeys) -> Iterator[BootedHost]:
     spec = with_authorized_keys(load_spec(IMAGES / "minimal.toml"), (client_key.public_line,),
                                 "test")
-    image = BuiltImage(spec, build(spec, tmp_path_factory.mktemp("minimal"), key=signing_key))
+    image = BuiltImage(spec, build(spec, tmp_path_factory.mktemp("minimal"),
+                                   key=signing_keys.key), signing_keys.public)
     yield from boot(image, "e2e-minimal", client_key.private)
 
 

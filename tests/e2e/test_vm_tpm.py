@@ -24,7 +24,7 @@ import pytest
 from builder import eventlog, pcr, vm, vtpm
 from builder.errors import ToolMissing, UsageError
 from builder.stages.uki import ESP_NAME, UKI_NAME
-from tests.conftest import KeyPair, free_port
+from tests.conftest import KeyPair, SigningKeys, free_port
 from tests.e2e.conftest import (
     BOOT_TIMEOUT,
     BuiltImage,
@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     rerun_if_the_guest_stalls,
     start_vm,
 )
+from tests.images import fake_image
 from tests.test_pcr import READ_SCRIPT, BootEvidence, mismatch, read_evidence
 from verifier.reset import reboot
 from verifier.tpm_enroll import load_ca_bundle, verify_ek_certificate
@@ -74,6 +75,7 @@ class TpmVm:
     target: Target
     identity: Path
     seconds_to_ssh: float
+    trust_key: Path
 
     def script(self, text: str) -> str:
         with connect(self.target, known_hosts=self.instance.known_hosts,
@@ -101,12 +103,13 @@ def tpm_vm(container_host: BuiltImage, client_key: KeyPair) -> Iterator[TpmVm]:
     port = free_port()
     vm.stop(NAME, purge=True)
     started = time.monotonic()
-    instance = start_vm(image, name=NAME, port=port, tpm=True)
+    instance = start_vm(image, trust_key=container_host.trust_key, name=NAME, port=port,
+                        tpm=True)
     seconds = time.monotonic() - started
     print(f"vm start --tpm: SSH after {seconds:.0f} s")
     try:
         yield TpmVm(image, instance, Target("root", "127.0.0.1", port), client_key.private,
-                    seconds)
+                    seconds, container_host.trust_key)
     finally:
         vm.stop(NAME, purge=True)
 
@@ -166,7 +169,7 @@ def test_the_ek_certificate_chains_to_the_instance_ca(tpm_vm: TpmVm) -> None:
 @rerun_if_the_guest_stalls
 def test_a_guest_reboot_keeps_the_running_tpm(tpm_vm: TpmVm) -> None:
     inst = tpm_vm.instance
-    ensure_answering(inst, tpm_vm.image, tpm=True)
+    ensure_answering(inst, tpm_vm.image, trust_key=tpm_vm.trust_key, tpm=True)
     before = tpm_vm.tpm_facts()
     swtpm_pid = inst.swtpm.pid()
     assert swtpm_pid is not None
@@ -187,14 +190,15 @@ def test_a_guest_reboot_keeps_the_running_tpm(tpm_vm: TpmVm) -> None:
 @rerun_if_the_guest_stalls
 def test_stop_powers_the_guest_off_so_its_tpm_counts_no_power_loss(tpm_vm: TpmVm) -> None:
     inst = tpm_vm.instance
-    ensure_answering(inst, tpm_vm.image, tpm=True)
+    ensure_answering(inst, tpm_vm.image, trust_key=tpm_vm.trust_key, tpm=True)
     assert tpm_vm.script(DA_PROTECTED_USE).strip() == "signed"
     before = int(tpm_vm.script(LOCKOUT_COUNTER), 16)
     started = time.monotonic()
     vm.stop(NAME)
     print(f"vm stop (power button to qemu's exit): {time.monotonic() - started:.0f} s")
     assert processes_under(inst.directory) == []
-    start_vm(tpm_vm.image, name=NAME, port=tpm_vm.target.port, tpm=True)
+    start_vm(tpm_vm.image, trust_key=tpm_vm.trust_key, name=NAME, port=tpm_vm.target.port,
+             tpm=True)
     # Killed instead, the TPM would count one more failure: three, and it locks the AK out.
     assert int(tpm_vm.script(LOCKOUT_COUNTER), 16) == before
 
@@ -228,8 +232,8 @@ def test_a_crashed_swtpm_is_reported_with_its_log(tpm_vm: TpmVm) -> None:
     killer.start()
     try:
         with pytest.raises(vtpm.VtpmError) as caught:
-            vm.start(tpm_vm.image, name=NAME, ssh_port=free_port(), timeout=BOOT_TIMEOUT,
-                     tpm=True)
+            vm.start(tpm_vm.image, trust_key=tpm_vm.trust_key, name=NAME,
+                     ssh_port=free_port(), timeout=BOOT_TIMEOUT, tpm=True)
     finally:
         stop.set()
         killer.join()
@@ -241,28 +245,19 @@ def test_a_crashed_swtpm_is_reported_with_its_log(tpm_vm: TpmVm) -> None:
 # --- without a boot ------------------------------------------------------------------------
 
 
-def fake_image(directory: Path, *, esp: bool) -> Path:
-    """A folder that passes for a built image up to the point where a boot would start."""
-    directory.mkdir()
-    for name in ("vmlinuz", "initrd.img", "root.img", "root.verity"):
-        (directory / name).write_bytes(b"")
-    (directory / "build.json").write_text('{"cmdline": "ro"}')
-    if esp:
-        (directory / ESP_NAME).write_bytes(b"")
-    return directory
-
-
-def test_tpm_boot_needs_an_esp(tmp_path: Path) -> None:
-    image = fake_image(tmp_path / "image", esp=False)
+def test_tpm_boot_needs_an_esp(tmp_path: Path, signing_keys: SigningKeys) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key, esp=False)
     with pytest.raises(UsageError) as caught:
-        vm.start(image, name="unit-vmtpm", ssh_port=free_port(), tpm=True)
+        vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
+                 ssh_port=free_port(), tpm=True)
     assert str(caught.value) == (f'{image}: no esp.img to boot with --tpm; build the image '
                                  'with image.boot = "uki" in its spec')
 
 
-def test_missing_tpm_tools_name_their_package(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    image = fake_image(tmp_path / "image", esp=True)
+def test_missing_tpm_tools_name_their_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              signing_keys: SigningKeys) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "qemu-system-x86_64").symlink_to("/bin/true")
@@ -271,8 +266,10 @@ def test_missing_tpm_tools_name_their_package(tmp_path: Path,
                           ("swtpm_localca", "swtpm-tools")):
         with pytest.raises(ToolMissing, match=re.escape(
                 f"{tool}: not found. Fix with: apt-get install {package}")):
-            vm.start(image, name="unit-vmtpm", ssh_port=free_port(), tpm=True)
+            vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
+                     ssh_port=free_port(), tpm=True)
         (tools / tool).symlink_to("/bin/true")
     monkeypatch.setattr(vm, "OVMF_CODE", tmp_path / "OVMF_CODE_4M.fd")
     with pytest.raises(ToolMissing, match="Fix with: apt-get install ovmf"):
-        vm.start(image, name="unit-vmtpm", ssh_port=free_port(), tpm=True)
+        vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
+                 ssh_port=free_port(), tpm=True)

@@ -1,0 +1,253 @@
+"""`vm start` boots only what the signed manifest vouches for, with the manifest's command
+line. Every refusal here happens before qemu would start: `run` is replaced by a recorder
+that stops the start, so no guest boots."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from builder import vm, vtpm
+from builder.errors import HardhostError, TrustError, UsageError
+from builder.manifest import MANIFEST_NAME, read_verified
+from builder.signing import keygen, load_private_key, load_trusted_keys
+from tests.conftest import REPO, SigningKeys, free_port
+from tests.images import CMDLINE, fake_image, resign
+
+
+class QemuWouldStart(HardhostError):
+    """Raised instead of running qemu: the start got past every check."""
+
+
+@pytest.fixture
+def qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The qemu command lines `vm.start` would run; instances live under tmp_path."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    started: list[list[str]] = []
+
+    def record(argv: list[str], **_: object) -> str:
+        started.append([str(a) for a in argv])
+        raise QemuWouldStart("qemu would start here")
+
+    monkeypatch.setattr(vm, "run", record)
+    monkeypatch.setattr(vm, "which", lambda tool: tool)
+    monkeypatch.setattr(vm, "_require_tpm_tools", lambda: None)
+    monkeypatch.setattr(vm, "_prepare_tpm", lambda inst: None)
+    monkeypatch.setattr(vtpm.Swtpm, "start", lambda self: None)
+    monkeypatch.setattr(vm, "_provision_state",
+                        lambda inst: paramiko.Ed25519Key.from_private_key_file(
+                            str(_host_key(tmp_path))))
+    return started
+
+
+def _host_key(tmp_path: Path) -> Path:
+    path = tmp_path / "host_key"
+    if not path.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                       check=True)
+    return path
+
+
+def start(image: Path, keys: SigningKeys | Path, *, tpm: bool = False) -> None:
+    trust = keys if isinstance(keys, Path) else keys.public
+    vm.start(image, trust_key=trust, name="unit-trust", ssh_port=free_port(), tpm=tpm)
+
+
+def appended(argv: list[str]) -> str:
+    return argv[argv.index("-append") + 1]
+
+
+def test_boots_the_signed_command_line_not_build_json(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    # build.json is not signed: whoever can write the folder could open a root shell.
+    (image / "build.json").write_text(json.dumps({"cmdline": CMDLINE + " init=/bin/sh"}))
+    with pytest.raises(QemuWouldStart):
+        start(image, signing_keys)
+    (argv,) = qemu
+    assert appended(argv) == CMDLINE
+    inst = vm.instance("unit-trust")
+    kernel = Path(argv[argv.index("-kernel") + 1])
+    initrd = Path(argv[argv.index("-initrd") + 1])
+    # The verified copies boot, not the folder's files, which could change after the check.
+    assert kernel == inst.kernel and initrd == inst.initrd
+    assert kernel.read_bytes() == (image / "vmlinuz").read_bytes()
+    assert initrd.read_bytes() == (image / "initrd.img").read_bytes()
+    assert f"file={image.resolve() / 'root.img'},if=none,id=data,format=raw,readonly=on" in argv
+
+
+@pytest.mark.parametrize("name", ["vmlinuz", "initrd.img", "root.img", "root.verity"])
+def test_a_changed_artifact_is_refused_before_qemu(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]], name: str) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    with (image / name).open("ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(TrustError) as info:
+        start(image, signing_keys)
+    assert qemu == []
+    assert info.value.exit_code == 4
+    assert str(info.value).startswith(f"{image}/{name}: ")
+    assert "does not match the" in str(info.value)
+    inst = vm.instance("unit-trust")
+    assert not inst.kernel.exists() and not inst.initrd.exists()
+
+
+def test_a_changed_esp_is_refused_for_a_tpm_boot(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
+    (image / "esp.img").write_bytes(b"an ESP with another UKI and command line")
+    with pytest.raises(TrustError, match=r"image/esp\.img: its sha256 does not match"):
+        start(image, signing_keys, tpm=True)
+    assert qemu == []
+    assert not vm.instance("unit-trust").esp.exists()
+
+
+def test_a_tpm_boot_runs_the_verified_esp_copy(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
+    with pytest.raises(HardhostError):
+        start(image, signing_keys, tpm=True)
+    (argv,) = qemu
+    inst = vm.instance("unit-trust")
+    assert f"if=none,id=esp,file={inst.esp},format=raw" in argv
+    assert inst.esp.read_bytes() == (image / "esp.img").read_bytes()
+    assert "-append" not in argv and "-kernel" not in argv
+
+
+def test_an_esp_the_manifest_does_not_sign_is_refused(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)  # a direct-boot manifest
+    (image / "esp.img").write_bytes(b"an ESP nobody signed")
+    with pytest.raises(TrustError, match=r"signs no digest for esp\.img"):
+        start(image, signing_keys, tpm=True)
+    assert qemu == []
+
+
+def test_a_manifest_by_an_untrusted_key_is_refused(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    _, other_public = keygen(tmp_path / "other")
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    with pytest.raises(TrustError):
+        start(image, other_public)
+    assert qemu == []
+
+
+def test_a_manifest_re_signed_by_another_key_is_refused(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    """Whoever changes the kernel and signs a matching manifest with their own key gets
+    nowhere without that key being trusted."""
+    private, _ = keygen(tmp_path / "attacker")
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    manifest, _ = read_verified(image / MANIFEST_NAME, load_trusted_keys(signing_keys.public))
+    (image / "vmlinuz").write_bytes(b"another kernel")
+    resign(image, manifest, load_private_key(private), ("vmlinuz",))
+    with pytest.raises(TrustError):
+        start(image, signing_keys)
+    assert qemu == []
+
+
+def test_a_changed_command_line_in_the_signed_payload_is_refused(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    envelope = json.loads((image / MANIFEST_NAME).read_text())
+    payload = base64.b64decode(envelope["payload"])
+    assert b"apparmor=1" in payload
+    envelope["payload"] = base64.b64encode(payload.replace(
+        b"apparmor=1", b"init=/bin/sh")).decode()
+    (image / MANIFEST_NAME).write_text(json.dumps(envelope))
+    with pytest.raises(TrustError):
+        start(image, signing_keys)
+    assert qemu == []
+
+
+def test_a_folder_without_a_manifest_is_not_an_image(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    (image / MANIFEST_NAME).unlink()
+    with pytest.raises(UsageError) as info:
+        start(image, signing_keys)
+    assert str(info.value) == f"{image}: not a built image (missing {MANIFEST_NAME})"
+    assert qemu == []
+
+
+def refusal_within_seconds(image: Path, keys: SigningKeys) -> HardhostError:
+    caught: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            start(image, keys)
+        except BaseException as exc:  # handed back to the test thread
+            caught.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert caught, "vm start did not return within 10 s"
+    assert isinstance(caught[0], HardhostError), caught[0]
+    return caught[0]
+
+
+def test_a_fifo_for_a_kernel_is_refused_without_waiting(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    (image / "vmlinuz").unlink()
+    os.mkfifo(image / "vmlinuz")
+    error = refusal_within_seconds(image, signing_keys)
+    assert isinstance(error, TrustError) and "not a regular file" in str(error)
+    assert qemu == []
+
+
+def test_a_kernel_linked_to_a_device_is_refused(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    (image / "initrd.img").unlink()
+    (image / "initrd.img").symlink_to("/dev/zero")
+    error = refusal_within_seconds(image, signing_keys)
+    assert isinstance(error, TrustError) and "not a regular file" in str(error)
+    assert qemu == []
+
+
+def test_a_disk_that_is_a_fifo_is_refused(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    (image / "root.verity").unlink()
+    os.mkfifo(image / "root.verity")
+    error = refusal_within_seconds(image, signing_keys)
+    assert isinstance(error, TrustError)
+    assert qemu == []
+
+
+def hardhost(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, XDG_STATE_HOME=str(state))
+    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cli_exits_4_for_a_changed_kernel(tmp_path: Path, signing_keys: SigningKeys) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    (image / "vmlinuz").write_bytes(b"a kernel nobody signed")
+    result = hardhost("vm", "start", str(image), "--name", "unit-trust-cli", "--ssh-port",
+                      str(free_port()), "--trust-key", str(signing_keys.public),
+                      state=tmp_path / "state")
+    assert result.returncode == 4
+    assert result.stderr.startswith(f"hardhost: {image}/vmlinuz: its sha256 does not match "
+                                    "the signed manifest's")
+    assert result.stderr.rstrip().endswith("rebuild the image or restore the file")
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "state/hardhost/vms/unit-trust-cli/qemu.pid").exists()
+
+
+def test_cli_needs_a_trust_key(tmp_path: Path, signing_keys: SigningKeys) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    result = hardhost("vm", "start", str(image), "--name", "unit-trust-cli", "--ssh-port",
+                      str(free_port()), state=tmp_path / "state")
+    assert result.returncode == 2
+    assert "--trust-key" in result.stderr
