@@ -192,7 +192,8 @@ def test_recorded_clean_host_passes() -> None:
 def test_recorded_host_with_drift() -> None:
     manifest, raw = recorded()
     raw = raw.replace(b"/proc/sys/kernel/kptr_restrict:2", b"/proc/sys/kernel/kptr_restrict:0")
-    raw = raw.replace(b"\n@@hardhost:overlay_var@@", b"shadow\0\n@@hardhost:overlay_var@@")  # OLD
+    etc = b"\n@@hardhost:overlay_etc@@\n"
+    raw = raw.replace(etc + b"0\n\n", etc + listing(b"shadow").encode())
     raw = raw.replace(b"lsb_release (enforce)", b"lsb_release (complain)")
     assert ids(compare(manifest, parse(raw, "recorded"))) == {
         "sysctl.kernel.kptr_restrict", "overlay.etc.modified", "apparmor.profile.lsb_release"}

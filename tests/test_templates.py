@@ -18,6 +18,7 @@ from builder.stages.harden import (
     lock_passwords,
     mask_units,
     masked_units,
+    no_user_pam_environment,
     render_layer,
 )
 from builder.stages.prune import prune_patterns
@@ -168,3 +169,30 @@ def test_masked_units_are_masked_for_systemd(image: str, tmp_path: Path) -> None
         state = subprocess.run(["systemctl", f"--root={tmp_path}", "is-enabled", name],
                                capture_output=True, text=True).stdout.strip()
         assert state == ("masked" if name in BINFMT_UNITS else "static"), name
+
+
+DEBIAN_SSHD_PAM = """\
+# Standard Un*x authentication.
+@include common-auth
+session    required     pam_env.so # [1]
+# In Debian 4.0 (etch), locale-related environment variables were moved to
+# /etc/default/locale, so read that as well.
+session    required     pam_env.so user_readenv=1 envfile=/etc/default/locale
+# session  required     pam_env.so user_readenv=1 (a comment stays as written)
+"""
+
+
+def test_logins_do_not_read_a_users_pam_environment(tmp_path: Path) -> None:
+    """The stanza of Debian 12's /etc/pam.d/sshd: the user's ~/.pam_environment is no longer
+    read, the system's locale still is, and nothing else changes."""
+    pam = tmp_path / "etc/pam.d"
+    pam.mkdir(parents=True)
+    (pam / "sshd").write_text(DEBIAN_SSHD_PAM)
+    (pam / "other").write_text("@include common-auth\n")
+    no_user_pam_environment(tmp_path)
+    lines = (pam / "sshd").read_text().splitlines()
+    assert "session    required     pam_env.so envfile=/etc/default/locale" in lines
+    assert [line for line in lines if "user_readenv" in line] == [
+        "# session  required     pam_env.so user_readenv=1 (a comment stays as written)"]
+    assert len(lines) == len(DEBIAN_SSHD_PAM.splitlines())
+    assert (pam / "other").read_text() == "@include common-auth\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,10 +304,24 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     if has_docker(ctx.spec):
         (tree / "var/lib/docker").mkdir(mode=0o710, exist_ok=True)
     install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
+    no_user_pam_environment(tree)
     (tree / "etc/machine-id").write_text("")
     run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])
     mask_units(tree, ctx.spec)
     step.note = f"{len(files)} files"
+
+
+def no_user_pam_environment(tree: Path) -> None:
+    """Drop pam_env's `user_readenv=1` from the PAM services: it reads ~/.pam_environment,
+    which lets a user set variables in sessions that PAM modules after it see, is
+    deprecated since Linux-PAM 1.5 and logs a warning at every login."""
+    for path in sorted((tree / "etc/pam.d").glob("*")):
+        text = path.read_text()
+        lines = [re.sub(r"(pam_env\.so\b.*?)\s+user_readenv=1\b", r"\1", line)
+                 if not line.lstrip().startswith("#") else line for line in text.splitlines()]
+        changed = "\n".join(lines) + ("\n" if text.endswith("\n") else "")
+        if changed != text:
+            path.write_text(changed)
 
 
 def mask_units(tree: Path, spec: Spec) -> None:
