@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from builder.durations import MAX_RECORDING, MAX_TIMEOUT, duration
 from builder.errors import HardhostError, UsageError
-from builder.inputs import read_bytes
+from builder.inputs import read_bytes, read_text
 from builder.log import setup_logging
 from builder.outputs import check_output_dir, check_output_file, printable, write_atomic
 from builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
@@ -66,11 +66,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     key = load_private_key(_signing_key_path(args, spec.manifest.signing_key))
     extra: list[str] = []
     for key_file in args.authorized_key:
-        try:
-            extra.extend(line.strip() for line in key_file.read_text().splitlines()
-                         if line.strip() and not line.startswith("#"))
-        except OSError as exc:
-            raise UsageError(f"{key_file}: cannot read: {exc.strerror}") from None
+        text = read_text(key_file, what="authorized key file")
+        extra.extend(line.strip() for line in text.splitlines()
+                     if line.strip() and not line.startswith("#"))
     if extra:
         spec = with_authorized_keys(spec, tuple(extra), "--authorized-key")
     if args.check_reproducible:

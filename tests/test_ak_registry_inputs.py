@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import UsageError
-from verifier.tpm_enroll import AkRegistry, HostId
+from verifier.tpm_enroll import AkRegistry, HostId, load_ca_bundle
 
 HOST = HostId("127.0.0.1:2222", "SHA256:" + "A" * 43)
 
@@ -54,3 +54,16 @@ def test_an_oversized_registry_is_refused(tmp_path: Path) -> None:
         f.truncate((64 << 20) + 1)
     with pytest.raises(UsageError, match="larger than"):
         AkRegistry(path).get(HOST)
+
+
+def test_a_fifo_at_the_registrys_lock_is_refused_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "aks.json.lock")
+    registry = AkRegistry(tmp_path / "aks.json")
+    with pytest.raises(UsageError, match="lock is not a regular file"), registry._locked():
+        pass
+
+
+def test_an_ek_ca_bundle_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "ca.pem")
+    with pytest.raises(UsageError, match="EK CA bundle is a FIFO"):
+        load_ca_bundle(tmp_path / "ca.pem")

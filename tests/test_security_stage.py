@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def test_missing_profile_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         run_security(tmp_path, '[apparmor]\nprofiles = ["nowhere.apparmor"]\n')
     assert str(info.value) == (f"{tmp_path}/image.toml: apparmor.profiles: "
-                               f"{tmp_path}/nowhere.apparmor: No such file or directory")
+                               f"{tmp_path}/nowhere.apparmor: profile not found")
 
 
 def test_invalid_profiles_are_refused(tmp_path: Path) -> None:
@@ -96,3 +97,11 @@ def test_spec_digest_follows_profile_settings() -> None:
     changed = dataclasses.replace(base, seccomp=dataclasses.replace(
         base.seccomp, allow_keyring=True))
     assert base.digest() != changed.digest()
+
+
+def test_a_profile_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    # No writer ever opens it: a plain read would block the build forever.
+    os.mkfifo(tmp_path / "web.seccomp.json")
+    with pytest.raises(SpecError, match=r"seccomp\.profiles: .*web\.seccomp\.json: the profile "
+                                        r"is a FIFO"):
+        run_security(tmp_path, '[seccomp]\nprofiles = ["web.seccomp.json"]\n')

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from builder.errors import ToolMissing, TrustError, UsageError
-from builder.inputs import LARGE_FILE, load_json
+from builder.inputs import LARGE_FILE, load_json, read_bytes
 from builder.run import run
 from verifier.evidence import split_marked_sections
 from verifier.tpm_quote import (
@@ -287,10 +288,7 @@ _UNDERSTOOD_CRITICAL = {ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.BASI
 
 def load_ca_bundle(path: Path) -> tuple[x509.Certificate, ...]:
     """Read the trusted CA certificates for EK certificates from a PEM file."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the EK CA bundle: {exc.strerror}") from None
+    data = read_bytes(path, what="EK CA bundle")
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -497,7 +495,19 @@ class AkRegistry:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
+            raise UsageError(f"{lock_path}: the AK registry's lock is not a regular file")
+        try:
+            # Not open(..., "a"): a FIFO planted at the lock's name would block forever.
+            fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise UsageError(f"{lock_path}: cannot lock the AK registry: {exc.strerror}") \
+                from None
+        with os.fdopen(fd, "w") as lock:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"{lock_path}: the AK registry's lock is not a regular file")
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 

@@ -14,7 +14,8 @@ from functools import partial
 from pathlib import Path
 
 from builder.context import BuildContext
-from builder.errors import SpecError
+from builder.errors import SpecError, UsageError
+from builder.inputs import LARGE_FILE, read_text
 from builder.log import StepTiming
 from builder.spec import Spec, spec_relative
 from profiles import apparmor, seccomp, selinux
@@ -29,10 +30,9 @@ SELINUX_DIR = "/usr/share/hardhost/selinux"
 def _read(spec: Spec, key: str, name: str) -> tuple[Path, str]:
     path = spec_relative(spec, name)
     try:
-        return path, path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise SpecError(spec.source, key, f"{path}: {reason}") from None
+        return path, read_text(path, what="profile", limit=LARGE_FILE)
+    except UsageError as exc:  # missing, a FIFO or device, too large, not UTF-8
+        raise SpecError(spec.source, key, str(exc)) from None
 
 
 def _write(tree: Path, path: str, text: str) -> None:
