@@ -21,6 +21,8 @@ from builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
 
 if TYPE_CHECKING:
     from builder.spec import Spec
+    from verifier.attest import Connection
+    from verifier.tpm_attest import TpmPolicy
 
 log = logging.getLogger("hardhost")
 
@@ -215,7 +217,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
 
     from builder.manifest import read_verified
     from builder.signing import load_trusted_keys
-    from verifier.attest import Connection, attest, attest_and_reset, manifest_digest
+    from verifier.attest import attest, attest_and_reset, manifest_digest
     from verifier.tpm_attest import TpmPolicy, default_registry, predictions
     from verifier.transport import Target
     from verifier.verdict import render
@@ -230,8 +232,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         tpm = TpmPolicy(args.ak_registry or default_registry(), args.tpm_ca, args.tpm_reenroll)
     elif args.tpm_ca or args.ak_registry or args.tpm_reenroll:
         raise UsageError("--tpm-ca, --ak-registry and --tpm-reenroll need --tpm")
-    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use,
-                      tpm)
+    conn = _connection(args, tpm)
     if args.reset:
         first, second = attest_and_reset(target, manifest, digest, conn, args.reset_timeout)
     else:
@@ -251,13 +252,12 @@ def _cmd_attest(args: argparse.Namespace) -> int:
 def _cmd_fleet(args: argparse.Namespace) -> int:
     from builder.signing import load_trusted_keys
     from verifier import fleet, history, inventory
-    from verifier.attest import Connection
     from verifier.verdict import now
 
     started = now()
     hosts = inventory.load(args.inventory, limit=args.limit)
     manifests = fleet.Manifests(args.manifest, load_trusted_keys(args.trust_key))
-    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use)
+    conn = _connection(args)
     log.info("Attesting %d hosts, %d at a time", len(hosts), args.forks)
     verdicts = fleet.run(hosts, manifests, conn, args.forks)
     if args.reset:
@@ -482,12 +482,39 @@ def parser() -> argparse.ArgumentParser:
 def _connection_options(command: argparse.ArgumentParser) -> None:
     home = Path("~/.ssh").expanduser()
     command.add_argument("--known-hosts", type=Path, default=home / "known_hosts",
-                         metavar="FILE", help="known_hosts holding the hosts' keys "
-                         "(default: ~/.ssh/known_hosts); unknown or changed keys are refused")
-    command.add_argument("--identity", type=Path, default=home / "id_ed25519", metavar="KEY",
-                         help="private key to log in with (default: ~/.ssh/id_ed25519)")
+                         metavar="FILE", help="known_hosts holding the hosts' keys, as OpenSSH "
+                         "writes it (default: ~/.ssh/known_hosts); unknown, changed or "
+                         "@revoked keys are refused, and @cert-authority lines grant no trust")
+    command.add_argument("--identity", type=Path, default=None, metavar="KEY",
+                         help="private key to log in with (default: the ssh config's "
+                         "IdentityFile, else ~/.ssh/id_ed25519 if it exists), tried before the "
+                         "keys of the ssh-agent at $SSH_AUTH_SOCK; an encrypted key's "
+                         "passphrase comes from $HARDHOST_IDENTITY_PASSPHRASE, or is asked for "
+                         "on a terminal")
+    command.add_argument("--ssh-config", type=_ssh_config_path,
+                         default=home / "config" if (home / "config").is_file() else None,
+                         metavar="FILE", help="OpenSSH client config whose HostName, Port, "
+                         "User, IdentityFile and ProxyJump apply to each host, the jump hosts' "
+                         "keys checked against --known-hosts too (default: ~/.ssh/config if it "
+                         "exists; none: no config)")
     command.add_argument("--timeout", type=_positive, default=30, metavar="SECONDS",
                          help="bound on connecting and on collecting evidence (default: 30)")
+
+
+def _ssh_config_path(value: str) -> Path | None:
+    return None if value == "none" else Path(value)
+
+
+def _connection(args: argparse.Namespace, tpm: TpmPolicy | None = None) -> Connection:
+    """The connection options, their files read before any host is contacted: a typo in a
+    path is exit 2 at once, not one error per host."""
+    from verifier.attest import Connection
+    from verifier.transport import check_options
+
+    check_options(known_hosts=args.known_hosts, identity=args.identity,
+                  ssh_config=args.ssh_config, trust_on_first_use=args.trust_on_first_use)
+    return Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use,
+                      tpm, args.ssh_config)
 
 
 def _positive_int(value: str) -> int:

@@ -3,6 +3,7 @@ one slow or dead host never stalls the rest. Results go to JSON, JUnit XML and S
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -45,8 +46,7 @@ class Manifests:
 
 def _for_host(host: FleetHost, conn: Connection) -> Connection:
     """The run's connection options, with the host's own key where the inventory sets one."""
-    return Connection(conn.known_hosts, host.identity or conn.identity, conn.timeout,
-                      conn.trust_on_first_use)
+    return dataclasses.replace(conn, identity=host.identity or conn.identity)
 
 
 def _failed(host: FleetHost, digest: str, exc: HardhostError) -> Verdict:
@@ -157,7 +157,8 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
         try:
             reset.reboot(host.target, known_hosts=per_host.known_hosts,
                          identity=per_host.identity, timeout=reset_timeout,
-                         connect_timeout=min(per_host.timeout, 15.0))
+                         connect_timeout=min(per_host.timeout, 15.0),
+                         ssh_config=per_host.ssh_config)
             verdict = attest(host.target, manifest, digest, per_host)
         except HardhostError as exc:
             verdict = _failed(host, digest, exc)

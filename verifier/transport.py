@@ -46,8 +46,8 @@ from verifier.ssh_keys import Agent, load_identity
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_OUTPUT_LIMIT", "ExecResult", "HostOutputError", "Session", "Target",
-           "connect", "fingerprint", "offered_host_key", "open_client", "public_key_from_line",
-           "wait_for_host_key"]
+           "check_options", "connect", "fingerprint", "offered_host_key", "open_client",
+           "public_key_from_line", "read_ssh_config", "wait_for_host_key"]
 
 DEFAULT_OUTPUT_LIMIT = 4 * 2**20  # bytes; host output beyond this is refused, not buffered
 DEFAULT_IDENTITY = Path("~/.ssh/id_ed25519")
@@ -286,7 +286,21 @@ class _Hop:
     identities: tuple[Path, ...]  # the ssh_config's IdentityFile entries for it
 
 
-def _ssh_config(path: Path) -> paramiko.SSHConfig:
+def check_options(*, known_hosts: Path, identity: Path | None, ssh_config: Path | None,
+                  trust_on_first_use: bool = False) -> None:
+    """Read the files a connection will need, once, before any host is contacted: a fleet
+    says a typo in a path once, with exit 2, and asks for a key's passphrase before its
+    threads start."""
+    if not (trust_on_first_use and not os.path.lexists(known_hosts)):
+        known_hosts_file.load(known_hosts)
+    if identity is not None:
+        load_identity(identity)
+    if ssh_config is not None:
+        read_ssh_config(ssh_config)
+
+
+def read_ssh_config(path: Path) -> paramiko.SSHConfig:
+    """The OpenSSH client config at `path`, parsed once per file version."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -319,7 +333,7 @@ def _route(target: Target, config_path: Path | None) -> list[_Hop]:
     """The hops to `target`: its ProxyJump hosts, then itself, each after the ssh_config."""
     if config_path is None:
         return [_Hop(target, ())]
-    config = _ssh_config(config_path)
+    config = read_ssh_config(config_path)
     entry = config.lookup(target.host)
     if "proxycommand" in entry:
         raise UsageError(f"{config_path}: {target.host}: ProxyCommand is not supported. Fix "
