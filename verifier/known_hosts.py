@@ -136,13 +136,13 @@ def parse(text: str, path: Path) -> KnownHosts:
         if len(fields) < 3:
             raise _malformed(path, number, "expected HOSTS KEYTYPE BASE64")
         names, key_type, key_text = fields[:3]
+        hashed, allow, deny = _patterns(path, number, names)
         key = _key(path, number, key_type, key_text)
         if key is None:
             continue
         if marker == "@revoked":
             revoked.add(key.asbytes())
             continue
-        hashed, allow, deny = _patterns(path, number, names)
         if marker == "@cert-authority":
             authorities += 1
             continue

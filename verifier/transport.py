@@ -251,7 +251,13 @@ class Session:
             if not channel.status_event.wait(watchdog.remaining()) \
                     or watchdog.expired.is_set():
                 raise self._too_slow(watchdog.seconds)
-            return ExecResult(channel.recv_exit_status(), bytes(out), bytes(err))
+            status = channel.recv_exit_status()
+            if status == -1 and not transport.is_active():
+                # Not an answer: the output may be cut anywhere. (A channel closed without a
+                # status on a live connection, a command killed by a signal, is -1.)
+                raise Unreachable(f"{self.target}: the SSH connection closed before the "
+                                  "command finished")
+            return ExecResult(status, bytes(out), bytes(err))
 
     def _too_slow(self, timeout: float) -> Unreachable:
         return Unreachable(f"{self.target}: command did not finish within {timeout:.0f}s")
