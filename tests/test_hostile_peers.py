@@ -69,7 +69,7 @@ class FakeHostilePeer(paramiko.ServerInterface):
             if self.behaviour == "close-midway":
                 channel.sendall(b"partial evidence\n")
                 time.sleep(0.2)
-                channel.get_transport().close()  # type: ignore[union-attr]
+                channel.get_transport().close()
             elif self.behaviour == "no-exit-status":
                 channel.sendall(b"all output\n")
                 channel.shutdown_write()  # EOF, then neither a status nor a close
