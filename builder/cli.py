@@ -29,6 +29,8 @@ from builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
 
 if TYPE_CHECKING:
     from builder.spec import Spec
+    from verifier.attest import Connection
+    from verifier.tpm_attest import TpmPolicy
     from verifier.verdict import Verdict
 
 log = logging.getLogger("hardhost")
@@ -189,8 +191,9 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     from verifier.transport import Target, connect
 
     target = Target.parse(args.target)
-    with connect(target, known_hosts=args.known_hosts, identity=args.identity,
-                 timeout=args.timeout) as session:
+    conn = _connection(args)
+    with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
+                 timeout=conn.timeout, ssh_config=conn.ssh_config) as session:
         evidence = collect(session, timeout=args.timeout)
     if args.json:
         print(evidence.to_json())
@@ -290,7 +293,7 @@ def _json_errors(command: Callable[[argparse.Namespace], int]
 def _cmd_attest(args: argparse.Namespace) -> int:
     from builder.manifest import read_verified
     from builder.signing import load_trusted_keys
-    from verifier.attest import Connection, attest, attest_and_reset, manifest_digest
+    from verifier.attest import attest, attest_and_reset, manifest_digest
     from verifier.tpm_attest import TpmPolicy, default_registry, predictions
     from verifier.transport import Target
     from verifier.verdict import render
@@ -306,8 +309,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         tpm = TpmPolicy(args.ak_registry or default_registry(), args.tpm_ca, args.tpm_reenroll)
     elif args.tpm_ca or args.ak_registry or args.tpm_reenroll:
         raise UsageError("--tpm-ca, --ak-registry and --tpm-reenroll need --tpm")
-    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use,
-                      tpm)
+    conn = _connection(args, tpm)
     if args.reset:
         first, second = attest_and_reset(target, manifest, digest, conn, args.reset_timeout)
     else:
@@ -327,7 +329,6 @@ def _cmd_attest(args: argparse.Namespace) -> int:
 def _cmd_fleet(args: argparse.Namespace) -> int:
     from builder.signing import load_trusted_keys
     from verifier import fleet, history, inventory
-    from verifier.attest import Connection
     from verifier.verdict import now
 
     # Every output is checked before the first host is contacted: a typo in --junit found
@@ -339,11 +340,11 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     history.prepare(history_path, create_folder=args.history is None)
     started = now()
     trusted = load_trusted_keys(args.trust_key)
+    conn = _connection(args)
     hosts = inventory.load(args.inventory, limit=args.limit,
                            allow_executable=args.allow_executable_inventory)
     manifests = fleet.Manifests(args.manifest, trusted)
     manifests.check(hosts)
-    conn = Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use)
     log.info("Attesting %d hosts, %d at a time", len(hosts), args.forks)
     done: dict[str, Verdict] = {}  # by inventory name, the latest verdict of each host
 
@@ -618,18 +619,14 @@ def parser() -> argparse.ArgumentParser:
 
     evidence = commands.add_parser(
         "evidence", help="collect a host's boot-state evidence over SSH",
-        description="Connect to TARGET (user@host[:port]) with a strict host key from "
+        description="Connect to TARGET ([user@]host[:port]) with a strict host key from "
                     "--known-hosts, run one fixed read-only script, and show what it found: "
-                    "the root's filesystem and dm-verity status, the overlays, sysctls, "
-                    "AppArmor and sshd settings.",
+                    "the root's filesystem and dm-verity status, the mount table and its "
+                    "namespace, the overlays and what changed in them, sysctls, AppArmor and "
+                    "sshd settings, failed units, and the script's own exit status.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    evidence.add_argument("target", metavar="TARGET", help="user@host[:port]")
-    evidence.add_argument("--known-hosts", type=Path, required=True, metavar="FILE",
-                          help="known_hosts file holding the host's key")
-    evidence.add_argument("--identity", type=Path, required=True, metavar="KEY",
-                          help="private key to log in with")
-    evidence.add_argument("--timeout", type=_positive, default=30, metavar="SECONDS",
-                          help="bound on connecting and on the script (default: 30)")
+    evidence.add_argument("target", metavar="TARGET", help="[user@]host[:port]")
+    _connection_options(evidence)
     evidence.add_argument("--json", action="store_true", help="print one JSON document")
     evidence.set_defaults(func=_cmd_evidence)
     _add_profile_commands(commands)
@@ -651,12 +648,39 @@ def parser() -> argparse.ArgumentParser:
 def _connection_options(command: argparse.ArgumentParser) -> None:
     home = Path("~/.ssh").expanduser()
     command.add_argument("--known-hosts", type=Path, default=home / "known_hosts",
-                         metavar="FILE", help="known_hosts holding the hosts' keys "
-                         "(default: ~/.ssh/known_hosts); unknown or changed keys are refused")
-    command.add_argument("--identity", type=Path, default=home / "id_ed25519", metavar="KEY",
-                         help="private key to log in with (default: ~/.ssh/id_ed25519)")
+                         metavar="FILE", help="known_hosts holding the hosts' keys, as OpenSSH "
+                         "writes it (default: ~/.ssh/known_hosts); unknown, changed or "
+                         "@revoked keys are refused, and @cert-authority lines grant no trust")
+    command.add_argument("--identity", type=Path, default=None, metavar="KEY",
+                         help="private key to log in with (default: the ssh config's "
+                         "IdentityFile, else ~/.ssh/id_ed25519 if it exists), tried before the "
+                         "keys of the ssh-agent at $SSH_AUTH_SOCK; an encrypted key's "
+                         "passphrase comes from $HARDHOST_IDENTITY_PASSPHRASE, or is asked for "
+                         "on a terminal")
+    command.add_argument("--ssh-config", type=_ssh_config_path,
+                         default=home / "config" if (home / "config").is_file() else None,
+                         metavar="FILE", help="OpenSSH client config whose HostName, Port, "
+                         "User, IdentityFile and ProxyJump apply to each host, the jump hosts' "
+                         "keys checked against --known-hosts too (default: ~/.ssh/config if it "
+                         "exists; none: no config)")
     command.add_argument("--timeout", type=_positive, default=30, metavar="SECONDS",
                          help="bound on connecting and on collecting evidence (default: 30)")
+
+
+def _ssh_config_path(value: str) -> Path | None:
+    return None if value == "none" else Path(value)
+
+
+def _connection(args: argparse.Namespace, tpm: TpmPolicy | None = None) -> Connection:
+    """The connection options, their files read before any host is contacted: a typo in a
+    path is exit 2 at once, not one error per host."""
+    from verifier.attest import Connection
+    from verifier.transport import check_options
+
+    check_options(known_hosts=args.known_hosts, identity=args.identity,
+                  ssh_config=args.ssh_config, trust_on_first_use=args.trust_on_first_use)
+    return Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use,
+                      tpm, args.ssh_config)
 
 
 def _positive_int(value: str) -> int:

@@ -25,7 +25,11 @@ def test_target_parsing() -> None:
     assert Target.parse("root@10.0.0.1:2222") == Target("root", "10.0.0.1", 2222)
     assert Target.parse("admin@host") == Target("admin", "host", 22)
     assert Target.parse("root@[::1]:22").host == "::1"
-    for bad in ("host", "root@", "root@host:99999", "root@host:x", "ro ot@host"):
+    # Without a user or port, ssh_config's User and Port may apply; the defaults stand in.
+    bare = Target.parse("host")
+    assert (bare, bare.user_given, bare.port_given) == (Target("root", "host", 22), False, False)
+    assert Target.parse("admin@host:22").port_given
+    for bad in ("root@", "root@host:99999", "root@host:x", "ro ot@host"):
         with pytest.raises(UsageError):
             Target.parse(bad)
 

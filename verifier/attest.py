@@ -28,10 +28,11 @@ TPM_TIMEOUT = 120.0
 @dataclass(frozen=True)
 class Connection:
     known_hosts: Path
-    identity: Path
+    identity: Path | None  # None: the ssh_config's IdentityFile, ~/.ssh/id_ed25519, ssh-agent
     timeout: float = 30.0
     trust_on_first_use: bool = False
     tpm: TpmPolicy | None = None  # also quote the TPM and check the predicted PCRs
+    ssh_config: Path | None = None  # HostName, Port, User, IdentityFile and ProxyJump
 
 
 def manifest_digest(path: Path) -> str:
@@ -48,7 +49,8 @@ def attest(target: Target, manifest: HostManifest, digest: str, conn: Connection
 def _attest(target: Target, manifest: HostManifest, digest: str,
             conn: Connection) -> tuple[Verdict, ClockInfo | None]:
     with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                 timeout=conn.timeout, trust_on_first_use=conn.trust_on_first_use) as session:
+                 timeout=conn.timeout, trust_on_first_use=conn.trust_on_first_use,
+                 ssh_config=conn.ssh_config) as session:
         try:
             evidence = collect(session, timeout=conn.timeout,
                                mutable_paths=dict(manifest.mutable_paths))
@@ -78,7 +80,8 @@ def attest_and_reset(target: Target, manifest: HostManifest, digest: str, conn: 
         return first, None
     log.info("%s: drift found; resetting by reboot", target)
     reset.reboot(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                 timeout=reset_timeout, connect_timeout=min(conn.timeout, 15.0))
+                 timeout=reset_timeout, connect_timeout=min(conn.timeout, 15.0),
+                 ssh_config=conn.ssh_config)
     second, clock_after = _attest(target, manifest, digest, conn)
     if conn.tpm is not None:
         second = dataclasses.replace(second, findings=(*second.findings,

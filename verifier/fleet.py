@@ -243,7 +243,8 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
         def reboot_and_attest() -> Verdict:
             reset.reboot(target, known_hosts=per_host.known_hosts,
                          identity=per_host.identity, timeout=reset_timeout,
-                         connect_timeout=min(per_host.timeout, 15.0))
+                         connect_timeout=min(per_host.timeout, 15.0),
+                         ssh_config=per_host.ssh_config)
             return attest(target, entry.manifest, entry.digest, per_host)
 
         return _guarded(host, entry.digest, reboot_and_attest)
