@@ -340,11 +340,11 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     history.prepare(history_path, create_folder=args.history is None)
     started = now()
     trusted = load_trusted_keys(args.trust_key)
-    conn = _connection(args)
     hosts = inventory.load(args.inventory, limit=args.limit,
                            allow_executable=args.allow_executable_inventory)
     manifests = fleet.Manifests(args.manifest, trusted)
     manifests.check(hosts)
+    conn = _connection(args)
     log.info("Attesting %d hosts, %d at a time", len(hosts), args.forks)
     done: dict[str, Verdict] = {}  # by inventory name, the latest verdict of each host
 
