@@ -61,6 +61,7 @@ keys: $(DEMO_KEY) $(SIGNING_KEY)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: lint
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)

@@ -17,11 +17,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder import vm  # noqa: E402
-from builder.errors import HardhostError  # noqa: E402
-from builder.log import setup_logging  # noqa: E402
+from hardhost.core.errors import HardhostError  # noqa: E402
+from hardhost.core.log import setup_logging  # noqa: E402
+from hardhost.verifier.transport import Target, connect  # noqa: E402
+from hardhost.vm import harness as vm  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from verifier.transport import Target, connect  # noqa: E402
 
 # systemd reports boot as finished only once every start-up job is done (dockerd included).
 SETTLE_TIMEOUT = 120.0

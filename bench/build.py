@@ -23,9 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.signing import keygen  # noqa: E402
-from builder.spec import load_spec  # noqa: E402
-from builder.stages.rootfs import EROFS_CLUSTER, LZ4HC_LEVEL  # noqa: E402
+from hardhost.builder.spec import load_spec  # noqa: E402
+from hardhost.builder.stages.rootfs import EROFS_CLUSTER, LZ4HC_LEVEL  # noqa: E402
+from hardhost.image.signing import keygen  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
@@ -54,7 +54,7 @@ def main() -> int:
         private, _ = keygen(work / "keys")
         (work / "id.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJlbmNoa2V5Zm9yYnVp"
                                      "bGR0aW1pbmdvbmx5MDEyMzQ1Njc4 bench\n")
-        hardhost = [sys.executable, "-m", "builder.cli", "build", "--key", str(private),
+        hardhost = [sys.executable, "-m", "hardhost", "build", "--key", str(private),
                     "--authorized-key", str(work / "id.pub"), "--force", "-o", str(work / "out")]
         cache = {"HARDHOST_CACHE_DIR": str(work / "cache")}
         cold = timed([*hardhost, str(args.spec)], cache)

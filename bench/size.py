@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.cache import cache_root  # noqa: E402
-from builder.spec import Compression, Filesystem, load_spec  # noqa: E402
-from builder.stages.bootstrap import bootstrap_key  # noqa: E402
-from builder.stages.rootfs import EROFS_CLUSTER, LZ4HC_LEVEL  # noqa: E402
+from hardhost.builder.cache import cache_root  # noqa: E402
+from hardhost.builder.spec import Compression, Filesystem, load_spec  # noqa: E402
+from hardhost.builder.stages.bootstrap import bootstrap_key  # noqa: E402
+from hardhost.builder.stages.rootfs import EROFS_CLUSTER, LZ4HC_LEVEL  # noqa: E402
 
 ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity", "uki.efi", "esp.img",
              "sbom.spdx.json")

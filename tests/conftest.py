@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.signing import keygen, load_private_key
-from verifier.transport import public_key_from_line, wait_for_host_key
+from hardhost.image.signing import keygen, load_private_key
+from hardhost.verifier.transport import public_key_from_line, wait_for_host_key
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "images"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder import signing
-from builder.manifest import MANIFEST_NAME, HostManifest, Subject, format_time
+from hardhost.image import signing
+from hardhost.image.manifest import MANIFEST_NAME, HostManifest, Subject, format_time
 
 ROOT_HASH = "ab" * 32
 CMDLINE = (f"root=/dev/mapper/root rootfstype=erofs ro fsck.mode=skip console=ttyS0 "

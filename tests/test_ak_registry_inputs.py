@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import UsageError
-from verifier.tpm_enroll import AkRegistry, HostId, load_ca_bundle
+from hardhost.core.errors import UsageError
+from hardhost.verifier.tpm_enroll import AkRegistry, HostId, load_ca_bundle
 
 HOST = HostId("127.0.0.1:2222", "SHA256:" + "A" * 43)
 

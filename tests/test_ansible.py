@@ -175,7 +175,7 @@ def test_a_controller_without_hardhost_is_told_in_one_line(
     assert len(re.findall(r'^fatal: \[dead\d\]: FAILED! => .*"msg": "hardhost is not '
                           r"installed in the controller's Python", result.stdout, re.M)) == 4
     assert all(s["failed"] == 1 for s in recap(result.stdout.replace("dead", "h")).values())
-    assert "No module named 'builder'" in output
+    assert "No module named 'hardhost'" in output
     assert "Traceback" not in output and "UNREACHABLE" not in output
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.run import which
-from profiles import apparmor, default
-from profiles.apparmor import (
+from hardhost.core.run import which
+from hardhost.profiles import apparmor, default
+from hardhost.profiles.apparmor import (
     CapabilityRule,
     FileRule,
     NetworkRule,
@@ -22,7 +22,15 @@ from profiles.apparmor import (
     ParsedProfile,
     ProfileError,
 )
-from profiles.trace import FileAccess, NetworkCall, SocketUse, Trace, load, merge, normalise
+from hardhost.profiles.trace import (
+    FileAccess,
+    NetworkCall,
+    SocketUse,
+    Trace,
+    load,
+    merge,
+    normalise,
+)
 from tests.conftest import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "apparmor"
@@ -215,7 +223,7 @@ def aare_lines(text: str, tmp_path: Path) -> list[str]:
     """The path expressions apparmor_parser compiled (its -D rule-exprs dump)."""
     source = tmp_path / "profile"
     source.write_text(text)
-    # The dump is long and goes to stderr, past what builder.run keeps of it.
+    # The dump is long and goes to stderr, past what hardhost.core.run keeps of it.
     dump = subprocess.run([which("apparmor_parser"), "-Q", "-K", "-D", "rule-exprs",
                            str(source)], capture_output=True, text=True, check=True,
                           errors="surrogateescape", stdin=subprocess.DEVNULL)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.manifest import MANIFEST_NAME, HostManifest, from_statement
+from hardhost.image.manifest import MANIFEST_NAME, HostManifest, from_statement
+from hardhost.verifier.comparison import compare
+from hardhost.verifier.evidence import parse
+from hardhost.verifier.verdict import Finding, Severity, Verdict, render
 from tests.conftest import REPO, SigningKeys, free_port
 from tests.test_evidence import fake_output, listing
 from tests.test_signing import sample_manifest, write_signed
-from verifier.compare import compare
-from verifier.evidence import parse
-from verifier.verdict import Finding, Severity, Verdict, render
 
 
 def manifest_for_fake() -> HostManifest:
@@ -164,7 +164,7 @@ def test_a_bad_manifest_fails_before_the_host_is_contacted(tmp_path: Path,
     known.write_text("")
     # Nothing listens on the port: contacting it would be exit 3, not 4.
     result = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "attest", f"root@127.0.0.1:{free_port()}",
+        [sys.executable, "-m", "hardhost", "attest", f"root@127.0.0.1:{free_port()}",
          "--manifest", str(path), "--trust-key", str(signing_keys.public), "--known-hosts",
          str(known), "--identity", str(signing_keys.private)],
         cwd=REPO, capture_output=True, text=True, timeout=60)

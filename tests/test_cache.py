@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import STAGES, stage_keys
-from builder.cache import StageCache
-from builder.spec import Boot, Compression, Spec, load_spec, parse_spec, with_authorized_keys
-from builder.stages.bootstrap import bootstrap_key
-from builder.stages.rootfs import derived_identity
+from hardhost.builder.build import STAGES, stage_keys
+from hardhost.builder.cache import StageCache
+from hardhost.builder.spec import (
+    Boot,
+    Compression,
+    Spec,
+    load_spec,
+    parse_spec,
+    with_authorized_keys,
+)
+from hardhost.builder.stages.bootstrap import bootstrap_key
+from hardhost.builder.stages.rootfs import derived_identity
 from tests.conftest import IMAGES
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from builder.cli import main, parser
-from builder.errors import ToolMissing
-from builder.run import which
+from hardhost.cli.main import main, parser
+from hardhost.core.errors import ToolMissing
+from hardhost.core.run import which
 from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -112,7 +112,7 @@ def test_build_as_non_root_is_refused(client_key: KeyPair) -> None:
         env = {"PATH": os.environ["PATH"], "HOME": name, "PYTHONPATH": str(REPO)}
         result = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-m", "builder.cli", "build", str(IMAGES / "minimal.toml"), "-o",
+             "-m", "hardhost", "build", str(IMAGES / "minimal.toml"), "-o",
              str(shared / "out"), "--authorized-key", str(key)],
             cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
         assert result.returncode == 1, result.stderr

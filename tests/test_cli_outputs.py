@@ -16,19 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from builder.cli import parser
+from hardhost.cli.main import parser
+from hardhost.verifier import fleet, history
+from hardhost.verifier.inventory import FleetHost
+from hardhost.verifier.transport import Target
+from hardhost.verifier.verdict import Finding, Severity, Verdict, render
 from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys, free_port
 from tests.test_signing import sample_manifest, write_signed
-from verifier import fleet, history
-from verifier.inventory import FleetHost
-from verifier.transport import Target
-from verifier.verdict import Finding, Severity, Verdict, render
 
 HOSTILE = "\x1b[2K\rpwned\x00\x0b"
 
 
 def hardhost(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
                                "HOME": str(cwd)})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from verifier.evidence import (
+from hardhost.verifier.evidence import (
     LISTED_PER_LAYER,
     SECTIONS,
     UpperLayer,
@@ -18,7 +18,7 @@ from verifier.evidence import (
     script_with_nonce,
     split_sections,
 )
-from verifier.transport import HostOutputError
+from hardhost.verifier.transport import HostOutputError
 
 BOOT_ID = "7664476a-5708-4b0a-a30b-77d0966ac018"
 NONCE = "0123456789abcdef0123456789abcdef"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from hardhost.verifier import history
 from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
 from tests.test_signing import sample_manifest, write_signed
-from verifier import history
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +98,7 @@ def fleet(tmp_path: Path, client_key: KeyPair, signing_keys: SigningKeys,
 def run_fleet(fleet: Fleet, keys: SigningKeys, identity: Path, out: Path,
               *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "builder.cli", "fleet", str(fleet.inventory), "--manifest",
+        [sys.executable, "-m", "hardhost", "fleet", str(fleet.inventory), "--manifest",
          str(fleet.manifest), "--trust-key", str(keys.public), "--known-hosts",
          str(fleet.known_hosts), "--identity", str(identity), "--timeout", str(TIMEOUT),
          "--forks", "50", "--history", str(out / "history.db"), "--json",
@@ -135,7 +135,7 @@ def test_fleet_reports_every_host(fleet: Fleet, signing_keys: SigningKeys,
 
     rows = history.summary(tmp_path / "history.db")
     assert len(rows) == HOSTS + 4 and {r.last_pass for r in rows} == {""}
-    shown = subprocess.run([sys.executable, "-m", "builder.cli", "history", "--db",
+    shown = subprocess.run([sys.executable, "-m", "hardhost", "history", "--db",
                             str(tmp_path / "history.db"), "--host", "live0"],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "drift" in shown.stdout and "never" in shown.stdout
@@ -152,7 +152,7 @@ def test_limit_selects_hosts_with_ansible_patterns(fleet: Fleet, signing_keys: S
 
 
 def test_history_keeps_runs(tmp_path: Path) -> None:
-    from verifier.verdict import Verdict
+    from hardhost.verifier.verdict import Verdict
 
     db = tmp_path / "h.db"
     history.record(db, "t1", "inv", [Verdict("a", "b1", "2026-01-01T00:00:00Z", "m")])

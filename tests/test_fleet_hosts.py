@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from hardhost.verifier import history
 from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, start_sshd
 from tests.test_fleet import silent_server  # noqa: F401  # a fixture, used by name
 from tests.test_signing import sample_manifest, write_signed
-from verifier import history
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def pair(tmp_path: Path, client_key: KeyPair, signing_keys: SigningKeys) -> Iter
 
 def fleet(inventory: Path, pair: Pair, keys: SigningKeys, identity: Path, out: Path,
           *extra: str) -> list[str]:
-    return [sys.executable, "-m", "builder.cli", "fleet", str(inventory), "--manifest",
+    return [sys.executable, "-m", "hardhost", "fleet", str(inventory), "--manifest",
             str(pair.manifest), "--trust-key", str(keys.public), "--known-hosts",
             str(pair.known_hosts), "--identity", str(identity), "--history",
             str(out / "history.db"), "--json", str(out / "fleet.json"), "--junit",
@@ -103,7 +103,7 @@ def test_verdicts_keep_inventory_names_and_bad_hosts_cost_one_verdict(
     rows = {r.host: r for r in history.summary(tmp_path / "history.db")}
     assert rows["web2"].address == f"root@127.0.0.1:{live}"
     assert rows["badhost"].last_status == "error"
-    shown = subprocess.run([sys.executable, "-m", "builder.cli", "history", "--db",
+    shown = subprocess.run([sys.executable, "-m", "hardhost", "history", "--db",
                             str(tmp_path / "history.db"), "--host", "web2"],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr

@@ -13,14 +13,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.errors import HardhostError
-from builder.manifest import from_statement
-from builder.signing import verify
-from builder.spec import load_spec, parse_spec
-from profiles.trace import from_json
+from hardhost.builder.spec import load_spec, parse_spec
+from hardhost.core.errors import HardhostError
+from hardhost.image.manifest import from_statement
+from hardhost.image.signing import verify
+from hardhost.profiles.trace import from_json
+from hardhost.verifier.evidence import SECTIONS, parse
 from tests.conftest import IMAGES
 from tests.test_evidence import fake_output
-from verifier.evidence import SECTIONS, parse
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

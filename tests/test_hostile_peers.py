@@ -17,15 +17,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from builder.errors import HardhostError, TrustError, Unreachable
-from tests.conftest import KeyPair, make_keypair
-from verifier.transport import (
+from hardhost.core.errors import HardhostError, TrustError, Unreachable
+from hardhost.verifier.transport import (
     HostOutputError,
     Target,
     connect,
     offered_host_key,
     wait_for_host_key,
 )
+from tests.conftest import KeyPair, make_keypair
 
 pytestmark = pytest.mark.e2e
 

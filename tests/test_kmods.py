@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from builder.errors import BuildError
-from builder.kmods import ModuleIndex, module_name
+from hardhost.builder.kmods import ModuleIndex, module_name
+from hardhost.core.errors import BuildError
 
 DEP = """\
 kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko

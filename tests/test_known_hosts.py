@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import HardhostError, TrustError, UsageError
+from hardhost.core.errors import HardhostError, TrustError, UsageError
+from hardhost.verifier import known_hosts
+from hardhost.verifier.transport import Target, connect
 from tests.conftest import KeyPair, LoopbackHost, make_keypair
-from verifier import known_hosts
-from verifier.transport import Target, connect
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder import signing
-from builder.errors import TrustError, UsageError
-from builder.manifest import (
+from hardhost.core.errors import TrustError, UsageError
+from hardhost.image import signing
+from hardhost.image.manifest import (
     CLOCK_SKEW,
     MANIFEST_NAME,
     MAX_VALIDITY_DAYS,
@@ -44,7 +44,7 @@ permit_root_login = true
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -240,8 +240,8 @@ def test_the_cli_refuses_a_manifest_from_the_future(tmp_path: Path,
 
 
 def test_the_spec_refuses_a_validity_beyond_the_manifest_maximum() -> None:
-    from builder.errors import SpecError
-    from builder.spec import parse_spec
+    from hardhost.builder.spec import parse_spec
+    from hardhost.core.errors import SpecError
 
     text = MINIMAL + f"[manifest]\nvalidity_days = {MAX_VALIDITY_DAYS + 1}\n"
     with pytest.raises(SpecError) as info:

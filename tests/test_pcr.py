@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import eventlog, pcr, pe, vm
-from builder.run import output, run
+from hardhost.builder import eventlog, pcr, pe
+from hardhost.core.run import output, run
+from hardhost.verifier.transport import Target, connect, wait_for_host_key
+from hardhost.vm import harness as vm
 from tests.conftest import free_port
 from tests.test_uki import (
     Inputs,
@@ -30,7 +32,6 @@ from tests.test_uki import (
     need_stub,
     sign,
 )
-from verifier.transport import Target, connect, wait_for_host_key
 
 DATA = Path(__file__).parent / "data" / "uki"
 MEASURE = Path("/lib/systemd/systemd-measure")  # systemd 252 ships it outside $PATH

@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 
 def hardhost(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 

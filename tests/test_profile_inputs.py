@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from builder.errors import UsageError
-from profiles import apparmor, generate
-from profiles.aaglob import MAX_ALTERNATIVES, compile_glob
-from profiles.trace import MAX_ENTRIES, TraceError, from_json, load, normalise
+from hardhost.core.errors import UsageError
+from hardhost.profiles import apparmor, generate
+from hardhost.profiles.aaglob import MAX_ALTERNATIVES, compile_glob
+from hardhost.profiles.trace import MAX_ENTRIES, TraceError, from_json, load, normalise
 from tests.conftest import REPO
 
 GOOD = {"version": 1, "syscalls": ["read", "write", "exit_group"],
@@ -29,7 +29,7 @@ GOOD = {"version": 1, "syscalls": ["read", "write", "exit_group"],
 
 def hardhost(*args: str, env: dict[str, str] | None = None
              ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 

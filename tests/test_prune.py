@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from builder.spec import Spec, load_spec
-from builder.stages.bootstrap import extract
-from builder.stages.prune import remove_unwanted, unextracted
+from hardhost.builder.spec import Spec, load_spec
+from hardhost.builder.stages.bootstrap import extract
+from hardhost.builder.stages.prune import remove_unwanted, unextracted
 from tests.conftest import IMAGES
 
 FILES = (

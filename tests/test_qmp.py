@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.qmp import QmpError, power_down
+from hardhost.vm.qmp import QmpError, power_down
 
 
 @pytest.fixture

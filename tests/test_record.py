@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from profiles.record import parse_strace, split_args
-from profiles.trace import FileAccess, NetworkCall, SocketUse
+from hardhost.profiles.record import parse_strace, split_args
+from hardhost.profiles.trace import FileAccess, NetworkCall, SocketUse
 
 # Lines in the exact form strace prints them, kept verbatim (and so over-long) in a file.
 LOG = (Path(__file__).parent / "data" / "strace-sample.log").read_text()

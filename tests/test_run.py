@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import CommandFailed, ToolMissing
-from builder.run import output, run
+from hardhost.core.errors import CommandFailed, ToolMissing
+from hardhost.core.run import output, run
 
 
 def _alive(pid: int) -> bool:

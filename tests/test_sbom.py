@@ -8,7 +8,7 @@ from pathlib import Path
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from builder import sbom
+from hardhost.builder import sbom
 
 
 def validate(path: Path) -> list[str]:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import UsageError
-from profiles import seccomp
-from profiles.record import record
-from profiles.trace import FileAccess, SocketUse, Trace, normalise
+from hardhost.core.errors import UsageError
+from hardhost.profiles import seccomp
+from hardhost.profiles.record import record
+from hardhost.profiles.trace import FileAccess, SocketUse, Trace, normalise
 from tests.conftest import REPO, free_port
 from tests.runc import make_bundle, run_bundle
 
@@ -154,7 +154,7 @@ def fetch(port: int, timeout: float = 30) -> int:
 
 
 def test_trace_json_round_trip(tmp_path: Path) -> None:
-    from profiles.trace import from_json
+    from hardhost.profiles.trace import from_json
 
     trace = sample_trace()
     assert from_json(trace.to_json(), "t") == trace

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from profiles import default, seccomp
+from hardhost.profiles import default, seccomp
 from tests.runc import make_bundle, run_bundle
 
 MOBY = Path(__file__).resolve().parent.parent.parent / "shared/reference/moby-seccomp/default.json"

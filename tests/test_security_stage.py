@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.context import BuildContext
-from builder.errors import SpecError, UsageError
-from builder.log import StepTiming
-from builder.spec import parse_spec
-from builder.stages import security
-from profiles import apparmor, seccomp, selinux
-from profiles.trace import FileAccess, normalise
+from hardhost.builder.context import BuildContext
+from hardhost.builder.spec import parse_spec
+from hardhost.builder.stages import security
+from hardhost.core.errors import SpecError, UsageError
+from hardhost.core.log import StepTiming
+from hardhost.profiles import apparmor, seccomp, selinux
+from hardhost.profiles.trace import FileAccess, normalise
 
 SPEC = """
 name = "t"

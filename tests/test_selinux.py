@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from builder.run import run
-from profiles import selinux
-from profiles.selinux import ProfileError, generate, validate
-from profiles.trace import FileAccess, NetworkCall, SocketUse, Trace, load, normalise
+from hardhost.core.run import run
+from hardhost.profiles import selinux
+from hardhost.profiles.selinux import ProfileError, generate, validate
+from hardhost.profiles.trace import FileAccess, NetworkCall, SocketUse, Trace, load, normalise
 from tests.conftest import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "selinux"
-BASE = REPO / "profiles" / selinux.BASE_POLICY
+BASE = REPO / "hardhost" / "profiles" / selinux.BASE_POLICY
 
 # Every permission that changes an object or creates one; a read-only trace grants none.
 WRITING = ("write", "append", "create", "add_name", "remove_name", "setattr", "unlink",

@@ -18,9 +18,9 @@ from securesystemslib.dsse import Envelope
 # securesystemslib re-exports these without __all__, which mypy reads as private.
 from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 
-from builder import signing
-from builder.errors import TrustError, UsageError
-from builder.manifest import (
+from hardhost.core.errors import TrustError, UsageError
+from hardhost.image import signing
+from hardhost.image.manifest import (
     MANIFEST_NAME,
     MAX_VALIDITY_DAYS,
     HostManifest,
@@ -30,7 +30,7 @@ from builder.manifest import (
     from_statement,
     read_verified,
 )
-from builder.signing import KeyPermissionError, key_id, keygen, load_private_key
+from hardhost.image.signing import KeyPermissionError, key_id, keygen, load_private_key
 from tests.conftest import REPO, SigningKeys
 
 
@@ -180,7 +180,7 @@ def test_we_verify_securesystemslib_envelopes(signing_keys: SigningKeys) -> None
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 

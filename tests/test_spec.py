@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import SpecError, UsageError
-from builder.spec import (
+from hardhost.builder.spec import (
     MAX_SPEC_BYTES,
     Compression,
     Filesystem,
@@ -18,6 +17,7 @@ from builder.spec import (
     parse_spec,
     with_authorized_keys,
 )
+from hardhost.core.errors import SpecError, UsageError
 from tests.conftest import IMAGES, REPO
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ7p0x1b2d5a3f0c7e9b8a6d4c2e0f1a3b5c7d9e1f3a5b7 test"
@@ -290,7 +290,7 @@ def test_sysctl_tables_nested_beyond_any_sysctl_are_refused() -> None:
 def test_the_cli_reports_an_unreadable_spec_in_one_line(tmp_path: Path) -> None:
     fifo = tmp_path / "spec.toml"
     os.mkfifo(fifo)
-    result = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(fifo),
+    result = subprocess.run([sys.executable, "-m", "hardhost", "build", str(fifo),
                              "-o", str(tmp_path / "out")], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from builder.cmdline import kernel_cmdline
-from builder.errors import SpecError
-from builder.spec import Spec, parse_spec
+from hardhost.builder.cmdline import kernel_cmdline
+from hardhost.builder.spec import Spec, parse_spec
+from hardhost.core.errors import SpecError
 
 ED25519 = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFh0ZXN0a2V5Zm9yZ29sZGVuZmlsZXNvbmx5MDEyMzQ1 "
            "admin@example")

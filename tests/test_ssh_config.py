@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from builder.cli import parser
-from builder.errors import TrustError, UsageError
+from hardhost.cli.main import parser
+from hardhost.core.errors import TrustError, UsageError
+from hardhost.verifier import ssh_keys
+from hardhost.verifier.transport import (
+    Target,
+    check_options,
+    connect,
+    public_key_from_line,
+    wait_for_host_key,
+)
 from tests.conftest import (
     KeyPair,
     LoopbackHost,
@@ -20,14 +28,6 @@ from tests.conftest import (
     make_keypair,
     sshd_binary,
     start_sshd,
-)
-from verifier import ssh_keys
-from verifier.transport import (
-    Target,
-    check_options,
-    connect,
-    public_key_from_line,
-    wait_for_host_key,
 )
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.spec import Spec, load_spec, with_authorized_keys
-from builder.stages.harden import (
+from hardhost.builder.spec import Spec, load_spec, with_authorized_keys
+from hardhost.builder.stages.harden import (
     BASELINE_SYSCTLS,
     BINFMT_UNITS,
     RenderedFile,
@@ -21,7 +21,7 @@ from builder.stages.harden import (
     no_user_pam_environment,
     render_layer,
 )
-from builder.stages.prune import prune_patterns
+from hardhost.builder.stages.prune import prune_patterns
 from tests.conftest import IMAGES, REPO, make_keypair, sshd_binary
 
 GOLDEN = REPO / "tests" / "golden"

@@ -14,16 +14,16 @@ from typing import Any
 import hcl2
 import pytest
 
+from hardhost.faces.terraform import QUERY_KEYS
 from tests.conftest import REPO, KeyPair, LoopbackHost, SigningKeys, free_port
 from tests.test_signing import sample_manifest, write_signed
-from verifier.terraform import QUERY_KEYS
 
 MODULE = REPO / "terraform" / "attest"
 
 
 def program(query: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     """argv list, JSON on stdin: what Terraform's external provider does."""
-    return subprocess.run([sys.executable, "-m", "builder.cli", "terraform-attest"],
+    return subprocess.run([sys.executable, "-m", "hardhost", "terraform-attest"],
                           input=json.dumps(query), capture_output=True, text=True, cwd=REPO,
                           timeout=120)
 
@@ -71,7 +71,7 @@ def test_readme_example_parses(readme: Path) -> None:
 def test_hostile_json_queries_fail_on_stderr() -> None:
     for text, problem in (("[" * 30_000 + "]" * 30_000, "nested too deeply"),
                           ('{"host": "a", "host": "b"}', "'host' appears twice")):
-        result = subprocess.run([sys.executable, "-m", "builder.cli", "terraform-attest"],
+        result = subprocess.run([sys.executable, "-m", "hardhost", "terraform-attest"],
                                 input=text, cwd=REPO, capture_output=True, text=True,
                                 timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert result.returncode == 2 and result.stdout == ""

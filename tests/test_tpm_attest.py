@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.manifest import HostManifest
+from hardhost.image.manifest import HostManifest
 from tests.conftest import REPO, KeyPair, LoopbackHost, SigningKeys
 from tests.test_signing import sample_manifest, write_signed
 from tests.test_tpm_enroll import Tpm, tpm, tpm_host  # noqa: F401  (fixtures)
@@ -40,7 +40,7 @@ def uki_manifest(**changes: object) -> HostManifest:
 def attest(host: LoopbackHost, client_key: KeyPair, signing_keys: SigningKeys,
            manifest: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "builder.cli", "attest", f"root@127.0.0.1:{host.port}",
+        [sys.executable, "-m", "hardhost", "attest", f"root@127.0.0.1:{host.port}",
          "--manifest", str(manifest), "--trust-key", str(signing_keys.public),
          "--known-hosts", str(host.known_hosts), "--identity", str(client_key.private),
          "--json", "--tpm", *extra], cwd=REPO, capture_output=True, text=True, timeout=120)

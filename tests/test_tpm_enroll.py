@@ -1,5 +1,5 @@
 """AK enrollment and quotes against a real swtpm whose EK certificate comes from a local CA
-(builder.vtpm: swtpm_setup with swtpm_localca), reached through a real loopback sshd for
+(hardhost.vm.vtpm: swtpm_setup with swtpm_localca), reached through a real loopback sshd for
 the end-to-end tests; the parsers, the EK chain check and the registry also run without
 SSH."""
 
@@ -25,11 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from builder.errors import TrustError, UsageError
-from builder.run import run
-from builder.vtpm import LocalCa, make_local_ca, manufacture
-from tests.conftest import KeyPair, LoopbackHost, start_sshd
-from verifier.tpm_enroll import (
+from hardhost.core.errors import TrustError, UsageError
+from hardhost.core.run import run
+from hardhost.verifier.tpm_enroll import (
     AK_HANDLE,
     REENROLL_FLAG,
     AkAlgorithm,
@@ -46,14 +44,16 @@ from verifier.tpm_enroll import (
     verify,
     verify_ek_certificate,
 )
-from verifier.tpm_quote import (
+from hardhost.verifier.tpm_quote import (
     QUOTE_PCRS,
     QuoteFormatError,
     new_nonce,
     parse_script_output,
     verify_quote,
 )
-from verifier.transport import Session, Target, connect
+from hardhost.verifier.transport import Session, Target, connect
+from hardhost.vm.vtpm import LocalCa, make_local_ca, manufacture
+from tests.conftest import KeyPair, LoopbackHost, start_sshd
 
 DATA = Path(__file__).resolve().parent / "data" / "tpm"
 ZEROS = {index: "00" * 32 for index in QUOTE_PCRS}
@@ -281,7 +281,8 @@ def test_the_quote_script_runs_with_a_tcti_from_the_environment(tpm: Tpm,
         swtpm.tool("tpm2_evictcontrol", "-Q", "-C", "o", "-c", handle)
     swtpm.tool("tpm2_evictcontrol", "-Q", "-C", "o", "-c", tmp_path / "ak.ctx", handle)
     swtpm.tool("tpm2_flushcontext", "-t")
-    script = (Path(__file__).resolve().parent.parent / "verifier" / "tpm_script.sh").read_bytes()
+    script = (Path(__file__).resolve().parent.parent / "hardhost" / "verifier"
+              / "tpm_script.sh").read_bytes()
     nonce = new_nonce()
     started = time.monotonic()
     done = subprocess.run(["sh", "-s", "--", nonce, handle], input=script, capture_output=True,

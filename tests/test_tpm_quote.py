@@ -15,9 +15,9 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from builder.errors import UsageError
-from builder.run import output
-from verifier.tpm_quote import (
+from hardhost.core.errors import UsageError
+from hardhost.core.run import output
+from hardhost.verifier.tpm_quote import (
     QUOTE_PCRS,
     ClockInfo,
     Quote,
@@ -32,8 +32,8 @@ from verifier.tpm_quote import (
     validate_predictions,
     verify_quote,
 )
-from verifier.transport import HostOutputError
-from verifier.verdict import Finding
+from hardhost.verifier.transport import HostOutputError
+from hardhost.verifier.verdict import Finding
 
 DATA = Path(__file__).resolve().parent / "data" / "tpm"
 KINDS = ("rsa", "ecc")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import TrustError, Unreachable, UsageError
+from hardhost.core.errors import TrustError, Unreachable, UsageError
+from hardhost.verifier.evidence import collect
+from hardhost.verifier.transport import HostOutputError, Target, connect
 from tests.conftest import KeyPair, LoopbackHost, free_port, make_keypair
-from verifier.evidence import collect
-from verifier.transport import HostOutputError, Target, connect
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import pe, uki
-from builder.errors import HardhostError, ToolMissing
-from builder.run import output, run
+from hardhost.builder import pe, uki
+from hardhost.core.errors import HardhostError, ToolMissing
+from hardhost.core.run import output, run
 
 CMDLINE = "root=/dev/mapper/root ro console=ttyS0 hardhost.roothash=" + "ab" * 32
 OSREL = 'PRETTY_NAME="hardhost test"\nID=debian\nVERSION_ID="12"\n'

@@ -15,10 +15,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from builder import vm, vtpm
-from builder.errors import HardhostError, TrustError, UsageError
-from builder.manifest import MANIFEST_NAME, read_verified
-from builder.signing import keygen, load_private_key, load_trusted_keys
+from hardhost.core.errors import HardhostError, TrustError, UsageError
+from hardhost.image.manifest import MANIFEST_NAME, read_verified
+from hardhost.image.signing import keygen, load_private_key, load_trusted_keys
+from hardhost.vm import harness as vm
+from hardhost.vm import vtpm
 from tests.conftest import REPO, SigningKeys, free_port
 from tests.images import CMDLINE, fake_image, resign
 
@@ -227,7 +228,7 @@ def test_a_disk_that_is_a_fifo_is_refused(
 
 def hardhost(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, XDG_STATE_HOME=str(state))
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120, env=env)
 
 

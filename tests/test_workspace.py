@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.workspace import (
+from hardhost.builder.workspace import (
     IN_MEMORY_MIN_AVAILABLE,
     Workspace,
     in_memory,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import vm
-from builder.build import build
-from builder.errors import Unreachable
-from builder.spec import Spec, load_spec, with_authorized_keys
+from hardhost.builder.build import build
+from hardhost.builder.spec import Spec, load_spec, with_authorized_keys
+from hardhost.core.errors import Unreachable
+from hardhost.verifier.transport import Target, public_key_from_line, wait_for_host_key
+from hardhost.vm import harness as vm
 from tests.conftest import IMAGES, KeyPair, SigningKeys, free_port
-from verifier.transport import Target, public_key_from_line, wait_for_host_key
 
 BOOT_TIMEOUT = 400  # seconds; TCG boots take about 30 s, a loaded CI machine much longer
 ANSWER_TIMEOUT = 240  # seconds a module's guest gets to answer before a test restarts it

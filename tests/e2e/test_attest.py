@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from builder.manifest import MANIFEST_NAME
+from hardhost.image.manifest import MANIFEST_NAME
+from hardhost.verifier.transport import connect
 from tests.conftest import REPO, KeyPair, SigningKeys, make_keypair
 from tests.e2e.conftest import (
     BOOT_TIMEOUT,
@@ -22,7 +23,6 @@ from tests.e2e.conftest import (
     ensure_answering,
     rerun_if_the_guest_stalls,
 )
-from verifier.transport import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def _answering(host: BootedHost) -> None:
 def attest(host: BootedHost, keys: SigningKeys, *extra: str,
            known_hosts: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "builder.cli", "attest", str(host.target), "--manifest",
+        [sys.executable, "-m", "hardhost", "attest", str(host.target), "--manifest",
          str(host.image.directory / MANIFEST_NAME), "--trust-key", str(keys.public),
          "--known-hosts", str(known_hosts or host.known_hosts), "--identity",
          str(host.identity), "--timeout", "60", *extra],
@@ -188,7 +188,7 @@ def test_fleet_resets_drifted_hosts(host: BootedHost, signing_keys: SigningKeys,
         f"          ansible_ssh_private_key_file: {host.identity}\n"
         f"          hardhost_manifest: {host.image.directory / MANIFEST_NAME}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "fleet", str(inventory), "--trust-key",
+        [sys.executable, "-m", "hardhost", "fleet", str(inventory), "--trust-key",
          str(signing_keys.public), "--known-hosts", str(host.known_hosts), "--reset",
          "--reset-batch", "1", "--reset-timeout", str(BOOT_TIMEOUT), "--timeout", "60",
          "--history", str(tmp_path / "history.db"), "--json", str(tmp_path / "fleet.json")],
@@ -196,7 +196,7 @@ def test_fleet_resets_drifted_hosts(host: BootedHost, signing_keys: SigningKeys,
     assert result.returncode == 0, result.stdout + result.stderr
     (final,) = json.loads((tmp_path / "fleet.json").read_text())["hosts"]
     assert final["status"] == "pass"
-    rows = subprocess.run([sys.executable, "-m", "builder.cli", "history", "--db",
+    rows = subprocess.run([sys.executable, "-m", "hardhost", "history", "--db",
                            str(tmp_path / "history.db")], cwd=REPO, capture_output=True,
                           text=True, timeout=60).stdout
     assert "pass" in rows and "never" not in rows

@@ -11,13 +11,16 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from builder.errors import TrustError
-from builder.manifest import MANIFEST_NAME, read_verified
-from builder.signing import load_trusted_keys
-from builder.stages.harden import effective_sysctls
-from profiles import apparmor
-from profiles.apparmor import DEFAULT_NAME
-from profiles.record import record
+from hardhost.builder.stages.harden import effective_sysctls
+from hardhost.core.errors import TrustError
+from hardhost.image.manifest import MANIFEST_NAME, read_verified
+from hardhost.image.signing import load_trusted_keys
+from hardhost.profiles import apparmor
+from hardhost.profiles.apparmor import DEFAULT_NAME
+from hardhost.profiles.record import record
+from hardhost.verifier.evidence import Evidence, collect
+from hardhost.verifier.reset import boot_id, reboot
+from hardhost.verifier.transport import connect, offered_host_key, public_key_from_line
 from tests.conftest import SigningKeys, make_keypair
 from tests.e2e.conftest import (
     BOOT_TIMEOUT,
@@ -25,9 +28,6 @@ from tests.e2e.conftest import (
     ensure_answering,
     rerun_if_the_guest_stalls,
 )
-from verifier.evidence import Evidence, collect
-from verifier.reset import boot_id, reboot
-from verifier.transport import connect, offered_host_key, public_key_from_line
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from builder.manifest import MANIFEST_NAME
+from hardhost.image.manifest import MANIFEST_NAME
+from hardhost.verifier.transport import connect
 from tests.conftest import REPO, KeyPair, SigningKeys
 from tests.e2e.conftest import BOOT_TIMEOUT, BootedHost, BuiltImage, boot, ensure_answering
-from verifier.transport import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def on_host(host: BootedHost, script: str) -> None:
 
 def attest(host: BootedHost, keys: SigningKeys) -> tuple[int, dict[str, Any]]:
     result = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "attest", str(host.target), "--manifest",
+        [sys.executable, "-m", "hardhost", "attest", str(host.target), "--manifest",
          str(host.image.directory / MANIFEST_NAME), "--trust-key", str(keys.public),
          "--known-hosts", str(host.known_hosts), "--identity", str(host.identity),
          "--timeout", "90", "--json"],

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from builder import vm
-from builder.manifest import MANIFEST_NAME, read_verified
-from builder.signing import load_trusted_keys
+from hardhost.image.manifest import MANIFEST_NAME, read_verified
+from hardhost.image.signing import load_trusted_keys
+from hardhost.verifier.transport import connect
+from hardhost.vm import harness as vm
 from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys, free_port
 from tests.e2e.conftest import BootedHost, BuiltImage, boot
 from tests.images import resign
-from verifier.transport import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +79,7 @@ def test_unknown_package_fails_with_mmdebstrap_reason(tmp_path: Path, client_key
     spec.write_text(text)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "build", str(spec), "-o", str(out),
+        [sys.executable, "-m", "hardhost", "build", str(spec), "-o", str(out),
          "--authorized-key", f"{client_key.private}.pub", "--key", str(signing_keys.private)],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 1
@@ -95,7 +95,7 @@ def test_vm_that_never_answers_exits_3_naming_the_serial_log(container_host: Bui
     name = "e2e-timeout"
     vm.stop(name, purge=True)
     result = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "vm", "start", str(container_host.directory),
+        [sys.executable, "-m", "hardhost", "vm", "start", str(container_host.directory),
          "--name", name, "--ssh-port", str(free_port()), "--timeout", "2",
          "--trust-key", str(container_host.trust_key)],
         cwd=REPO, capture_output=True, text=True, timeout=120)

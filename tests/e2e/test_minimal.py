@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from builder.build import build
-from builder.spec import load_spec, with_authorized_keys
+from hardhost.builder.build import build
+from hardhost.builder.spec import load_spec, with_authorized_keys
+from hardhost.verifier.evidence import collect
+from hardhost.verifier.transport import connect
 from tests.conftest import IMAGES, KeyPair, SigningKeys
 from tests.e2e.conftest import BootedHost, BuiltImage, boot
-from verifier.evidence import collect
-from verifier.transport import connect
 
 pytestmark = pytest.mark.e2e
 

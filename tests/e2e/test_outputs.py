@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from builder.build import build
-from builder.manifest import MANIFEST_NAME, read_verified
-from builder.signing import load_trusted_keys
-from builder.stages.manifest import SBOM_NAME, subjects
+from hardhost.builder.build import build
+from hardhost.builder.stages.manifest import SBOM_NAME, subjects
+from hardhost.image.manifest import MANIFEST_NAME, read_verified
+from hardhost.image.signing import load_trusted_keys
 from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
 from tests.e2e.conftest import BuiltImage
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 
 def hardhost(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 

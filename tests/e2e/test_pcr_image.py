@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import eventlog, pcr, pe, uki
+from hardhost.builder import eventlog, pcr, pe, uki
 from tests.conftest import KeyPair
 from tests.e2e.conftest import BuiltImage
 from tests.test_pcr import (

@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import pe, uki, vm
-from builder.manifest import MANIFEST_NAME, HostManifest, read_verified
-from builder.signing import keygen, load_private_key, load_trusted_keys
-from builder.stages.uki import ESP_NAME, UKI_NAME
+from hardhost.builder import pe, uki
+from hardhost.builder.stages.uki import ESP_NAME, UKI_NAME
+from hardhost.image.manifest import MANIFEST_NAME, HostManifest, read_verified
+from hardhost.image.signing import keygen, load_private_key, load_trusted_keys
+from hardhost.verifier.tpm_enroll import AkRegistry, HostId, quote, verify
+from hardhost.verifier.tpm_quote import new_nonce
+from hardhost.verifier.transport import Target, connect
+from hardhost.vm import harness as vm
 from tests.conftest import REPO, KeyPair, SigningKeys, free_port
 from tests.e2e.conftest import (
     BOOT_TIMEOUT,
@@ -27,9 +31,6 @@ from tests.e2e.conftest import (
     start_vm,
 )
 from tests.images import resign
-from verifier.tpm_enroll import AkRegistry, HostId, quote, verify
-from verifier.tpm_quote import new_nonce
-from verifier.transport import Target, connect
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +68,7 @@ class TpmHost:
     def attest(self, keys: SigningKeys, *extra: str,
                manifest: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "builder.cli", "attest", str(self.target), "--manifest",
+            [sys.executable, "-m", "hardhost", "attest", str(self.target), "--manifest",
              str(manifest or self.manifest_path), "--trust-key", str(keys.public),
              "--known-hosts", str(self.instance.known_hosts), "--identity", str(self.identity),
              "--tpm", "--tpm-ca", str(self.instance.tpm_ca), "--ak-registry",

@@ -1,5 +1,5 @@
 """`vm start --tpm`: container-host's ESP booted under OVMF with a swtpm vTPM, manufactured
-by builder.vtpm, that measures the boot, survives a guest reboot and stops with the VM.
+by hardhost.vm.vtpm, that measures the boot, survives a guest reboot and stops with the VM.
 
 Every OVMF boot costs about a minute under TCG, so the boot tests share one instance and
 run in file order: boot, reboot, power-off and start, stop, then a restart whose swtpm is
@@ -21,9 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import eventlog, pcr, vm, vtpm
-from builder.errors import ToolMissing, UsageError
-from builder.stages.uki import ESP_NAME, UKI_NAME
+from hardhost.builder import eventlog, pcr
+from hardhost.builder.stages.uki import ESP_NAME, UKI_NAME
+from hardhost.core.errors import ToolMissing, UsageError
+from hardhost.verifier.reset import reboot
+from hardhost.verifier.tpm_enroll import load_ca_bundle, verify_ek_certificate
+from hardhost.verifier.transport import Target, connect
+from hardhost.vm import harness as vm
+from hardhost.vm import vtpm
 from tests.conftest import KeyPair, SigningKeys, free_port
 from tests.e2e.conftest import (
     BOOT_TIMEOUT,
@@ -34,9 +39,6 @@ from tests.e2e.conftest import (
 )
 from tests.images import fake_image
 from tests.test_pcr import READ_SCRIPT, BootEvidence, mismatch, read_evidence
-from verifier.reset import reboot
-from verifier.tpm_enroll import load_ca_bundle, verify_ek_certificate
-from verifier.transport import Target, connect
 
 NAME = "e2e-vmtpm"
 MEMORY_MIB = 1024  # vm.start's default, the machine the golden PCR 0 is looked up for
@@ -261,7 +263,7 @@ def test_missing_tpm_tools_name_their_package(tmp_path: Path, monkeypatch: pytes
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "qemu-system-x86_64").symlink_to("/bin/true")
-    monkeypatch.setattr("builder.run.CLEAN_PATH", str(tools))
+    monkeypatch.setattr("hardhost.core.run.CLEAN_PATH", str(tools))
     for tool, package in (("swtpm", "swtpm"), ("swtpm_setup", "swtpm-tools"),
                           ("swtpm_localca", "swtpm-tools")):
         with pytest.raises(ToolMissing, match=re.escape(

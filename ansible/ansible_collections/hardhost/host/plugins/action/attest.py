@@ -10,15 +10,13 @@ from ansible_collections.hardhost.host.plugins.module_utils.hardhost import (
 )
 
 if TYPE_CHECKING:  # imported when run: the base class reports a controller without hardhost
-    from builder.manifest import HostManifest
-    from verifier.attest import Connection
-    from verifier.transport import Target
+    from hardhost.verifier import Connection, HostManifest, Target
 
 
 class ActionModule(HardhostAction):
     def act(self, target: Target, manifest: HostManifest, digest: str, conn: Connection,
             args: dict[str, Any], result: dict[str, Any]) -> None:
-        from verifier.attest import attest
+        from hardhost.verifier import attest
 
         verdict = attest(target, manifest, digest, conn)
         result.update(verdict_result(verdict), changed=False)

@@ -10,17 +10,14 @@ from ansible_collections.hardhost.host.plugins.module_utils.hardhost import (
 )
 
 if TYPE_CHECKING:  # imported when run: the base class reports a controller without hardhost
-    from builder.manifest import HostManifest
-    from verifier.attest import Connection
-    from verifier.transport import Target
+    from hardhost.verifier import Connection, HostManifest, Target
 
 
 class ActionModule(HardhostAction):
     def act(self, target: Target, manifest: HostManifest, digest: str, conn: Connection,
             args: dict[str, Any], result: dict[str, Any]) -> None:
-        from builder.durations import duration
-        from verifier import reset
-        from verifier.attest import attest
+        from hardhost.core.durations import duration
+        from hardhost.verifier import attest, reboot
 
         before = attest(target, manifest, digest, conn)
         if before.status == "pass":
@@ -30,9 +27,9 @@ class ActionModule(HardhostAction):
             result.update(verdict_result(before), changed=True,
                           msg=f"{target}: drifted; would reboot it and attest again")
             return
-        reset.reboot(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                     timeout=duration(args.get("reset_timeout", 300), what="reset_timeout"),
-                     connect_timeout=min(conn.timeout, 15.0))
+        reboot(target, known_hosts=conn.known_hosts, identity=conn.identity,
+               timeout=duration(args.get("reset_timeout", 300), what="reset_timeout"),
+               connect_timeout=min(conn.timeout, 15.0))
         after = attest(target, manifest, digest, conn)
         result.update(verdict_result(after), changed=True, before=verdict_result(before))
         if after.status != "pass" and args.get("fail_on_drift", True):

@@ -13,20 +13,23 @@ from ansible.plugins.action import ActionBase
 # hardhost itself is imported guarded: on a controller whose Python lacks it, the task says
 # so in one line instead of Ansible printing an import traceback.
 try:
-    from builder.durations import duration
-    from builder.errors import HardhostError, Unreachable, UsageError
-    from builder.inputs import read_bytes
-    from builder.manifest import read_verified
-    from builder.signing import load_trusted_keys
-    from verifier.attest import Connection, manifest_digest
-    from verifier.transport import Target
+    from hardhost.core.durations import duration
+    from hardhost.core.errors import HardhostError, Unreachable, UsageError
+    from hardhost.core.inputs import read_bytes
+    from hardhost.verifier import (
+        Connection,
+        Target,
+        load_trusted_keys,
+        manifest_digest,
+        read_verified,
+    )
 except ImportError as exc:
     IMPORT_ERROR: ImportError | None = exc
 else:
     IMPORT_ERROR = None
 
 if TYPE_CHECKING:
-    from builder.manifest import HostManifest
+    from hardhost.verifier import HostManifest
 
 log = logging.getLogger(__name__)
 

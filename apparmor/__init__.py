@@ -1,0 +1,1 @@
+"""AppArmor profile templates, shipped as package data (hardhost.policy.apparmor)."""

@@ -1,0 +1,24 @@
+"""The kernel command line of an image: fixed boot arguments, the root hash, spec extras."""
+
+from __future__ import annotations
+
+from hardhost.builder.spec import Spec
+from hardhost.image import layout
+
+
+def kernel_cmdline(spec: Spec, root_hash: str) -> str:
+    args = [
+        f"root={layout.ROOT_DEVICE}",
+        f"rootfstype={spec.image.filesystem}",
+        "ro",
+        "fsck.mode=skip",
+        f"console={spec.kernel.console}",
+        "apparmor=1",
+        "security=apparmor",
+        f"{layout.CMDLINE_ROOTHASH}={root_hash}",
+        f"{layout.CMDLINE_DATA}={layout.DATA_DEVICE}",
+        f"{layout.CMDLINE_HASH}={layout.HASH_DEVICE}",
+        f"{layout.CMDLINE_STATE}={layout.STATE_DEVICE}",
+        *spec.kernel.cmdline,
+    ]
+    return " ".join(args)

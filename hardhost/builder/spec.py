@@ -1,0 +1,663 @@
+"""The image spec: TOML parsed into frozen dataclasses, validated at the edge.
+
+Every setting is declared once, as a dataclass field whose metadata carries its help text and,
+where the TOML value needs more than a type check, its own parser. The same declarations drive
+parsing, unknown-key detection and error messages (`FILE: KEY: what is wrong`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import enum
+import hashlib
+import json
+import re
+import tomllib
+import types
+import typing
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hardhost.core.errors import SpecError
+from hardhost.core.inputs import read_text
+from hardhost.core.outputs import printable
+from hardhost.image.manifest import MAX_VALIDITY_DAYS
+
+
+class Filesystem(enum.StrEnum):
+    EROFS = "erofs"
+    SQUASHFS = "squashfs"
+
+
+class Boot(enum.StrEnum):
+    DIRECT = "direct"  # the loader (qemu -kernel, a boot manager) passes kernel and initrd
+    UKI = "uki"  # one signed-able EFI binary carries kernel, initrd and command line
+
+
+class Compression(enum.StrEnum):
+    LZ4 = "lz4"
+    LZ4HC = "lz4hc"
+    XZ = "xz"
+    ZSTD = "zstd"
+
+
+# erofs-utils 1.5 (Debian 12) offers only lz4 and lz4hc; squashfs is the small-image choice.
+COMPRESSIONS: Mapping[Filesystem, tuple[Compression, ...]] = {
+    Filesystem.EROFS: (Compression.LZ4HC, Compression.LZ4),
+    Filesystem.SQUASHFS: (Compression.XZ, Compression.ZSTD),
+}
+
+# What a VM or NVMe host running containers loads: disks, network, entropy, the root's
+# filesystems and dm-verity, and Docker's netfilter, bridge, veth and vxlan networking.
+DEFAULT_MODULES = (
+    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_console", "virtio_rng",
+    "virtio_balloon", "sd_mod", "ahci", "nvme",
+    "ext4", "erofs", "squashfs", "overlay", "autofs4", "efivarfs", "configfs", "loop",
+    "dm_verity",
+    "net/netfilter/", "net/ipv4/netfilter/", "net/ipv6/netfilter/", "net/bridge/",
+    "veth", "vxlan", "macvlan", "ipvlan", "tun",
+    # The ACPI power button, which logind reads through evdev: a hypervisor's or a cloud's
+    # "stop" then shuts the host down cleanly instead of cutting its power after a wait.
+    "button", "evdev",
+)
+# Every pattern below is used with fullmatch: `$` would also match before a trailing newline,
+# and a newline in a value splits the line it is rendered into (sysctl.conf, subuid, sshd).
+_MODULE_RE = re.compile(r"[A-Za-z0-9_\-*?\[\]]+|[a-z0-9_\-]+(/[a-z0-9_\-]+)*/")
+# Debian policy 5.6.1: at least two characters, lower case, digits, '+', '-', '.'.
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.\-]+")
+_SYSCTL_RE = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")
+# A sysctl value: printable ASCII words separated by single spaces (ip_local_port_range
+# takes two numbers). No '#' or ';', which start a comment in sysctl.d.
+_SYSCTL_VALUE_RE = re.compile(r"[!-\"$-:<-~]+( [!-\"$-:<-~]+)*")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_\-]{0,31}")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")
+_SUITE_RE = re.compile(r"[a-z][a-z0-9\-]*")
+# A console device and its options, as the kernel documents them: ttyS0, ttyS0,115200n8,
+# hvc0, uart8250,io,0x3f8,115200. No space, quote or '=': nothing else can ride along.
+_CONSOLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(,[A-Za-z0-9_.:]+)*")
+# An extra kernel argument: a lower-case name, then optionally '=' and a value without
+# spaces, quotes (the kernel groups words inside "..."), shell glob or other specials
+# (the initramfs scripts word-split /proc/cmdline unquoted).
+_CMDLINE_ARG_RE = re.compile(r"[a-z0-9_][a-z0-9_.\-]*(=[A-Za-z0-9_.,:/@+%=\-]*)?")
+# An OpenSSH public key line: type, base64 blob, optional comment of printable characters.
+_KEY_BLOB_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_URL_RE = re.compile(r"(https?|file)://[!-~]+")
+# Parts of one dotted TOML key: tomllib spends memory quadratic in them (a 400 KB key of
+# 200,000 parts exhausts it), and no spec key has more than a sysctl name's few.
+_MAX_KEY_PARTS = 32
+# A match starts only where a key part can (not inside a word or after a quote), and each
+# part is atomic: the scan stays linear in the text, whatever the text.
+_DOTTED_KEY_RE = re.compile(
+    r"""(?<![A-Za-z0-9_\-"'])"""
+    r"""(?:(?>[A-Za-z0-9_\-]+|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')[ \t]*+\.[ \t]*+)"""
+    rf"{{{_MAX_KEY_PARTS}}}")
+# Specs are a few KiB; the bound keeps what tomllib is handed small.
+MAX_SPEC_BYTES = 256 << 10
+_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+              "ecdsa-sha2-nistp521", "ssh-rsa", "sk-ssh-ed25519@openssh.com",
+              "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+class _Invalid(Exception):
+    """Raised by a field parser; turned into a SpecError naming the key."""
+
+
+def _help(text: str, parse: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    return {"help": text, "parse": parse}
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line error: quoted, with control characters escaped, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:56]}...{text[-1]}"
+
+
+def _text(value: Any, what: str = "a string") -> str:
+    """A string that is exactly what it says: no control characters (a newline would split
+    the line it is rendered into), no spaces around it. Never stripped into something else."""
+    if not isinstance(value, str):
+        raise _Invalid(f"expected {what}, got {_tname(value)}")
+    if _CONTROL_RE.search(value):
+        raise _Invalid(f"{_show(value)}: control characters (a newline, a tab, an escape) "
+                       "are not allowed")
+    if value != value.strip():
+        raise _Invalid(f"{_show(value)}: remove the spaces around the value")
+    return value
+
+
+def _packages(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    if not names:
+        raise _Invalid("must list at least one package")
+    for name in names:
+        if not _PACKAGE_RE.fullmatch(name):
+            raise _Invalid(f"{_show(name)} is not a Debian package name")
+    if len(set(names)) != len(names):
+        raise _Invalid("lists a package twice")
+    return tuple(sorted(names))
+
+
+def _sysctls(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a table of sysctl = value, got {_tname(value)}")
+    pairs: list[tuple[str, str]] = []
+    for key, raw in _flatten(value):
+        if not _SYSCTL_RE.fullmatch(key):
+            raise _Invalid(f"{_show(key)} is not a sysctl name")
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise _Invalid(f"{key}: expected an integer or string, got {_tname(raw)}")
+        text = str(raw)
+        if not _SYSCTL_VALUE_RE.fullmatch(text):
+            raise _Invalid(f"{key}: {_show(text)}: a value is printable words separated by "
+                           "single spaces, without '#', ';' or spaces around it")
+        pairs.append((key, text))
+    return tuple(sorted(pairs))
+
+
+def _flatten(table: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """Accept both `"kernel.kptr_restrict" = 2` and nested `[sysctl.kernel]` tables."""
+    if depth > _MAX_KEY_PARTS:
+        raise _Invalid(f"{_show(prefix)} is nested deeper than any sysctl")
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{name}.", depth + 1))
+        else:
+            out.append((name, value))
+    return out
+
+
+def _authorized_key(line: str) -> str:
+    """One OpenSSH public key line, checked as sshd will read it: a known type, a base64
+    blob that encodes that same type, and a printable comment. No options (`command=`,
+    `from=`): a key line in a spec grants a plain login, nothing more."""
+    bad = _Invalid(f"{_show(line)} is not an OpenSSH public key line (TYPE BASE64 [COMMENT])")
+    _text(line)
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or parts[0] not in _KEY_TYPES or not _KEY_BLOB_RE.fullmatch(parts[1]):
+        raise bad
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except binascii.Error:
+        raise bad from None
+    kind = parts[0].encode()
+    if blob[:4] != len(kind).to_bytes(4, "big") or blob[4:4 + len(kind)] != kind:
+        raise _Invalid(f"{_show(line)}: the key's base64 does not hold a {parts[0]} key")
+    return line
+
+
+def _authorized_keys(value: Any) -> tuple[str, ...]:
+    return tuple(_authorized_key(line) for line in _str_list(value))
+
+
+# Kernel arguments a spec may not add. The builder sets the root, its verity hash and the
+# hardhost.* devices; the rest would boot something else than the verified root (init=,
+# rdinit=, initrd=, which the EFI stub loads from the ESP, dm-mod.create=, rw), open a
+# shell before or instead of the system (break= in initramfs-tools, systemd's debug and
+# crash shells, systemd.setenv=SYSTEMD_SULOGIN_FORCE=1, systemd.run=, a boot target or
+# runlevel), or switch off AppArmor, whose profiles the manifest records (apparmor=0, and
+# its module parameters apparmor.enabled=0 and apparmor.mode=complain). sysctl.* (Linux
+# 5.8+) belongs in [sysctl], where the manifest records it. The kernel and systemd read '-'
+# and '_' in a name as the same character, so names are compared with '_'.
+_RESERVED_ARGS = frozenset({
+    "root", "rootfstype", "rootflags", "roothash", "usrhash", "ro", "rw", "init", "rdinit",
+    "initrd", "nfsroot", "dm_mod.create", "break", "apparmor", "security", "lsm", "selinux",
+    "enforcing", "single", "emergency", "rescue", "s", "1", "2", "3", "4", "5",
+})
+_RESERVED_PREFIXES = ("hardhost.", "apparmor.")
+# systemd.* arguments: only logging, status output and the cgroup layout. The others
+# choose units, generators, shells and the environment of the boot.
+_SYSTEMD_ALLOWED = frozenset({"systemd.show_status", "systemd.status_unit_format",
+                              "systemd.unified_cgroup_hierarchy",
+                              "systemd.legacy_systemd_cgroup_controller"})
+_SYSTEMD_ALLOWED_PREFIXES = ("systemd.log_", "systemd.journald.")
+
+
+def _reserved(name: str) -> bool:
+    name = name.replace("-", "_").removeprefix("rd.")
+    if name in _RESERVED_ARGS or name.startswith(_RESERVED_PREFIXES):
+        return True
+    if name.startswith("systemd."):
+        return name not in _SYSTEMD_ALLOWED and not name.startswith(_SYSTEMD_ALLOWED_PREFIXES)
+    return False
+
+
+def _cmdline(value: Any) -> tuple[str, ...]:
+    args = _str_list(value)
+    for arg in args:
+        if not _CMDLINE_ARG_RE.fullmatch(arg):
+            raise _Invalid(f"{_show(arg)}: one argument per list item: a lower-case name, "
+                           "optionally '=' and a value of letters, digits and _.,:/@+%=- "
+                           "(no spaces, quotes or '--')")
+        name = arg.split("=", 1)[0]
+        if name.startswith("sysctl."):
+            raise _Invalid(f"{_show(arg)}: set sysctls in the [sysctl] table, where the "
+                           "manifest records them")
+        if _reserved(name):
+            raise _Invalid(f"{_show(arg)}: {name} decides what boots or how it is verified; "
+                           "the builder sets it and a spec cannot")
+    return tuple(args)
+
+
+def _console(value: Any) -> str:
+    if not isinstance(value, str) or not _CONSOLE_RE.fullmatch(value):
+        raise _Invalid(f"{_show(value)}: expected a console device and its options, e.g. "
+                       "ttyS0 or ttyS0,115200n8 (no spaces or '=')")
+    return value
+
+
+def _architecture(value: Any) -> str:
+    # The UKI stub (linuxx64.efi.stub), the qemu of `vm start` and the default module set
+    # are x86-64's: another architecture would build an image nothing here can boot.
+    if value != "amd64":
+        raise _Invalid(f"{_show(value)}: hardhost builds amd64 images only")
+    return "amd64"
+
+
+def _modules(value: Any) -> tuple[str, ...]:
+    patterns = _str_list(value)
+    for pattern in patterns:
+        if not _MODULE_RE.fullmatch(pattern):
+            raise _Invalid(f"{_show(pattern)}: expected a module name or glob (dm_verity, "
+                           "virtio*) or a folder of kernel/ ending in '/' (net/netfilter/)")
+    return tuple(patterns)
+
+
+def _prune_paths(value: Any) -> tuple[str, ...]:
+    paths = _str_list(value)
+    for path in paths:
+        parts = path.split("/")
+        if not path or path.startswith("/") or ".." in parts or "" in parts[:-1] \
+                or any(c.isspace() for c in path) or _CONTROL_RE.search(path):
+            raise _Invalid(f"{_show(path)}: expected a path glob relative to the root, "
+                           "without '..', e.g. 'usr/bin/ctr'")
+    return tuple(paths)
+
+
+def _user(value: Any) -> str:
+    if not isinstance(value, str) or not _USER_RE.fullmatch(value):
+        raise _Invalid(f"{_show(value)} is not a valid user name")
+    return value
+
+
+def _remap_user(value: Any) -> str:
+    user = _user(value)
+    if user == "root":
+        raise _Invalid("root: containers remapped to root are not remapped at all; "
+                       "name an unprivileged user such as dockremap")
+    return user
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise _Invalid(f"{_show(value)}: use lower-case letters, digits and '-'")
+    return value
+
+
+def _description(value: Any) -> str:
+    text = _text(value)
+    if len(text) > 200:
+        raise _Invalid(f"is {len(text)} characters long; keep it to one line of at most 200")
+    return text
+
+
+def _suite(value: Any) -> str:
+    if not isinstance(value, str) or not _SUITE_RE.fullmatch(value):
+        raise _Invalid(f"{_show(value)} is not a Debian suite name")
+    return value
+
+
+def _mirror(value: Any) -> str:
+    # mmdebstrap writes the URL into the image's apt sources: one word of printable ASCII.
+    if not isinstance(value, str) or not _URL_RE.fullmatch(value):
+        raise _Invalid(f"{_show(value)}: expected an http://, https:// or file:// URL "
+                       "without spaces")
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme != "file" and not parsed.hostname:
+        raise _Invalid(f"{_show(value)}: the URL names no host")
+    return value
+
+
+def _path(value: Any) -> str:
+    """A file path relative to the spec's folder (or empty, for unset)."""
+    path = _text(value)
+    if path and path.rsplit("/", 1)[-1] in ("", ".", ".."):
+        raise _Invalid(f"{_show(path)}: expected the path of a file")
+    return path
+
+
+def _files(value: Any) -> tuple[str, ...]:
+    paths = _str_list(value)
+    for path in paths:
+        if not path:
+            raise _Invalid("an empty path")
+        _path(path)
+    return tuple(paths)
+
+
+def _str_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"expected a list of strings, got {_tname(value)}")
+    return list(value)
+
+
+def _tname(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    suite: str = field(default="bookworm", metadata=_help("Debian release", _suite))
+    mirror: str = field(default="http://deb.debian.org/debian",
+                        metadata=_help("Debian archive URL given to mmdebstrap", _mirror))
+    architecture: str = field(default="amd64", metadata=_help(
+        "Debian architecture (amd64, the one hardhost boots)", _architecture))
+
+
+@dataclass(frozen=True)
+class Packages:
+    include: tuple[str, ...] = field(metadata=_help("packages installed on top of minbase",
+                                                    _packages))
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    filesystem: Filesystem = field(default=Filesystem.EROFS,
+                                   metadata=_help("erofs (fast reads) or squashfs (smallest)"))
+    compression: Compression | None = field(
+        default=None, metadata=_help("erofs: lz4hc or lz4; squashfs: xz or zstd"))
+
+    boot: Boot = field(default=Boot.DIRECT, metadata=_help(
+        "direct (vmlinuz + initrd.img) or uki (also uki.efi and esp.img, with the PCRs a "
+        "TPM will measure predicted in the manifest)"))
+    secure_boot_key: str = field(default="", metadata=_help(
+        "with boot = uki: PEM private key that signs the UKI for Secure Boot (sbsign), "
+        "relative to the spec", _path))
+    secure_boot_cert: str = field(default="", metadata=_help(
+        "with boot = uki: the PEM certificate of secure_boot_key", _path))
+
+    @property
+    def effective_compression(self) -> Compression:
+        return self.compression or COMPRESSIONS[self.filesystem][0]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    cmdline: tuple[str, ...] = field(default=(), metadata=_help(
+        "extra kernel command-line arguments, one per item; not those that choose the "
+        "root, init, a shell or the LSM", _cmdline))
+    console: str = field(default="ttyS0", metadata=_help(
+        "kernel console device and options (ttyS0, ttyS0,115200n8)", _console))
+    modules: tuple[str, ...] = field(default=DEFAULT_MODULES, metadata=_help(
+        "kernel modules kept when prune.kernel_modules is on, with their dependencies: "
+        "names (globs allowed) or folders of kernel/ ending in '/'", _modules))
+
+
+@dataclass(frozen=True)
+class SSH:
+    permit_root_login: bool = field(default=False, metadata=_help(
+        "let root log in (by key only, never by password)"))
+
+
+@dataclass(frozen=True)
+class Access:
+    user: str = field(default="root", metadata=_help("the login that receives the keys", _user))
+    authorized_keys: tuple[str, ...] = field(default=(), metadata=_help(
+        "OpenSSH public key lines baked into the image", _authorized_keys))
+
+
+@dataclass(frozen=True)
+class Prune:
+    docs: bool = field(default=True, metadata=_help("drop /usr/share/doc and info pages"))
+    man: bool = field(default=True, metadata=_help("drop man pages"))
+    locales: bool = field(default=True, metadata=_help("drop translations and locales"))
+    package_manager: bool = field(default=True, metadata=_help(
+        "remove apt and dpkg, so the image cannot install packages"))
+    kernel_modules: bool = field(default=True, metadata=_help(
+        "remove every kernel module not in kernel.modules or needed by one"))
+    firmware: bool = field(default=True, metadata=_help(
+        "remove firmware files that no kept kernel module asks for"))
+    hwdb: bool = field(default=True, metadata=_help(
+        "remove udev's hardware database (vendor and model names, input-device quirks), "
+        "which a server's udev rules do not need"))
+    paths: tuple[str, ...] = field(default=(), metadata=_help(
+        "further files to remove: globs relative to the root, e.g. 'usr/bin/ctr'",
+        _prune_paths))
+
+
+def _subid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {_tname(value)}")
+    if not 65536 <= value <= 2**32 - 65536:
+        raise _Invalid(f"{value} is outside 65536..{2**32 - 65536}")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31:
+        raise _Invalid(f"expected a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Seccomp:
+    default_profile: bool = field(default=True, metadata=_help(
+        "install seccomp/default.json and make it the container runtime's default"))
+    allow_keyring: bool = field(default=False, metadata=_help(
+        "let the default profile allow add_key, keyctl and request_key"))
+    profiles: tuple[str, ...] = field(default=(), metadata=_help(
+        "generated NAME.seccomp.json files to install (relative to the spec's folder)",
+        _files))
+
+
+@dataclass(frozen=True)
+class AppArmor:
+    container_profile: bool = field(default=True, metadata=_help(
+        "install the hardhost-container-default profile, loaded in enforce mode at boot"))
+    profiles: tuple[str, ...] = field(default=(), metadata=_help(
+        "generated AppArmor profiles to install and enforce (relative to the spec's folder)",
+        _files))
+
+
+@dataclass(frozen=True)
+class SELinux:
+    modules: tuple[str, ...] = field(default=(), metadata=_help(
+        "generated CIL modules to ship under /usr/share/hardhost/selinux, compiled with "
+        "secilc at build time (relative to the spec's folder)", _files))
+
+
+@dataclass(frozen=True)
+class UserNamespaces:
+    remap_user: str = field(default="dockremap", metadata=_help(
+        "user whose /etc/subuid and /etc/subgid ranges containers run in (userns-remap); "
+        "not root", _remap_user))
+    subid_start: int = field(default=100000, metadata=_help("first subordinate id", _subid))
+    subid_count: int = field(default=65536, metadata=_help("number of subordinate ids",
+                                                           _count))
+    restrict_unprivileged: bool = field(default=True, metadata=_help(
+        "close unprivileged user namespaces to ordinary users on the host"))
+
+
+def _validity(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected a number of days, got {_tname(value)}")
+    if not 1 <= value <= MAX_VALIDITY_DAYS:
+        # A verifier refuses a manifest valid for longer (hardhost.image.manifest).
+        raise _Invalid(f"{value} is outside 1..{MAX_VALIDITY_DAYS} days")
+    return value
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    signing_key: str = field(default="", metadata=_help(
+        "Ed25519 private key (PEM) that signs the manifest; relative to the spec's folder",
+        _path))
+    validity_days: int = field(default=90, metadata=_help(
+        "days until the signed manifest expires", _validity))
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str = field(metadata=_help("image name; the output folder is OUTDIR/NAME", _name))
+    packages: Packages
+    description: str = field(default="", metadata=_help("free text, one line",
+                                                        _description))
+    distribution: Distribution = Distribution()
+    image: ImageOptions = ImageOptions()
+    kernel: Kernel = Kernel()
+    ssh: SSH = SSH()
+    access: Access = Access()
+    prune: Prune = Prune()
+    manifest: ManifestOptions = ManifestOptions()
+    seccomp: Seccomp = Seccomp()
+    apparmor: AppArmor = AppArmor()
+    selinux: SELinux = SELinux()
+    userns: UserNamespaces = UserNamespaces()
+    sysctl: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
+        "sysctl overrides, merged over the hardened baseline", _sysctls))
+    source: str = field(default="", compare=False, metadata=_help("path the spec came from"))
+
+    def digest(self) -> str:
+        """sha256 over the canonical form of every setting that shapes the image (not the
+        file's bytes or path, nor how the manifest is signed)."""
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        data.pop("manifest")
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _convert(hint: Any, value: Any, key: str, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise SpecError(path, key, f"expected a table, got {_tname(value)}")
+        return _build(typing.cast(type[Any], hint), value, path, f"{key}.")
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, key, path)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        allowed = [m.value for m in hint]
+        if value not in allowed:
+            raise SpecError(path, key, f"{_show(value)} is not one of {', '.join(allowed)}")
+        return hint(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(path, key, f"expected true or false, got {_tname(value)}")
+        return value
+    # A field without a parser of its own still gets no control characters or spaces.
+    try:
+        if hint is str:
+            return _text(value)
+        if origin is tuple:
+            return tuple(_text(item) for item in _str_list(value))
+    except _Invalid as exc:
+        raise SpecError(path, key, str(exc)) from None
+    raise TypeError(f"spec field {key} has no parser for {hint!r}")  # a bug, not user input
+
+
+def _build(cls: type[Any], table: dict[str, Any], path: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in table:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise SpecError(path, printable(f"{prefix}{key}"[:80]),
+                            f"unknown key (known: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in table:
+            required = (f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
+            if required:
+                raise SpecError(path, key, "is required")
+            continue
+        parse = f.metadata.get("parse")
+        if parse is not None:
+            try:
+                kwargs[name] = parse(table[name])
+            except _Invalid as exc:
+                raise SpecError(path, key, str(exc)) from None
+        else:
+            kwargs[name] = _convert(hints[name], table[name], key, path)
+    return cls(**kwargs)
+
+
+def _validate(spec: Spec, path: str) -> None:
+    allowed = COMPRESSIONS[spec.image.filesystem]
+    if spec.image.compression is not None and spec.image.compression not in allowed:
+        raise SpecError(path, "image.compression",
+                        f"{spec.image.compression} is not available for "
+                        f"{spec.image.filesystem} (use {' or '.join(allowed)})")
+    if bool(spec.image.secure_boot_key) != bool(spec.image.secure_boot_cert):
+        raise SpecError(path, "image.secure_boot_key",
+                        "set both secure_boot_key and secure_boot_cert, or neither")
+    if spec.image.secure_boot_key and spec.image.boot is not Boot.UKI:
+        raise SpecError(path, "image.secure_boot_key", 'signing needs image.boot = "uki"')
+    if spec.access.user == spec.userns.remap_user:
+        raise SpecError(path, "userns.remap_user",
+                        f"{spec.userns.remap_user} is also access.user; containers must not "
+                        "run as the login user: name another user")
+    if spec.userns.subid_start + spec.userns.subid_count > 2**32:
+        raise SpecError(path, "userns.subid_count",
+                        f"subid_start + subid_count ends past {2**32 - 1}, the last id")
+    if spec.access.user == "root" and not spec.ssh.permit_root_login:
+        raise SpecError(path, "access.user",
+                        "root cannot log in unless ssh.permit_root_login = true")
+
+
+def parse_spec(text: str, path: str) -> Spec:
+    """Parse spec `text` (read from `path`, which names the file in errors)."""
+    if _DOTTED_KEY_RE.search(text):
+        raise SpecError(path, "TOML", f"a dotted key of more than {_MAX_KEY_PARTS} parts")
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib ends its message with "(at line L, column C)": lead with the line instead.
+        message = str(exc)
+        where = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+        if where:
+            reason = message[: where.start()].strip()
+            raise SpecError(path, f"line {where.group(1)}", f"invalid TOML: {reason}") from None
+        raise SpecError(path, "TOML", f"invalid TOML: {message}") from None
+    except RecursionError:
+        raise SpecError(path, "TOML", "arrays or tables nested too deeply") from None
+    except ValueError as exc:
+        # tomllib lets int()'s own refusal through: an integer of more than 4300 digits.
+        raise SpecError(path, "TOML", f"invalid TOML: {str(exc)[:80]}") from None
+    spec = typing.cast(Spec, _build(Spec, table, path))
+    spec = dataclasses.replace(spec, source=path)
+    _validate(spec, path)
+    return spec
+
+
+def spec_relative(spec: Spec, path: str) -> Path:
+    """A path from the spec, relative to the folder the spec file is in."""
+    return Path(spec.source).parent / Path(path).expanduser()
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and parse the spec at `path`. A FIFO, a device, a folder, a file larger than
+    `MAX_SPEC_BYTES` or one that is not UTF-8 is a `UsageError` naming the file."""
+    text = read_text(path, what="spec", limit=MAX_SPEC_BYTES)
+    return parse_spec(text, str(path))
+
+
+def with_authorized_keys(spec: Spec, extra: tuple[str, ...], origin: str) -> Spec:
+    """Return `spec` with key lines from the command line added to `[access]`."""
+    try:
+        keys = _authorized_keys(list(extra))
+    except _Invalid as exc:
+        raise SpecError(origin, "authorized key", str(exc)) from None
+    merged = tuple(dict.fromkeys(spec.access.authorized_keys + keys))
+    return dataclasses.replace(spec, access=dataclasses.replace(spec.access,
+                                                                authorized_keys=merged))

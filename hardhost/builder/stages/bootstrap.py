@@ -1,0 +1,127 @@
+"""Stage 1: mmdebstrap makes the root filesystem, cached as a tarball keyed by its inputs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+
+from hardhost.builder.cache import BOOTSTRAP_VERSION, stage_key
+from hardhost.builder.context import BuildContext
+from hardhost.builder.spec import Spec
+from hardhost.builder.stages import prune
+from hardhost.core.errors import BuildError, CommandFailed
+from hardhost.core.log import StepTiming
+from hardhost.core.run import run
+
+log = logging.getLogger(__name__)
+
+VARIANT = "minbase"
+MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
+
+_MISSING_PACKAGE = re.compile(r"Unable to locate package (\S+)|Package '?(\S+?)'? has no "
+                              r"installation candidate")
+
+
+def bootstrap_inputs(spec: Spec) -> dict[str, object]:
+    """Everything mmdebstrap's result depends on that hardhost controls."""
+    dist = spec.distribution
+    return {
+        "version": BOOTSTRAP_VERSION,
+        "suite": dist.suite,
+        "mirror": dist.mirror,
+        "architecture": dist.architecture,
+        "variant": VARIANT,
+        "packages": sorted(spec.packages.include),
+    }
+
+
+def inputs(spec: Spec, epoch: int) -> dict[str, object]:
+    # The epoch is not an input: later stages clamp every file time to it.
+    return bootstrap_inputs(spec)
+
+
+def bootstrap_key(spec: Spec) -> str:
+    return stage_key("bootstrap", bootstrap_inputs(spec))
+
+
+def run_stage(ctx: BuildContext, step: StepTiming) -> None:
+    spec = ctx.spec
+    key = bootstrap_key(spec)
+    cache = ctx.cache_dir / "bootstrap"
+    tarball = cache / f"{key}.tar"
+    if tarball.exists():
+        step.note = "cached"
+        log.info("    using cached root filesystem %s", tarball.name[:16])
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        # mmdebstrap picks its output format from the extension, so the partial file keeps .tar.
+        partial = cache / f".{key}.{os.getpid()}.partial.tar"
+        try:
+            _mmdebstrap(spec, partial, ctx.source_date_epoch)
+            partial.rename(tarball)
+        finally:
+            partial.unlink(missing_ok=True)
+    skipped = extract(tarball, ctx.tree, spec)
+    if skipped:
+        step.note += f"{', ' if step.note else ''}{skipped} pruned files not extracted"
+    if not ctx.source_date_epoch:
+        # Without $SOURCE_DATE_EPOCH, the time dpkg last wrote its database stands for the
+        # package set: the same cached bootstrap always gives the same timestamps.
+        ctx.source_date_epoch = int((ctx.tree / "var/lib/dpkg/status").stat().st_mtime)
+
+
+def extract(tarball: Path, tree: Path, spec: Spec) -> int:
+    """Unpack the cached tarball into a new `tree`, without the files the prune stage would
+    delete anyway; returns how many were left out."""
+    skipped = prune.unextracted(spec, _member_names(tarball))
+    tree.mkdir()
+    with tempfile.NamedTemporaryFile("w", dir=tree.parent, prefix=".unextracted-") as names:
+        # Newline-separated: tar 1.34 ignores the last name of a --null exclusion list.
+        names.write("".join(f"{name}\n" for name in skipped))
+        names.flush()
+        run(["tar", "--extract", "--preserve-permissions", "--xattrs", "--xattrs-include=*",
+             "--numeric-owner", "--no-wildcards", "--anchored", "--exclude-from", names.name,
+             "--file", tarball, "--directory", tree])
+    return len(skipped)
+
+
+def _member_names(tarball: Path) -> list[str]:
+    try:
+        with tarfile.open(tarball) as archive:
+            return archive.getnames()
+    except (OSError, tarfile.TarError) as exc:
+        raise BuildError(f"{tarball}: cannot read the cached root filesystem ({exc}); "
+                         "delete it to rebuild") from None
+
+
+def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
+    dist = spec.distribution
+    argv = [
+        "mmdebstrap",
+        f"--variant={VARIANT}",
+        f"--architectures={dist.architecture}",
+        f"--include={','.join(spec.packages.include)}",
+        "--aptopt=Acquire::Retries \"3\"",
+        "--dpkgopt=force-unsafe-io",
+        # Lay out merged /usr directly; otherwise bookworm installs the usrmerge converter
+        # and, with it, all of perl (30 MB the image never runs).
+        f"--hook-dir={MERGED_USR_HOOKS}",
+        dist.suite,
+        str(target),
+        dist.mirror,
+    ]
+    env = {"SOURCE_DATE_EPOCH": str(epoch)} if epoch else None
+    try:
+        run(argv, env=env, stream=True)
+    except CommandFailed as exc:
+        missing = _MISSING_PACKAGE.search(exc.stderr)
+        if missing:
+            name = missing.group(1) or missing.group(2)
+            raise BuildError(
+                f"package {name!r} does not exist in {dist.suite} at {dist.mirror} "
+                f"(mmdebstrap: {missing.group(0)})") from None
+        raise

@@ -1,0 +1,153 @@
+"""Stage 7: the SBOM and the signed manifest, the contract the verifier checks hosts against."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+
+from hardhost.builder import sbom
+from hardhost.builder.context import BuildContext
+from hardhost.builder.pcr import KNOWN_FIRMWARE
+from hardhost.builder.spec import Boot, Spec
+from hardhost.builder.stages import harden, security, uki
+from hardhost.builder.stages.harden import effective_sysctls
+from hardhost.core.log import StepTiming
+from hardhost.core.run import output
+from hardhost.image import layout, signing
+from hardhost.image.manifest import MANIFEST_NAME, HostManifest, Subject, format_time, sha256_file
+
+SBOM_NAME = "sbom.spdx.json"
+# Signed artifacts, in the order a reproducibility check compares them.
+SUBJECTS = ("root.img", "root.verity", "vmlinuz", "initrd.img", SBOM_NAME)
+UKI_SUBJECTS = (uki.UKI_NAME, uki.ESP_NAME)
+
+
+def subjects(spec: Spec) -> tuple[str, ...]:
+    """The artifacts the manifest signs for an image of `spec`."""
+    return SUBJECTS + (UKI_SUBJECTS if spec.image.boot is Boot.UKI else ())
+
+
+def firmware_pcrs() -> dict[str, dict[str, str]]:
+    return {f"{golden.code_sha256} {golden.machine}": {str(i): v for i, v in golden.pcrs.items()}
+            for golden in KNOWN_FIRMWARE.values()}
+
+# What changes under /etc and /var on a healthy host after boot, as globs per overlay.
+# /var holds runtime state by design (logs, caches, container storage), so all of it may
+# change; /etc may change only where services write their generated identity.
+MUTABLE_PATHS: Mapping[str, tuple[str, ...]] = {
+    "etc": (".pwd.lock", "machine-id", "cni", "cni/*", "docker", "docker/key.json"),
+    "var": ("*",),
+}
+
+
+def inputs(spec: Spec, epoch: int) -> dict[str, object]:
+    """Every setting: the manifest records them all. It is never cached; signing is cheap."""
+    return {"spec": dataclasses.asdict(spec) | {"source": None}, "epoch": epoch}
+
+
+def sshd_expectations(spec: Spec) -> dict[str, str]:
+    """The `sshd -T` values a booted host must report."""
+    return {
+        "passwordauthentication": "no",
+        "kbdinteractiveauthentication": "no",
+        "permitemptypasswords": "no",
+        "pubkeyauthentication": "yes",
+        "authenticationmethods": "publickey",
+        "permitrootlogin": "without-password" if spec.ssh.permit_root_login else "no",
+        "hostkey": f"{layout.STATE_MOUNT}/{layout.STATE_HOST_KEY}",
+    }
+
+
+def apparmor_profiles(tree: Path) -> dict[str, str]:
+    """Profiles the image loads at boot, with the mode each must be in."""
+    base = tree / "etc/apparmor.d"
+    disabled = {p.name for p in (base / "disable").glob("*")}
+    complain = {p.name for p in (base / "force-complain").glob("*")}
+    profiles: dict[str, str] = {}
+    for path in sorted(p for p in base.iterdir() if p.is_file() and p.name not in disabled):
+        text = path.read_text(errors="replace")
+        mode = "complain" if path.name in complain or "complain)" in text else "enforce"
+        names = output(["apparmor_parser", "--names", "--base", base, "--Include", base, path])
+        for name in names.split():
+            profiles[name] = mode
+    return profiles
+
+
+def apparmor_runtime_profiles(spec: Spec) -> dict[str, str]:
+    """Profiles services load when they start, after boot."""
+    return {"docker-default": "enforce"} if harden.has_docker(spec) else {}
+
+
+def seccomp_profiles(tree: Path) -> dict[str, str]:
+    """Every seccomp profile the image carries, by its path on the host."""
+    directory = tree / security.SECCOMP_DIR.lstrip("/")
+    return {f"{security.SECCOMP_DIR}/{p.name}": sha256_file(p)
+            for p in sorted(directory.glob("*.json"))}
+
+
+def runtime_config(tree: Path) -> dict[str, str]:
+    path = "/etc/docker/daemon.json"
+    found = tree / path.lstrip("/")
+    return {path: sha256_file(found)} if found.exists() else {}
+
+
+def userns_expectations(spec: Spec) -> dict[str, str]:
+    line = harden.subid_line(spec)
+    expected = {"remap_user": spec.userns.remap_user, "subuid": line, "subgid": line}
+    if harden.has_docker(spec):
+        expected["docker_userns_remap"] = spec.userns.remap_user
+    return expected
+
+
+def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest: str,
+                   now: dt.datetime) -> HostManifest:
+    spec = ctx.spec
+    return HostManifest(
+        name=spec.name,
+        subjects=tuple(Subject(name, ctx.subjects[name]) for name in subjects(spec)),
+        spec_digest=spec.digest(),
+        package_list_digest=sbom.package_list_digest(packages),
+        sbom_digest=sbom_digest,
+        root_hash=ctx.root_hash,
+        verity_salt=ctx.salt,
+        filesystem=str(spec.image.filesystem),
+        kernel_release=ctx.kernel_release,
+        cmdline=ctx.cmdline,
+        sysctls=dict(effective_sysctls(spec)),
+        apparmor_profiles=apparmor_profiles(ctx.tree),
+        apparmor_runtime_profiles=apparmor_runtime_profiles(spec),
+        seccomp_profiles=seccomp_profiles(ctx.tree),
+        runtime_config=runtime_config(ctx.tree),
+        userns=userns_expectations(spec),
+        sshd=sshd_expectations(spec),
+        mutable_paths=MUTABLE_PATHS,
+        created=format_time(now),
+        expires=format_time(now + dt.timedelta(days=spec.manifest.validity_days)),
+        boot=str(spec.image.boot),
+        pcrs={str(index): value for index, value in sorted(ctx.pcrs.items())},
+        firmware_pcrs=firmware_pcrs() if spec.image.boot is Boot.UKI else {},
+        mounts=expected_mounts(spec),
+        optional_mounts=layout.OPTIONAL_MOUNTS,
+        runtime_mount_areas=layout.RUNTIME_MOUNT_AREAS + (
+            layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()),
+    )
+
+
+def expected_mounts(spec: Spec) -> dict[str, str]:
+    """Every mount a booted host of `spec` has, by mount point and filesystem type."""
+    mounts = layout.BASE_MOUNTS | {"/": str(spec.image.filesystem)}
+    return mounts | (layout.DOCKER_MOUNTS if harden.has_docker(spec) else {})
+
+
+def run_stage(ctx: BuildContext, step: StepTiming) -> None:
+    key = ctx.signing_key
+    packages = sbom.installed_packages(ctx.tree)
+    epoch = dt.datetime.fromtimestamp(ctx.source_date_epoch, dt.UTC)
+    sbom.write(ctx.staging / SBOM_NAME, sbom.document(ctx.spec.name, packages,
+                                                       format_time(epoch)))
+    ctx.subjects = {name: sha256_file(ctx.staging / name) for name in subjects(ctx.spec)}
+    manifest = build_manifest(ctx, packages, ctx.subjects[SBOM_NAME], dt.datetime.now(dt.UTC))
+    (ctx.staging / MANIFEST_NAME).write_bytes(signing.sign(manifest.payload(), key))
+    step.note = f"{len(packages)} packages, key {signing.key_id(key.public_key())[:16]}"

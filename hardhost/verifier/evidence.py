@@ -1,0 +1,371 @@
+"""Boot-state evidence: one fixed, read-only script over one exec channel, parsed strictly.
+
+Everything the host prints is hostile input: it is size-capped by the transport, must be
+UTF-8, and must contain every section exactly once, in order, each marked with this run's
+nonce. Every key appears once. The script's exit status and stderr are evidence too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+
+from hardhost.core.outputs import printable
+from hardhost.verifier.transport import HostOutputError, Session, Target
+
+SECTIONS = ("boot_id", "kernel_release", "cmdline", "namespaces", "mountinfo", "verity",
+            "sysctl", "apparmor_enabled", "apparmor_profiles", "sshd", "seccomp",
+            "runtime_config", "subuid", "subgid", "listening", "services", "failed_units",
+            "overlay_etc", "overlay_var", "end")
+OVERLAYS = ("etc", "var")
+LISTED_PER_LAYER = 1000  # the script's `head -z -n`: names shown of each upper layer
+STDERR_KEPT = 4096  # characters of the script's stderr kept in the evidence
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PROFILE = re.compile(r"(?P<name>\S.*) \((?P<mode>[a-z]+)\)")
+_NONCE = re.compile(r"[0-9a-f]{32}")
+# `sshd -T` prints these once per value; every other key once.
+SSHD_MULTI_VALUED = frozenset({"listenaddress", "acceptenv", "hostkey", "port", "subsystem",
+                               "setenv", "permitopen", "permitlisten", "include",
+                               "channeltimeout", "authorizedkeysfile"})
+# systemd's unit name characters (unit_name_is_valid in src/basic/unit-name.c).
+_UNIT = re.compile(r"[A-Za-z0-9:_.\\@-]{1,255}")
+
+
+def script() -> str:
+    return resources.files("hardhost.verifier").joinpath("evidence_script.sh").read_text()
+
+
+def script_with_nonce(nonce: str) -> str:
+    """The fixed script, with this run's section nonce (hex) assigned before it."""
+    if not _NONCE.fullmatch(nonce):
+        raise ValueError("the nonce is 32 hex digits")
+    return f"nonce={nonce}\n{script()}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    mountpoint: str
+    fstype: str
+    source: str
+    options: tuple[str, ...]
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options
+
+    def option(self, name: str) -> str | None:
+        """The value of a `name=value` mount option, or None."""
+        prefix = f"{name}="
+        return next((o.removeprefix(prefix) for o in self.options if o.startswith(prefix)),
+                    None)
+
+
+@dataclass(frozen=True)
+class UpperLayer:
+    """What changed in an overlay since boot, outside the allowed globs."""
+
+    count: int  # changed entries outside the allowed globs
+    names: tuple[str, ...]  # at most LISTED_PER_LAYER of them; undecodable bytes escaped
+
+    @property
+    def truncated(self) -> bool:
+        return self.count > len(self.names)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    boot_id: str
+    kernel_release: str
+    cmdline: str
+    namespaces: dict[str, str]  # mnt/pid/net -> "init" or "other"; proc -> "live"/"stale"
+    mounts: tuple[Mount, ...]
+    verity: dict[str, str]
+    sysctls: dict[str, str]
+    apparmor_enabled: bool
+    apparmor_profiles: dict[str, str]
+    sshd: dict[str, str]
+    seccomp_digests: dict[str, str]  # path -> sha256
+    runtime_config_digest: str  # sha256 of /etc/docker/daemon.json, "" when absent
+    subuid: tuple[str, ...]
+    subgid: tuple[str, ...]
+    listening: tuple[str, ...]  # "proto local-address:port"
+    services: tuple[str, ...]  # running service units
+    failed_units: tuple[str, ...]
+    overlay_changes: dict[str, UpperLayer | None]  # None: no overlay upper layer
+    exit_status: int  # the script's; 0 when every command it ran succeeded
+    stderr: str  # the script's, capped
+
+    def mount(self, mountpoint: str) -> Mount | None:
+        """The mount visible at `mountpoint` (the last one stacked there)."""
+        found = [m for m in self.mounts if m.mountpoint == mountpoint]
+        return found[-1] if found else None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def split_marked_sections(raw: bytes, host: str, expected: tuple[str, ...],
+                          what: str, nonce: str = "") -> dict[str, str]:
+    """Split the output of a fixed host script whose sections start with `@@hardhost:NAME@@`
+    lines (`@@hardhost:NONCE:NAME@@` with a nonce). Every name in `expected` must appear
+    exactly once, in order, with nothing before the first marker; `what` names the output
+    in errors."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HostOutputError(f"{host}: {what} is not UTF-8 (byte {exc.start})") from None
+    tag = f"{nonce}:" if nonce else ""
+    marker = re.compile(rf"\n@@hardhost:{re.escape(tag)}([a-z_]+)@@\n")
+    parts = marker.split("\n" + text)
+    names = parts[1::2]
+    if tuple(names) != expected or parts[0].strip():
+        shown = printable(", ".join(names[:20])) or "none"
+        raise HostOutputError(f"{host}: {what} sections are missing, repeated or out of "
+                              f"order (got {shown})")
+    return dict(zip(names, parts[2::2], strict=True))
+
+
+def split_sections(raw: bytes, host: str, nonce: str = "") -> dict[str, str]:
+    return split_marked_sections(raw, host, SECTIONS, "evidence", nonce)
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _bad(host: str, what: str, line: str) -> HostOutputError:
+    return HostOutputError(f"{host}: {what}: {printable(line[:80])!r}")
+
+
+def parse_mountinfo(text: str, host: str) -> tuple[Mount, ...]:
+    mounts = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 6 or len(rest) < 3:
+            raise _bad(host, "malformed mountinfo line", line)
+        options = tuple(sorted(set(fields[5].split(",")) | set(rest[2].split(","))))
+        mounts.append(Mount(_unescape(fields[4]), rest[0], _unescape(rest[1]), options))
+    return tuple(mounts)
+
+
+def _once(pairs: dict[str, str], key: str, value: str, host: str, what: str) -> None:
+    """Add `key` once: a second value for it is forged or broken evidence, never a choice
+    between the two."""
+    if key in pairs:
+        raise HostOutputError(f"{host}: {what} {printable(key[:80])!r} appears twice")
+    pairs[key] = value
+
+
+def _key_values(text: str, sep: str, host: str, what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for line in text.splitlines():
+        key, found, value = line.strip().partition(sep)
+        if found and key.strip():
+            _once(pairs, key.strip(), value.strip(), host, what)
+    return pairs
+
+
+def parse_sysctls(text: str, host: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        path, found, value = line.partition(":")
+        if not found or not path.startswith("/proc/sys/"):
+            raise _bad(host, "malformed sysctl line", line)
+        key = path.removeprefix("/proc/sys/").replace("/", ".")
+        # Whitespace is normalised the way sysctl(8) prints it. A file of several lines
+        # would repeat its key: none of the walked files has more than one.
+        _once(values, key, " ".join(value.split()), host, "sysctl")
+    return values
+
+
+def parse_profiles(text: str, host: str = "host") -> dict[str, str]:
+    profiles: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _PROFILE.fullmatch(line.strip())
+        if not match:
+            raise _bad(host, "malformed AppArmor profile line", line)
+        _once(profiles, match.group("name"), match.group("mode"), host, "AppArmor profile")
+    return profiles
+
+
+_SHA256_LINE = re.compile(r"(?P<digest>[0-9a-f]{64})  (?P<path>/\S+)")
+
+
+def parse_digests(text: str, host: str) -> dict[str, str]:
+    digests: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        match = _SHA256_LINE.fullmatch(line)
+        if not match:
+            raise _bad(host, "malformed sha256sum line", line)
+        _once(digests, match.group("path"), match.group("digest"), host, "digest of")
+    return digests
+
+
+def parse_listening(text: str) -> tuple[str, ...]:
+    sockets = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0] in ("tcp", "udp"):
+            sockets.add(f"{fields[0]} {fields[4]}")
+    return tuple(sorted(sockets))
+
+
+def parse_units(text: str, host: str, what: str) -> tuple[str, ...]:
+    """Unit names from `systemctl list-units --no-legend --plain`, each strictly a name."""
+    units = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if not _UNIT.fullmatch(fields[0]) or fields[0] in units:
+            raise _bad(host, f"malformed or repeated {what} line", line)
+        units.add(fields[0])
+    return tuple(sorted(units))
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def parse_sshd(text: str, host: str = "host") -> dict[str, str]:
+    """`sshd -T`: each key once, except those sshd prints once per value, whose values are
+    joined with newlines in the order printed."""
+    config: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if not key:
+            continue
+        if not key.isalnum():
+            raise _bad(host, "malformed sshd -T line", line)
+        key = key.lower()
+        if key in SSHD_MULTI_VALUED and key in config:
+            config[key] += "\n" + value.strip()
+        else:
+            _once(config, key, value.strip(), host, "sshd -T key")
+    return config
+
+
+def parse_namespaces(text: str, host: str) -> dict[str, str]:
+    found = _key_values(text, " ", host, "namespace")
+    expected = {"mnt": ("init", "other"), "pid": ("init", "other"), "net": ("init", "other"),
+                "proc": ("live", "stale")}
+    if set(found) != set(expected) or any(found[k] not in v for k, v in expected.items()):
+        raise HostOutputError(f"{host}: malformed namespaces section")
+    return found
+
+
+def _upper_listing(text: str, name: str, host: str) -> UpperLayer | None:
+    lines = text.splitlines()
+    if lines == ["absent"]:
+        return None
+    if len(lines) not in (1, 2) or not lines[0].isdigit():
+        raise HostOutputError(f"{host}: malformed listing of the /{name} upper layer")
+    try:
+        listed = base64.b64decode(lines[1] if len(lines) == 2 else "", validate=True)
+    except binascii.Error:
+        raise HostOutputError(f"{host}: the /{name} upper layer listing is not base64") from None
+    if listed and not listed.endswith(b"\0"):
+        raise HostOutputError(f"{host}: malformed listing of the /{name} upper layer")
+    # Names are bytes on Linux; undecodable ones keep their bytes as \xNN escapes.
+    names = tuple(sorted(n.decode("utf-8", "backslashreplace") for n in listed.split(b"\0")[:-1]))
+    count = int(lines[0])
+    if len(names) > LISTED_PER_LAYER or count < len(names):
+        raise HostOutputError(f"{host}: malformed listing of the /{name} upper layer")
+    return UpperLayer(count, names)
+
+
+def parse(raw: bytes, host: str, *, nonce: str = "", exit_status: int = 0,
+          stderr: bytes = b"") -> Evidence:
+    sections = split_sections(raw, host, nonce)
+    boot_id = sections["boot_id"].strip()
+    if not _UUID.fullmatch(boot_id):
+        raise HostOutputError(f"{host}: boot_id {printable(boot_id[:40])!r} is not a UUID")
+    overlay = {name: _upper_listing(sections[f"overlay_{name}"], name, host)
+               for name in OVERLAYS}
+    runtime = parse_digests(sections["runtime_config"], host)
+    return Evidence(
+        boot_id=boot_id,
+        kernel_release=sections["kernel_release"].strip(),
+        cmdline=sections["cmdline"].strip(),
+        namespaces=parse_namespaces(sections["namespaces"], host),
+        mounts=parse_mountinfo(sections["mountinfo"], host),
+        verity=_key_values(sections["verity"], ":", host, "veritysetup status key"),
+        sysctls=parse_sysctls(sections["sysctl"], host),
+        apparmor_enabled=sections["apparmor_enabled"].strip() == "Y",
+        apparmor_profiles=parse_profiles(sections["apparmor_profiles"], host),
+        sshd=parse_sshd(sections["sshd"], host),
+        seccomp_digests=parse_digests(sections["seccomp"], host),
+        runtime_config_digest=runtime.get("/etc/docker/daemon.json", ""),
+        subuid=_lines(sections["subuid"]),
+        subgid=_lines(sections["subgid"]),
+        listening=parse_listening(sections["listening"]),
+        services=parse_units(sections["services"], host, "running service"),
+        failed_units=parse_units(sections["failed_units"], host, "failed unit"),
+        overlay_changes=overlay,
+        exit_status=exit_status,
+        stderr=stderr.decode("utf-8", "backslashreplace")[:STDERR_KEPT],
+    )
+
+
+def allowed_globs(mutable_paths: dict[str, Sequence[str]]) -> list[str]:
+    """The script's arguments: `NAME:GLOB` for each overlay's allowed globs. Globs with a
+    backslash are left to the verifier: find(1) reads it as an escape, fnmatch does not."""
+    return [f"{name}:{glob}" for name in OVERLAYS for glob in mutable_paths.get(name, ())
+            if "\\" not in glob]
+
+
+def collect(session: Session, *, timeout: float,
+            mutable_paths: dict[str, Sequence[str]] | None = None) -> Evidence:
+    """Run the evidence script on `session` and parse what it printed. Upper-layer entries
+    matching `mutable_paths` are left out of the listings on the host."""
+    nonce = secrets.token_hex(16)
+    result = session.run_script(script_with_nonce(nonce), timeout=timeout,
+                                args=allowed_globs(mutable_paths or {}))
+    return parse(result.stdout, str(session.target), nonce=nonce,
+                 exit_status=result.exit_status, stderr=result.stderr)
+
+
+def render_table(target: Target, ev: Evidence) -> str:
+    root = ev.mount("/")
+    rows = [
+        ("host", str(target)),
+        ("boot_id", ev.boot_id),
+        ("kernel", ev.kernel_release),
+        ("root", f"{root.fstype} {'ro' if root.read_only else 'RW'} on {root.source}"
+         if root else "not found"),
+        ("dm-verity", f"{ev.verity.get('status', 'absent')}, root hash "
+                      f"{ev.verity.get('root hash', '-')}"),
+    ]
+    for name in ("etc", "var"):
+        mount = ev.mount(f"/{name}")
+        kind = f"{mount.fstype} on {mount.source}" if mount else "not mounted"
+        changed = ev.overlay_changes[name]
+        drift = "no upper layer" if changed is None else f"{changed.count} changed since boot"
+        rows.append((f"/{name}", f"{kind}; {drift}"))
+    rows.append(("mounts", f"{len(ev.mounts)}, namespace {ev.namespaces.get('mnt', '?')}"))
+    rows.append(("failed units", ", ".join(ev.failed_units) or "none"))
+    rows.append(("script", f"exit status {ev.exit_status}"
+                           + (f", stderr {ev.stderr.strip()[:200]}" if ev.stderr.strip() else "")))
+    enforced = sorted(n for n, m in ev.apparmor_profiles.items() if m == "enforce")
+    rows.append(("apparmor", f"{'enabled' if ev.apparmor_enabled else 'DISABLED'}, "
+                             f"{len(enforced)} profiles in enforce mode"))
+    rows.append(("sshd", f"passwordauthentication {ev.sshd.get('passwordauthentication', '?')}, "
+                         f"permitrootlogin {ev.sshd.get('permitrootlogin', '?')}"))
+    for key in ("kernel.kptr_restrict", "kernel.dmesg_restrict", "kernel.yama.ptrace_scope",
+                "kernel.unprivileged_bpf_disabled", "net.ipv4.conf.all.rp_filter"):
+        rows.append((f"sysctl {key}", ev.sysctls.get(key, "absent")))
+    width = max(len(k) for k, _ in rows)
+    # Every value came from the host: escape sequences in it must not reach the terminal.
+    return "\n".join(f"{k.ljust(width)}  {printable(v)}" for k, v in rows)

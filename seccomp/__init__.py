@@ -1,0 +1,1 @@
+"""Policy sources for seccomp, shipped as package data (hardhost.policy.seccomp)."""
