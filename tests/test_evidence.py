@@ -169,8 +169,20 @@ def test_malformed_listings_are_errors(section: str) -> None:
         parse(fake_output(overlay_etc=section), "h")
 
 
+def test_a_sysctl_file_of_several_lines_is_one_value() -> None:
+    # Linux 6.x's kernel.core_modes prints one mode per line.
+    ev = parse(fake_output(sysctl="/proc/sys/kernel/core_modes:file\n"
+                                  "/proc/sys/kernel/core_modes:pipe\n"
+                                  "/proc/sys/kernel/core_modes:socket\n"
+                                  "/proc/sys/kernel/kptr_restrict:2\n"), "h")
+    assert ev.sysctls == {"kernel.core_modes": "file pipe socket", "kernel.kptr_restrict": "2"}
+
+
 @pytest.mark.parametrize(("section", "body"), [
-    ("sysctl", "/proc/sys/kernel/kptr_restrict:0\n/proc/sys/kernel/kptr_restrict:2\n"),
+    ("sysctl", "/proc/sys/kernel/kptr_restrict:0\n/proc/sys/kernel/kptr_restrict:2\n"
+               "/proc/sys/kernel/x:1\n/proc/sys/kernel/kptr_restrict:2\n"),
+    ("sysctl", "/proc/sys/kernel/kptr_restrict:0\n/proc/sys/kernel/y:1\n"
+               "/proc/sys/kernel/kptr_restrict:2\n"),
     ("apparmor_profiles", "p (enforce)\np (complain)\n"),
     ("sshd", "passwordauthentication yes\npasswordauthentication no\n"),
     ("seccomp", f"{'a' * 64}  /x.json\n{'b' * 64}  /x.json\n"),

@@ -176,15 +176,22 @@ def _key_values(text: str, sep: str, host: str, what: str) -> dict[str, str]:
 
 
 def parse_sysctls(text: str, host: str) -> dict[str, str]:
+    """`grep -r ''` over /proc/sys: one `PATH:LINE` per line of each file. A file of several
+    lines (kernel.core_modes on Linux 6.x) gives consecutive lines of one path, joined into
+    one value; a key that comes back after another key is forged or broken evidence."""
     values: dict[str, str] = {}
+    previous = ""
     for line in text.splitlines():
         path, found, value = line.partition(":")
         if not found or not path.startswith("/proc/sys/"):
             raise _bad(host, "malformed sysctl line", line)
         key = path.removeprefix("/proc/sys/").replace("/", ".")
-        # Whitespace is normalised the way sysctl(8) prints it. A file of several lines
-        # would repeat its key: none of the walked files has more than one.
-        _once(values, key, " ".join(value.split()), host, "sysctl")
+        # Whitespace is normalised the way sysctl(8) prints it.
+        if key == previous:
+            values[key] = " ".join([values[key], *value.split()]).strip()
+        else:
+            _once(values, key, " ".join(value.split()), host, "sysctl")
+        previous = key
     return values
 
 
