@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hardhost.core.errors import UsageError
-from hardhost.verifier.tpm_enroll import AkRegistry, HostId, load_ca_bundle
+from hardhost.verifier.tpm_ek import load_ca_bundle
+from hardhost.verifier.tpm_registry import AkRegistry, HostId
 
 HOST = HostId("127.0.0.1:2222", "SHA256:" + "A" * 43)
 

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from hardhost.core.run import which
-from hardhost.profiles import apparmor, default
-from hardhost.profiles.apparmor import (
+from hardhost.profiles import apparmor, apparmor_check, apparmor_read, apparmor_validate, default
+from hardhost.profiles.apparmor_read import (
     CapabilityRule,
     FileRule,
     NetworkRule,
     OtherRule,
     ParsedProfile,
-    ProfileError,
 )
+from hardhost.profiles.apparmor_rules import ProfileError
 from hardhost.profiles.trace import (
     FileAccess,
     NetworkCall,
@@ -44,7 +44,7 @@ def webapp() -> Trace:
 
 
 def profile_of(trace: Trace, name: str = "webapp") -> ParsedProfile:
-    return apparmor.parse(apparmor.generate(trace, name))
+    return apparmor_read.parse(apparmor.generate(trace, name))
 
 
 def with_extra(trace: Trace, extra: Trace) -> Trace:
@@ -76,17 +76,18 @@ def test_generation_is_deterministic() -> None:
 @pytest.mark.parametrize("trace", [Trace(), webapp(), normalise(syscalls=["ptrace"])],
                          ids=["empty", "webapp", "ptrace"])
 def test_apparmor_parser_accepts_the_profile(trace: Trace) -> None:
-    apparmor.validate(apparmor.generate(trace, "webapp"))
+    apparmor_validate.validate(apparmor.generate(trace, "webapp"))
 
 
 def test_apparmor_parser_reason_reaches_the_error() -> None:
     broken = "abi <abi/3.0>,\nprofile broken {\n  /tmp/x rwa,\n}\n"
     with pytest.raises(ProfileError, match="refused the profile: line 3: Conflict 'a' and 'w'"
                        ) as caught:
-        apparmor.validate(broken)
+        apparmor_validate.validate(broken)
     assert "hardhost-apparmor-" not in str(caught.value)  # no temporary file names
     with pytest.raises(ProfileError, match="Invalid capability frobnicate"):
-        apparmor.validate("abi <abi/3.0>,\nprofile broken {\n  capability frobnicate,\n}\n")
+        apparmor_validate.validate(
+            "abi <abi/3.0>,\nprofile broken {\n  capability frobnicate,\n}\n")
 
 
 # --- What goes into the profile ---------------------------------------------------------
@@ -132,18 +133,18 @@ def test_glob_only_for_many_files_read_in_one_directory() -> None:
 
 def test_glob_semantics_in_the_check() -> None:
     profile = profile_of(siblings(8, "r"))
-    assert apparmor.file_verdict(profile, "/usr/share/zoneinfo/unseen", "r") is None
-    assert apparmor.file_verdict(profile, "/usr/share/zoneinfo/Europe/Paris", "r") is not None
-    assert apparmor.file_verdict(profile, "/usr/share/zoneinfo/zone1", "w") is not None
+    assert apparmor_check.file_verdict(profile, "/usr/share/zoneinfo/unseen", "r") is None
+    assert apparmor_check.file_verdict(profile, "/usr/share/zoneinfo/Europe/Paris", "r") is not None
+    assert apparmor_check.file_verdict(profile, "/usr/share/zoneinfo/zone1", "w") is not None
 
 
 def test_proc_self_becomes_any_pid() -> None:
     profile = profile_of(normalise(files=[FileAccess("/proc/self/status", "r"),
                                           FileAccess("/proc/thread-self/comm", "w")]))
     for path in ("/proc/self/status", "/proc/4242/status", "/proc/1/status"):
-        assert apparmor.file_verdict(profile, path, "r") is None, path
-    assert apparmor.file_verdict(profile, "/proc/4242/task/4243/comm", "w") is None
-    assert apparmor.file_verdict(profile, "/proc/sys/status", "r") is not None
+        assert apparmor_check.file_verdict(profile, path, "r") is None, path
+    assert apparmor_check.file_verdict(profile, "/proc/4242/task/4243/comm", "w") is None
+    assert apparmor_check.file_verdict(profile, "/proc/sys/status", "r") is not None
 
 
 @pytest.mark.parametrize("name", ["", "my profile", "a/b", "../up", "-flag", ".hidden", "x{y}",
@@ -205,18 +206,18 @@ METACHARACTER_PATHS = [
 def test_metacharacter_paths_are_quoted_and_parse(path: str) -> None:
     trace = normalise(files=[FileAccess(path, "r")], executables=[path])
     text = apparmor.generate(trace, "meta")
-    apparmor.validate(text)
+    apparmor_validate.validate(text)
     token = apparmor.path_token(path)
     assert token.startswith('"') and token.endswith('"')
     assert f"  {token} r," in text.splitlines() and f"  {token} ix," in text.splitlines()
-    profile = apparmor.parse(text)
-    assert apparmor.first_denied(profile, trace) is None
+    profile = apparmor_read.parse(text)
+    assert apparmor_check.first_denied(profile, trace) is None
     # The rule matches the path itself and nothing else, and injected no other rule.
     allowing = [rule for rule in profile.files if not rule.deny]
     assert len(allowing) == 2
     for other in ("/srv/a", "/srv/x", "/etc/shadow", "/bin/sh", path + "x", path[:-1]):
-        assert apparmor.file_verdict(profile, other, "r") is not None, other
-        assert apparmor.file_verdict(profile, other, "x") is not None, other
+        assert apparmor_check.file_verdict(profile, other, "r") is not None, other
+        assert apparmor_check.file_verdict(profile, other, "x") is not None, other
 
 
 def aare_lines(text: str, tmp_path: Path) -> list[str]:
@@ -260,12 +261,12 @@ def test_unrepresentable_paths_are_refused(path: str) -> None:
 
 def test_check_allows_every_event_of_its_own_trace(tmp_path: Path) -> None:
     trace = webapp()
-    assert apparmor.first_denied(profile_of(trace), trace) is None
+    assert apparmor_check.first_denied(profile_of(trace), trace) is None
     written = tmp_path / "webapp.apparmor"
     written.write_text(apparmor.generate(trace, "webapp"))
-    assert apparmor.first_denied(apparmor.load(written), trace) is None
+    assert apparmor_check.first_denied(apparmor_read.load(written), trace) is None
     with pytest.raises(ProfileError, match="AppArmor profile not found"):
-        apparmor.load(tmp_path / "missing")
+        apparmor_read.load(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -285,14 +286,14 @@ def test_check_allows_every_event_of_its_own_trace(tmp_path: Path) -> None:
         "file-run", "new-socket", "new-connect", "new-capability"])
 def test_check_names_the_first_denied_event(extra: Trace, expected: str) -> None:
     profile = profile_of(webapp())
-    assert apparmor.first_denied(profile, with_extra(webapp(), extra)) == expected
+    assert apparmor_check.first_denied(profile, with_extra(webapp(), extra)) == expected
 
 
 def test_check_reports_events_in_order() -> None:
     trace = with_extra(webapp(), normalise(executables=["/usr/bin/curl"],
                                            files=[FileAccess("/etc/shadow", "r")],
                                            capabilities=["sys_admin"]))
-    assert apparmor.first_denied(profile_of(webapp()), trace) == (
+    assert apparmor_check.first_denied(profile_of(webapp()), trace) == (
         "exec /usr/bin/curl: no rule allows it")
 
 
@@ -302,7 +303,7 @@ def test_deny_rules_win_over_what_the_trace_allows() -> None:
                                                              "w")]))
     text = apparmor.generate(trace, "webapp")
     assert "/proc/sys/net/ipv4/ip_forward w," in rule_lines(text)
-    denied = apparmor.first_denied(apparmor.parse(text), trace)
+    denied = apparmor_check.first_denied(apparmor_read.parse(text), trace)
     assert denied is not None
     assert denied.startswith("file /proc/sys/net/ipv4/ip_forward (w): denied by line ")
     assert denied.endswith("(deny @{PROC}/[^1-9/]*/** w,)")
@@ -337,22 +338,22 @@ profile patterns {
     ("/oct/ABC", True),
 ])
 def test_check_reads_apparmor_patterns(path: str, allowed: bool) -> None:
-    profile = apparmor.parse(PATTERNS)
-    assert (apparmor.file_verdict(profile, path, "r") is None) is allowed
+    profile = apparmor_read.parse(PATTERNS)
+    assert (apparmor_check.file_verdict(profile, path, "r") is None) is allowed
 
 
 def test_check_treats_w_as_covering_append() -> None:
-    profile = apparmor.parse(PATTERNS)
-    assert apparmor.file_verdict(profile, "/root/.cache/x", "a") is None
-    assert apparmor.file_verdict(profile, "/app/log", "a") is None
-    assert apparmor.file_verdict(profile, "/app/log", "w") is not None
+    profile = apparmor_read.parse(PATTERNS)
+    assert apparmor_check.file_verdict(profile, "/root/.cache/x", "a") is None
+    assert apparmor_check.file_verdict(profile, "/app/log", "a") is None
+    assert apparmor_check.file_verdict(profile, "/app/log", "w") is not None
 
 
 @pytest.mark.parametrize("rule", ["owner /x r,", "/x r -> /y,", "/x r", "/x rq,",
                                   "network tcp,", "dbus-x send,", "/x rwa,", "/x{a} r,"])
 def test_check_refuses_rules_it_cannot_evaluate(rule: str) -> None:
     with pytest.raises(ProfileError, match="line 2"):
-        apparmor.parse(f"profile p {{\n  {rule}\n}}\n")
+        apparmor_read.parse(f"profile p {{\n  {rule}\n}}\n")
 
 
 # --- Docker's docker-default denies ------------------------------------------------------
@@ -396,7 +397,7 @@ def examples(pattern: str, limit: int = 400) -> list[str]:
 
 
 def docker_default() -> ParsedProfile:
-    return apparmor.parse(DOCKER_DEFAULT.read_text(), str(DOCKER_DEFAULT))
+    return apparmor_read.parse(DOCKER_DEFAULT.read_text(), str(DOCKER_DEFAULT))
 
 
 def test_every_docker_deny_line_is_read() -> None:
@@ -420,8 +421,8 @@ def test_docker_default_denies_are_covered(trace: Trace) -> None:
 def test_container_default_is_generated_and_covers_docker() -> None:
     text = default.APPARMOR_OUTPUT.read_text()
     assert text == apparmor.generate_default()
-    apparmor.validate(text)
-    assert_covers_docker(apparmor.parse(text))
+    apparmor_validate.validate(text)
+    assert_covers_docker(apparmor_read.parse(text))
 
 
 def assert_covers_docker(ours: ParsedProfile) -> None:
@@ -431,7 +432,7 @@ def assert_covers_docker(ours: ParsedProfile) -> None:
         samples = examples(rule.pattern)
         assert samples and all(rule.matches(p) for p in samples), rule.text
         for path, letter in itertools.product(samples, sorted(rule.perms)):
-            verdict = apparmor.file_verdict(ours, path, letter)
+            verdict = apparmor_check.file_verdict(ours, path, letter)
             assert verdict is not None and verdict.startswith("denied by"), (rule.text, path)
     for net in docker_default().network:
         if net.deny:

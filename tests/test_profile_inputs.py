@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hardhost.core.errors import UsageError
-from hardhost.profiles import apparmor, generate
+from hardhost.profiles import apparmor_check, apparmor_read, apparmor_regex, generate
 from hardhost.profiles.aaglob import MAX_ALTERNATIVES, compile_glob
 from hardhost.profiles.trace import MAX_ENTRIES, TraceError, from_json, load, normalise
 from tests.conftest import REPO
@@ -146,12 +146,12 @@ def test_a_backtracking_apparmor_pattern_is_checked_in_linear_time() -> None:
     # As a Python regex, this pattern takes minutes against a path of 300 'a's.
     text = ("profile p {\n  /**a**a**a**a**a**a**a**b r,\n  /** r,\n"
             "  deny /**a**a**a**a**a**a**a**c w,\n}\n")
-    profile = apparmor.parse(text, "p")
+    profile = apparmor_read.parse(text, "p")
     path = "/" + "a" * 3000
     started = time.monotonic()
-    assert apparmor.file_verdict(profile, path, "r") is None
-    assert apparmor.file_verdict(profile, path, "w") == "no rule allows it"
-    assert apparmor.file_verdict(profile, path + "c", "w") is not None
+    assert apparmor_check.file_verdict(profile, path, "r") is None
+    assert apparmor_check.file_verdict(profile, path, "w") == "no rule allows it"
+    assert apparmor_check.file_verdict(profile, path + "c", "w") is not None
     assert time.monotonic() - started < 5
 
 
@@ -167,7 +167,7 @@ PATHS = ["/etc", "/etc/", "/etc/passwd", "/etc/a/x", "/etc/a/b/x", "/x", "/a/b/d
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_the_linear_matcher_agrees_with_the_regex(pattern: str) -> None:
-    regex = apparmor.glob_regex(pattern)
+    regex = apparmor_regex.glob_regex(pattern)
     glob = compile_glob(pattern)
     for path in PATHS:
         assert glob.fullmatch(path) == (regex.fullmatch(path) is not None), (pattern, path)
@@ -181,7 +181,7 @@ def test_brace_and_variable_blowups_are_refused() -> None:
     text = "\n".join(lines) + "\nprofile p {\n" + "  /@{V14} r,\n" * 200 + "}\n"
     started = time.monotonic()
     with pytest.raises(UsageError, match="variables expand beyond"):
-        apparmor.parse(text, "p")
+        apparmor_read.parse(text, "p")
     assert time.monotonic() - started < 5
 
 

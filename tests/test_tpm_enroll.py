@@ -1,7 +1,7 @@
 """AK enrollment and quotes against a real swtpm whose EK certificate comes from a local CA
-(hardhost.vm.vtpm: swtpm_setup with swtpm_localca), reached through a real loopback sshd for
-the end-to-end tests; the parsers, the EK chain check and the registry also run without
-SSH."""
+(hardhost.vm.vtpm: swtpm_setup with swtpm_localca), started by the VM harness's own swtpm
+launcher and reached through a real loopback sshd for the end-to-end tests; the parsers, the
+EK chain check and the registry also run without SSH."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from cryptography import x509
@@ -26,24 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from hardhost.core.errors import TrustError, UsageError
-from hardhost.core.run import run
-from hardhost.verifier.tpm_enroll import (
-    AK_HANDLE,
-    REENROLL_FLAG,
-    AkAlgorithm,
-    AkRegistry,
-    EnrolledAK,
-    HostId,
-    ak_problems,
-    attest_tpm,
-    enroll,
-    load_ca_bundle,
-    parse_public,
-    quote,
-    trim_nv_padding,
-    verify,
-    verify_ek_certificate,
-)
+from hardhost.core.run import process_cmdline, run
+from hardhost.verifier.tpm_ak_quote import attest_tpm, quote, verify
+from hardhost.verifier.tpm_ek import load_ca_bundle, trim_nv_padding, verify_ek_certificate
+from hardhost.verifier.tpm_enroll import AK_HANDLE, enroll, script
+from hardhost.verifier.tpm_public import AkAlgorithm, ak_problems, parse_public
 from hardhost.verifier.tpm_quote import (
     QUOTE_PCRS,
     QuoteFormatError,
@@ -51,7 +39,9 @@ from hardhost.verifier.tpm_quote import (
     parse_script_output,
     verify_quote,
 )
+from hardhost.verifier.tpm_registry import REENROLL_FLAG, AkRegistry, EnrolledAK, HostId
 from hardhost.verifier.transport import Session, Target, connect
+from hardhost.vm import vtpm
 from hardhost.vm.vtpm import LocalCa, make_local_ca, manufacture
 from tests.conftest import KeyPair, LoopbackHost, start_sshd
 
@@ -75,54 +65,52 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free loopback ports")
 
 
-class Swtpm:
-    """A running swtpm on loopback TCP, restartable on the same state and port (a reboot)."""
+@dataclass(frozen=True)
+class TcpTpm:
+    """A TPM served to tpm2-tools on loopback TCP by the VM harness's swtpm launcher;
+    stopping it and starting it again on the same state and port is a reboot."""
 
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.port = free_port_pair()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+    daemon: vtpm.Swtpm
 
     @property
     def tcti(self) -> str:
-        return f"swtpm:host=127.0.0.1,port={self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}",
-             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("swtpm did not start") from None
-                time.sleep(0.05)
+        return f"swtpm:host=127.0.0.1,port={self.daemon.tcp_port}"
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+        """SIGTERM the daemon and wait until the process has gone (its pid file goes
+        first)."""
+        pid = self.daemon.pid()
+        if pid is None:
+            return
+        cmdline = process_cmdline(pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while process_cmdline(pid) == cmdline:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"swtpm {pid} did not stop")
+            time.sleep(0.05)
 
     def restart(self) -> None:
         self.stop()
-        self.start()
+        self.daemon.start()
 
     def tool(self, *argv: str | Path) -> bytes:
         return run(list(argv), env={"TPM2TOOLS_TCTI": self.tcti}, capture=True,
                    timeout=30).stdout
 
 
+def serve(state: Path) -> TcpTpm:
+    """Start a swtpm on the manufactured TPM in `state`, for tpm2-tools."""
+    beside = state.parent / state.name
+    daemon = vtpm.Swtpm(state, beside.with_suffix(".sock"), beside.with_suffix(".pid"),
+                        beside.with_suffix(".log"), tcp_port=free_port_pair())
+    daemon.start()
+    return TcpTpm(daemon)
+
+
 @dataclass(frozen=True)
 class Tpm:
-    swtpm: Swtpm
+    swtpm: TcpTpm
     ca: LocalCa
 
 
@@ -131,7 +119,7 @@ def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tpm]:
     base = tmp_path_factory.mktemp("tpm")
     ca = make_local_ca(base / "ca")
     manufacture(base / "state", ca)
-    swtpm = Swtpm(base / "state")
+    swtpm = serve(base / "state")
     try:
         yield Tpm(swtpm, ca)
     finally:
@@ -298,6 +286,24 @@ def test_the_quote_script_runs_with_a_tcti_from_the_environment(tpm: Tpm,
         bad = subprocess.run(["sh", "-s", "--", *args], input=script, capture_output=True,
                              env={"PATH": os.environ["PATH"], "TPM2TOOLS_TCTI": swtpm.tcti})
         assert bad.returncode == 2 and bad.stdout == b""
+
+
+@pytest.mark.parametrize("step", ["create", "activate"])
+def test_the_enrollment_scripts_stop_on_bad_arguments(step: Literal["create", "activate"]
+                                                      ) -> None:
+    """Each step's script, as the verifier sends it (the shared start, then the step), run
+    with sh as sshd would: a bad argument stops it with exit 2 before any TPM command, which
+    would fail otherwise (the TCTI names a closed port)."""
+    text = script(step).encode()
+    rest = ["Y3JlZA==", "Y3R4"] if step == "activate" else []
+    env = {"PATH": os.environ["PATH"], "TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=1"}
+    for args, reason in ((["0x01c00002", "rsa", *rest], b"AK handle: not a persistent handle"),
+                         (["0x81010002", "dsa", *rest], b"algorithm: not rsa or ecc"),
+                         (["0x81010002", "rsa", *rest, "extra"], b"usage: sh -s -- HANDLE")):
+        bad = subprocess.run(["sh", "-s", "--", *args], input=text, capture_output=True,
+                             env=env, timeout=30)
+        assert (bad.returncode, bad.stdout) == (2, b""), args
+        assert bad.stderr.strip().startswith(reason), bad.stderr
 
 
 def enrolled(address: str = "127.0.0.1:2222") -> EnrolledAK:
@@ -487,13 +493,13 @@ def test_an_ek_certificate_of_another_tpm_fails_activation(tpm: Tpm, client_key:
     """A host whose NV holds a genuine EK certificate from the trusted CA, but of another
     TPM: the chain holds, and only credential activation can tell."""
     manufacture(tmp_path / "other", tpm.ca)
-    other = Swtpm(tmp_path / "other")
+    other = serve(tmp_path / "other")
     try:
         foreign = ek_certificate(Tpm(other, tpm.ca), tmp_path)
     finally:
         other.stop()
     manufacture(tmp_path / "state", tpm.ca)
-    swtpm = Swtpm(tmp_path / "state")
+    swtpm = serve(tmp_path / "state")
     try:
         # swtpm leaves the platform hierarchy's auth empty, so the test can play the maker.
         (tmp_path / "foreign.crt").write_bytes(foreign)

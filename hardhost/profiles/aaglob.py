@@ -6,7 +6,7 @@ for minutes on a path of a few hundred characters. Here a pattern is expanded in
 `{a,b}` alternatives (a bounded number) and each is matched by stepping the set of
 reachable positions through its atoms: time proportional to atoms times path length.
 
-The syntax and meaning follow `apparmor.glob_regex` (and apparmor_parser's
+The syntax and meaning follow `apparmor_regex.glob_regex` (and apparmor_parser's
 parser_regex.c): `*` and `?` stop at '/', `**` does not, and a `*` or `**` that is a whole
 path component matches at least one character.
 """

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from hardhost.core.errors import UsageError
 from hardhost.core.outputs import check_output_dir
-from hardhost.profiles import apparmor, seccomp, selinux
+from hardhost.profiles import (
+    apparmor,
+    apparmor_check,
+    apparmor_read,
+    apparmor_validate,
+    seccomp,
+    selinux,
+)
 from hardhost.profiles.trace import Trace
 
 
@@ -48,7 +55,8 @@ def generate_all(trace: Trace, name: str, directory: Path) -> Written:
     for target in targets:
         _check_target(directory / target)
     selinux.validate(targets[f"{module}.cil"])  # compiled for real by secilc
-    apparmor.validate(targets[f"{name}.apparmor"])  # apparmor_parser -Q -K: parsed, not loaded
+    # apparmor_parser -Q -K: parsed, not loaded
+    apparmor_validate.validate(targets[f"{name}.apparmor"])
     if directory.is_dir():
         _install_files(directory, targets)
     else:
@@ -135,7 +143,7 @@ def check_all(directory: Path, trace: Trace) -> list[str]:
         if denied is not None:
             denials.append(f"{path.name}: seccomp would deny {denied}")
     for path in sorted(directory.glob("*.apparmor")):
-        refused = apparmor.first_denied(apparmor.load(path), trace)
+        refused = apparmor_check.first_denied(apparmor_read.load(path), trace)
         if refused is not None:
             denials.append(f"{path.name}: AppArmor would deny {refused}")
     return denials

@@ -15,9 +15,12 @@ from cryptography import x509
 
 from hardhost.core.errors import UsageError
 from hardhost.image.manifest import HostManifest
-from hardhost.verifier.tpm_enroll import AkRegistry, HostId, enroll, load_ca_bundle, quote
-from hardhost.verifier.tpm_enroll import verify as verify_under_ak
+from hardhost.verifier.tpm_ak_quote import quote
+from hardhost.verifier.tpm_ak_quote import verify as verify_under_ak
+from hardhost.verifier.tpm_ek import load_ca_bundle
+from hardhost.verifier.tpm_enroll import enroll
 from hardhost.verifier.tpm_quote import ClockInfo, QuoteResult, new_nonce
+from hardhost.verifier.tpm_registry import AkRegistry, HostId
 from hardhost.verifier.transport import Session, Target
 from hardhost.verifier.verdict import Finding, Severity
 

@@ -4,7 +4,7 @@ Manufacturing (`swtpm_setup --create-ek-cert --create-platform-cert`) creates th
 writes the RSA EK's certificate to NV index 0x01c00002, signed by a CA that
 `swtpm_localca` makes on first use in the instance's own folder. That CA's issuing
 certificate and self-signed root, as one PEM bundle, are what a verifier trusts
-(`verifier.tpm_enroll.load_ca_bundle`): an EK certificate from any other CA is refused.
+(`verifier.tpm_ek.load_ca_bundle`): an EK certificate from any other CA is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from socket import create_connection
 
 from hardhost.core.errors import CommandFailed, HardhostError
 from hardhost.core.run import process_cmdline, run, which
@@ -99,22 +100,36 @@ def running_pid(pid_file: Path, *marks: bytes) -> int | None:
 
 @dataclass(frozen=True)
 class Swtpm:
-    """A swtpm daemon serving the TPM in `state` to qemu over a unix control socket."""
+    """A swtpm daemon serving the TPM in `state` to qemu over a unix control socket.
+
+    With `tcp_port`, it serves tpm2-tools instead, with no qemu or firmware between: TPM
+    commands on that loopback port and the control channel on the next one (the swtpm
+    TCTI's `swtpm:host=127.0.0.1,port=P`), and `socket` is not made.
+    """
 
     state: Path
     socket: Path
     pid_file: Path
     log_file: Path
+    tcp_port: int | None = None
 
     def argv(self) -> list[str]:
-        # No --flags startup-*: the firmware sends TPM2_Startup itself, as on a real machine,
-        # and the golden PCR 0 and 7 in builder.pcr were recorded from boots made that way.
-        # No --terminate: a qemu that exits cleanly sends CMD_SHUTDOWN, which ends swtpm,
-        # and a guest reboot keeps the connection, so the TPM is reset (resetCount grows)
-        # but keeps running with its state.
+        if self.tcp_port is None:
+            # No --flags startup-*: the firmware sends TPM2_Startup itself, as on a real
+            # machine, and the golden PCR 0 and 7 in builder.pcr were recorded from boots
+            # made that way. No --terminate: a qemu that exits cleanly sends CMD_SHUTDOWN,
+            # which ends swtpm, and a guest reboot keeps the connection, so the TPM is reset
+            # (resetCount grows) but keeps running with its state.
+            serve = ["--ctrl", f"type=unixio,path={self.socket},mode=0600"]
+        else:
+            # tpm2-tss 3.2's swtpm TCTI sets the locality over the control port, the command
+            # port plus one. No firmware starts this TPM, so swtpm does: each start is a TPM
+            # Reset (TPM2_Startup(CLEAR), resetCount grows), as a reboot would be.
+            serve = ["--server", f"type=tcp,port={self.tcp_port},bindaddr=127.0.0.1",
+                     "--ctrl", f"type=tcp,port={self.tcp_port + 1},bindaddr=127.0.0.1",
+                     "--flags", "not-need-init,startup-clear"]
         return [which("swtpm"), "socket", "--tpm2",
-                "--tpmstate", f"dir={self.state},mode=0600",
-                "--ctrl", f"type=unixio,path={self.socket},mode=0600",
+                "--tpmstate", f"dir={self.state},mode=0600", *serve,
                 "--pid", f"file={self.pid_file}",
                 "--log", f"file={self.log_file},level=1", "--daemon"]
 
@@ -122,9 +137,18 @@ class Swtpm:
         """The daemon's pid, if that process is still a swtpm serving this state."""
         return running_pid(self.pid_file, b"swtpm", os.fsencode(self.state))
 
+    def _ready(self) -> bool:
+        if self.tcp_port is None:
+            return self.socket.exists()
+        try:
+            create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
     def start(self, timeout: float = 10.0) -> None:
-        """Start the daemon and return once its control socket accepts qemu."""
-        if len(os.fsencode(self.socket)) > _SOCKET_PATH_MAX:
+        """Start the daemon and return once it accepts qemu (or, with `tcp_port`, tools)."""
+        if self.tcp_port is None and len(os.fsencode(self.socket)) > _SOCKET_PATH_MAX:
             raise VtpmError(f"{self.socket}: longer than a unix socket path may be "
                             f"({_SOCKET_PATH_MAX} bytes); use a shorter $XDG_STATE_HOME")
         self.socket.unlink(missing_ok=True)
@@ -136,7 +160,7 @@ class Swtpm:
             raise VtpmError(f"swtpm did not start ({exc.detail}); see its log "
                             f"{self.log_file}") from None
         deadline = time.monotonic() + timeout
-        while not self.socket.exists():
+        while not self._ready():
             if self.pid() is None or time.monotonic() > deadline:
                 raise VtpmError(f"swtpm for {self.state} did not start; see its log "
                                 f"{self.log_file}")

@@ -18,8 +18,9 @@ from hardhost.builder import pe, uki
 from hardhost.builder.stages.uki import ESP_NAME, UKI_NAME
 from hardhost.image.manifest import MANIFEST_NAME, HostManifest, read_verified
 from hardhost.image.signing import keygen, load_private_key, load_trusted_keys
-from hardhost.verifier.tpm_enroll import AkRegistry, HostId, quote, verify
+from hardhost.verifier.tpm_ak_quote import quote, verify
 from hardhost.verifier.tpm_quote import new_nonce
+from hardhost.verifier.tpm_registry import AkRegistry, HostId
 from hardhost.verifier.transport import Target, connect
 from hardhost.vm import harness as vm
 from tests.conftest import REPO, KeyPair, SigningKeys, free_port

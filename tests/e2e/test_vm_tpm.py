@@ -25,7 +25,7 @@ from hardhost.builder import eventlog, pcr
 from hardhost.builder.stages.uki import ESP_NAME, UKI_NAME
 from hardhost.core.errors import ToolMissing, UsageError
 from hardhost.verifier.reset import reboot
-from hardhost.verifier.tpm_enroll import load_ca_bundle, verify_ek_certificate
+from hardhost.verifier.tpm_ek import load_ca_bundle, verify_ek_certificate
 from hardhost.verifier.transport import Target, connect
 from hardhost.vm import harness as vm
 from hardhost.vm import vtpm

@@ -18,7 +18,7 @@ from hardhost.builder.spec import Spec, spec_relative
 from hardhost.core.errors import SpecError, UsageError
 from hardhost.core.inputs import LARGE_FILE, read_text
 from hardhost.core.log import StepTiming
-from hardhost.profiles import apparmor, seccomp, selinux
+from hardhost.profiles import apparmor, apparmor_validate, seccomp, selinux
 from hardhost.profiles import default as defaults
 
 SECCOMP_DIR = "/usr/lib/hardhost/seccomp"
@@ -71,7 +71,7 @@ def planned_profiles(spec: Spec) -> list[Planned]:
     for name in spec.apparmor.profiles:
         path, text = _read(spec, "apparmor.profiles", name)
         planned.append(Planned(f"{APPARMOR_DIR}/{installed_name(path, '.apparmor')}", text,
-                               apparmor.validate))
+                               apparmor_validate.validate))
     for name in spec.selinux.modules:
         path, text = _read(spec, "selinux.modules", name)
         planned.append(Planned(f"{SELINUX_DIR}/{path.name}", text, selinux.validate))
