@@ -18,7 +18,9 @@ def register(commands: Commands) -> None:
     evidence.add_argument("target", metavar="TARGET", help="[user@]host[:port]")
     connection_options(evidence)
     evidence.add_argument("--json", action="store_true", help="print one JSON document")
-    evidence.set_defaults(func=_cmd_evidence)
+    # evidence records no host key: an unknown one is refused, as without attest's
+    # --trust-on-first-use.
+    evidence.set_defaults(func=_cmd_evidence, trust_on_first_use=False)
 
 
 def _cmd_evidence(args: argparse.Namespace) -> int:
