@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import hardhost.verifier.tpm_quote
+import hardhost.verifier.transport
+from hardhost.cli.help import EPILOG, exit_codes_epilog
 from hardhost.cli.main import main, parser
-from hardhost.core.errors import ToolMissing
+from hardhost.core.errors import EXIT_CODES, INTERRUPTED, HardhostError, ToolMissing
 from hardhost.core.run import which
 from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
 
@@ -61,6 +66,67 @@ def test_help_describes_every_command(capsys: pytest.CaptureFixture[str]) -> Non
         text = capsys.readouterr().out
         assert "usage: hardhost" in text
         assert len(text.splitlines()) > 5
+
+
+def commands(command: argparse.ArgumentParser, path: tuple[str, ...] = ()
+             ) -> Iterator[tuple[str, ...]]:
+    """Every command and action of the parser, the top level first."""
+    yield path
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from commands(sub, (*path, name))
+
+
+def test_every_help_ends_with_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    paths = list(commands(parser()))
+    # Groups and their actions alike: manifest, vm and profile had none before.
+    assert {("manifest",), ("vm",), ("profile",), ("profile", "record"), ("spec",)} <= set(paths)
+    for path in paths:
+        with pytest.raises(SystemExit) as info:
+            main([*path, "--help"])
+        assert info.value.code == 0
+        text = capsys.readouterr().out
+        assert text.endswith("\n\n" + EPILOG), f"hardhost {' '.join(path)} --help"
+
+
+def test_the_epilog_lists_every_declared_code_once() -> None:
+    lines = exit_codes_epilog().splitlines()
+    assert lines[0] == "exit codes:"
+    firsts = [line.split()[0] for line in lines[1:] if not line.startswith(" " * 7)]
+    assert firsts == [str(e.code) for e in EXIT_CODES]
+    assert "`" not in exit_codes_epilog()  # Markdown spans are for the README
+    assert max(map(len, lines)) <= 79
+
+
+def all_errors(cls: type[HardhostError]) -> Iterator[type[HardhostError]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from all_errors(sub)
+
+
+def test_every_error_exits_with_a_declared_code() -> None:
+    declared = {e.code for e in EXIT_CODES}
+    errors = list(all_errors(HardhostError))
+    # The modules above declare errors of their own; they must be seen here too.
+    assert hardhost.verifier.transport.HostOutputError in errors
+    assert hardhost.verifier.tpm_quote.QuoteFormatError in errors
+    undeclared = {e.__name__: e.exit_code for e in errors if e.exit_code not in declared}
+    assert not undeclared
+    assert INTERRUPTED.code == 130
+
+
+def test_evidence_from_a_closed_port_is_unreachable(tmp_path: Path,
+                                                    client_key: KeyPair) -> None:
+    # evidence takes no --trust-on-first-use; it once failed on the option's absence before
+    # connecting (an internal error, exit 1).
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    result = run_cli("evidence", "root@127.0.0.1:1", "--known-hosts", str(known_hosts),
+                     "--identity", str(client_key.private), "--ssh-config", "none")
+    assert result.returncode == 3
+    assert result.stderr == ("hardhost: root@127.0.0.1:1: cannot connect: [Errno 111] "
+                             "Connection refused\n")
 
 
 def test_vm_start_rejects_a_folder_that_is_not_an_image(tmp_path: Path,

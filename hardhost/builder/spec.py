@@ -2,7 +2,8 @@
 
 Every setting is declared once, as a dataclass field whose metadata carries its help text and,
 where the TOML value needs more than a type check, its own parser. The same declarations drive
-parsing, unknown-key detection and error messages (`FILE: KEY: what is wrong`).
+parsing, unknown-key detection and error messages (`FILE: KEY: what is wrong`), and
+`hardhost.builder.schema` renders them as a JSON Schema and as the README's key table.
 """
 
 from __future__ import annotations
@@ -108,8 +109,21 @@ class _Invalid(Exception):
     """Raised by a field parser; turned into a SpecError naming the key."""
 
 
-def _help(text: str, parse: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    return {"help": text, "parse": parse}
+def _help(text: str, parse: Callable[[Any], Any] | None = None, *,
+          schema: Mapping[str, Any] | None = None, shown: str = "") -> dict[str, Any]:
+    """A setting's declaration beside its type and default: `text` is its help (Markdown:
+    `code` spans), `parse` its own parser, `schema` what the JSON Schema says beyond the type
+    (bounds, a pattern; with "type", the whole schema of a TOML value that the field's type
+    does not show), `shown` its default as the README gives it, where the value itself is
+    too long or depends on another setting."""
+    return {"help": text, "parse": parse, "schema": dict(schema or {}), "shown": shown}
+
+
+def _pattern(regex: re.Pattern[str]) -> dict[str, str]:
+    """The JSON Schema pattern of a regex the parser uses with fullmatch. `(?![\\s\\S])`
+    ends the match at the end of the text in both ECMA-262 and Python regexes; `$` would let a
+    trailing newline through in Python."""
+    return {"pattern": f"^(?:{regex.pattern})(?![\\s\\S])"}
 
 
 def _show(value: Any) -> str:
@@ -355,34 +369,49 @@ def _tname(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Distribution:
-    suite: str = field(default="bookworm", metadata=_help("Debian release", _suite))
-    mirror: str = field(default="http://deb.debian.org/debian",
-                        metadata=_help("Debian archive URL given to mmdebstrap", _mirror))
+    """Where the packages come from."""
+
+    suite: str = field(default="bookworm", metadata=_help(
+        "Debian release", _suite, schema=_pattern(_SUITE_RE)))
+    mirror: str = field(default="http://deb.debian.org/debian", metadata=_help(
+        "Debian archive given to mmdebstrap: one printable `http://`, `https://` or `file://` "
+        "URL with a host", _mirror))
     architecture: str = field(default="amd64", metadata=_help(
-        "Debian architecture (amd64, the one hardhost boots)", _architecture))
+        "Debian architecture; `amd64` only (the UKI stub, qemu and the module set are x86-64)",
+        _architecture, schema={"enum": ["amd64"]}))
 
 
 @dataclass(frozen=True)
 class Packages:
-    include: tuple[str, ...] = field(metadata=_help("packages installed on top of minbase",
-                                                    _packages))
+    """What is installed."""
+
+    include: tuple[str, ...] = field(metadata=_help(
+        "packages installed on top of `minbase`: Debian package names, each once", _packages,
+        schema={"minItems": 1, "uniqueItems": True, "items": {
+            "type": "string", **_pattern(_PACKAGE_RE)}}))
 
 
 @dataclass(frozen=True)
 class ImageOptions:
-    filesystem: Filesystem = field(default=Filesystem.EROFS,
-                                   metadata=_help("erofs (fast reads) or squashfs (smallest)"))
-    compression: Compression | None = field(
-        default=None, metadata=_help("erofs: lz4hc or lz4; squashfs: xz or zstd"))
+    """The root image and how it boots."""
+
+    filesystem: Filesystem = field(default=Filesystem.EROFS, metadata=_help(
+        "`erofs` (fast reads) or `squashfs` (smallest)"))
+    compression: Compression | None = field(default=None, metadata=_help(
+        "erofs: `lz4hc`, `lz4`; squashfs: `xz`, `zstd`",
+        shown=", ".join(f"`{c[0]}` ({fs})" for fs, c in COMPRESSIONS.items())))
 
     boot: Boot = field(default=Boot.DIRECT, metadata=_help(
-        "direct (vmlinuz + initrd.img) or uki (also uki.efi and esp.img, with the PCRs a "
-        "TPM will measure predicted in the manifest)"))
+        "`direct` (vmlinuz + initrd.img) or `uki`: also `uki.efi` (systemd-stub with the "
+        "kernel, initrd, os-release and command line) on a FAT `esp.img`, and the PCRs a TPM "
+        "will measure, predicted into the manifest"))
     secure_boot_key: str = field(default="", metadata=_help(
-        "with boot = uki: PEM private key that signs the UKI for Secure Boot (sbsign), "
-        "relative to the spec", _path))
+        "with `boot = \"uki\"`: PEM private key that signs the UKI for Secure Boot with "
+        "`sbsign`, relative to the spec; set both it and `secure_boot_cert`, or neither",
+        _path))
     secure_boot_cert: str = field(default="", metadata=_help(
-        "with boot = uki: the PEM certificate of secure_boot_key", _path))
+        "with `boot = \"uki\"`: the PEM certificate of `secure_boot_key`, relative to the spec",
+        _path))
 
     @property
     def effective_compression(self) -> Compression:
@@ -391,99 +420,141 @@ class ImageOptions:
 
 @dataclass(frozen=True)
 class Kernel:
+    """The kernel's command line and the modules the image keeps."""
+
     cmdline: tuple[str, ...] = field(default=(), metadata=_help(
-        "extra kernel command-line arguments, one per item; not those that choose the "
-        "root, init, a shell or the LSM", _cmdline))
+        "extra kernel arguments, each one plain token (`name` or `name=value`). Refused: what "
+        "decides the root or its verification (`root`, `rootfstype`, `roothash`, `init`, "
+        "`rdinit`, `initrd`, `ro`/`rw`, `dm-mod.create`, `hardhost.*`, …), shells and boot "
+        "targets (`break`, `single`, `emergency`, `systemd.*` but logging, status and cgroup "
+        "layout), the LSM (`apparmor`, `security`, `lsm`, …) and `sysctl.*` (use `[sysctl]`)",
+        _cmdline, schema={"items": {"type": "string", **_pattern(_CMDLINE_ARG_RE)}}))
     console: str = field(default="ttyS0", metadata=_help(
-        "kernel console device and options (ttyS0, ttyS0,115200n8)", _console))
+        "kernel console: a device and its options (`ttyS0`, `ttyS0,115200n8`, "
+        "`uart8250,io,0x3f8,115200`)", _console, schema=_pattern(_CONSOLE_RE)))
     modules: tuple[str, ...] = field(default=DEFAULT_MODULES, metadata=_help(
-        "kernel modules kept when prune.kernel_modules is on, with their dependencies: "
-        "names (globs allowed) or folders of kernel/ ending in '/'", _modules))
+        "modules kept by `prune.kernel_modules`, with everything they need from `modules.dep` "
+        "and `modules.softdep`: names (`dm_verity`, globs like `virtio*`) or folders of "
+        "`kernel/` ending in `/` (`net/netfilter/`); a pattern that matches no module is an "
+        "error", _modules, schema={"items": {"type": "string", **_pattern(_MODULE_RE)}},
+        shown="virtio, AHCI, NVMe, ext4, erofs, squashfs, overlay, dm-verity, netfilter, "
+              "bridge, veth, vxlan, macvlan, ipvlan, tun, the ACPI power button and evdev, …"))
 
 
 @dataclass(frozen=True)
 class SSH:
+    """The image's sshd."""
+
     permit_root_login: bool = field(default=False, metadata=_help(
-        "let root log in (by key only, never by password)"))
+        "let root log in, by key only (passwords are always refused)"))
 
 
 @dataclass(frozen=True)
 class Access:
-    user: str = field(default="root", metadata=_help("the login that receives the keys", _user))
+    """Who logs in, and with which keys."""
+
+    user: str = field(default="root", metadata=_help(
+        "the login that receives the keys (created if not root); root needs "
+        "`ssh.permit_root_login = true`", _user, schema=_pattern(_USER_RE)))
     authorized_keys: tuple[str, ...] = field(default=(), metadata=_help(
-        "OpenSSH public key lines baked into the image", _authorized_keys))
+        "OpenSSH public key lines (`TYPE BASE64 [COMMENT]`, no options such as `command=`) "
+        "baked into the image; `hardhost build --authorized-key FILE` adds more",
+        _authorized_keys))
 
 
 @dataclass(frozen=True)
 class Prune:
-    docs: bool = field(default=True, metadata=_help("drop /usr/share/doc and info pages"))
+    """What the image drops."""
+
+    docs: bool = field(default=True, metadata=_help(
+        "drop `/usr/share/doc` (copyright files stay) and info pages"))
     man: bool = field(default=True, metadata=_help("drop man pages"))
     locales: bool = field(default=True, metadata=_help("drop translations and locales"))
     package_manager: bool = field(default=True, metadata=_help(
-        "remove apt and dpkg, so the image cannot install packages"))
+        "remove apt and dpkg (dpkg-query stays), so the image cannot install packages"))
     kernel_modules: bool = field(default=True, metadata=_help(
-        "remove every kernel module not in kernel.modules or needed by one"))
+        "remove every kernel module outside `kernel.modules` and its dependencies"))
     firmware: bool = field(default=True, metadata=_help(
-        "remove firmware files that no kept kernel module asks for"))
+        "remove firmware files no kept module asks for (`modinfo` `firmware=`)"))
     hwdb: bool = field(default=True, metadata=_help(
-        "remove udev's hardware database (vendor and model names, input-device quirks), "
-        "which a server's udev rules do not need"))
+        "remove udev's hardware database `hwdb.bin` (13 MB: vendor and model names, "
+        "input-device quirks), which a server's udev rules do not need"))
     paths: tuple[str, ...] = field(default=(), metadata=_help(
-        "further files to remove: globs relative to the root, e.g. 'usr/bin/ctr'",
-        _prune_paths))
+        "further files to remove, as globs relative to the root (`usr/bin/ctr`); one that "
+        "matches nothing is an error", _prune_paths))
+
+
+# The subordinate id range of userns-remap: above the first 65536 ids (system and login
+# users), and ending inside 32 bits.
+_SUBID_MIN = 65536
+_SUBID_MAX = 2**32 - 65536
+_COUNT_MAX = 2**31
 
 
 def _subid(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(f"expected an integer, got {_tname(value)}")
-    if not 65536 <= value <= 2**32 - 65536:
-        raise _Invalid(f"{value} is outside 65536..{2**32 - 65536}")
+    if not _SUBID_MIN <= value <= _SUBID_MAX:
+        raise _Invalid(f"{value} is outside {_SUBID_MIN}..{_SUBID_MAX}")
     return value
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _COUNT_MAX:
         raise _Invalid(f"expected a positive integer, got {value!r}")
     return value
 
 
 @dataclass(frozen=True)
 class Seccomp:
+    """The containers' seccomp profiles."""
+
     default_profile: bool = field(default=True, metadata=_help(
-        "install seccomp/default.json and make it the container runtime's default"))
+        "install `seccomp/default.json` and make it the container runtime's default"))
     allow_keyring: bool = field(default=False, metadata=_help(
-        "let the default profile allow add_key, keyctl and request_key"))
+        "let that default profile allow `add_key`, `keyctl` and `request_key`"))
     profiles: tuple[str, ...] = field(default=(), metadata=_help(
-        "generated NAME.seccomp.json files to install (relative to the spec's folder)",
-        _files))
+        "generated `NAME.seccomp.json` files to install under `/usr/lib/hardhost/seccomp/` "
+        "(relative to the spec's folder)", _files))
 
 
 @dataclass(frozen=True)
 class AppArmor:
+    """The AppArmor profiles loaded at boot."""
+
     container_profile: bool = field(default=True, metadata=_help(
-        "install the hardhost-container-default profile, loaded in enforce mode at boot"))
+        "install the `hardhost-container-default` profile, loaded in enforce mode at boot"))
     profiles: tuple[str, ...] = field(default=(), metadata=_help(
-        "generated AppArmor profiles to install and enforce (relative to the spec's folder)",
-        _files))
+        "generated AppArmor profiles to install and enforce, checked with `apparmor_parser` "
+        "first (relative to the spec's folder)", _files))
 
 
 @dataclass(frozen=True)
 class SELinux:
+    """SELinux policy modules shipped in the image."""
+
     modules: tuple[str, ...] = field(default=(), metadata=_help(
-        "generated CIL modules to ship under /usr/share/hardhost/selinux, compiled with "
-        "secilc at build time (relative to the spec's folder)", _files))
+        "generated CIL modules to ship under `/usr/share/hardhost/selinux/`, compiled with "
+        "`secilc` at build time (relative to the spec's folder)", _files))
 
 
 @dataclass(frozen=True)
 class UserNamespaces:
+    """The user namespaces containers run in."""
+
     remap_user: str = field(default="dockremap", metadata=_help(
-        "user whose /etc/subuid and /etc/subgid ranges containers run in (userns-remap); "
-        "not root", _remap_user))
-    subid_start: int = field(default=100000, metadata=_help("first subordinate id", _subid))
-    subid_count: int = field(default=65536, metadata=_help("number of subordinate ids",
-                                                           _count))
+        "user whose `/etc/subuid` and `/etc/subgid` ranges containers run in (dockerd "
+        "`userns-remap`); not root, not `access.user`", _remap_user,
+        schema={**_pattern(_USER_RE), "not": {"const": "root"}}))
+    subid_start: int = field(default=100000, metadata=_help(
+        "first subordinate id of that range; `subid_start + subid_count` ends inside 32 bits",
+        _subid, schema={"minimum": _SUBID_MIN, "maximum": _SUBID_MAX}))
+    subid_count: int = field(default=65536, metadata=_help(
+        "number of subordinate ids in that range", _count,
+        schema={"minimum": 1, "maximum": _COUNT_MAX}))
     restrict_unprivileged: bool = field(default=True, metadata=_help(
-        "close unprivileged user namespaces to ordinary users on the host"))
+        "`kernel.unprivileged_userns_clone = 0`: close user namespaces to ordinary users on "
+        "the host, so only root makes them"))
 
 
 def _validity(value: Any) -> int:
@@ -497,19 +568,39 @@ def _validity(value: Any) -> int:
 
 @dataclass(frozen=True)
 class ManifestOptions:
+    """How the manifest is signed."""
+
     signing_key: str = field(default="", metadata=_help(
-        "Ed25519 private key (PEM) that signs the manifest; relative to the spec's folder",
-        _path))
+        "Ed25519 private key (PEM) that signs the manifest, relative to the spec's folder; "
+        "`hardhost build --key FILE` overrides it", _path))
     validity_days: int = field(default=90, metadata=_help(
-        "days until the signed manifest expires", _validity))
+        "days until the signed manifest expires (verifiers refuse a longer validity)",
+        _validity, schema={"minimum": 1, "maximum": MAX_VALIDITY_DAYS}))
+
+
+# A [sysctl] table: `"kernel.sysrq" = 0`, or nested tables whose keys join with dots.
+_SYSCTL_SCHEMA: Mapping[str, Any] = {
+    "$anchor": "sysctls", "type": "object",
+    "propertyNames": {"pattern": r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*(?![\s\S])"},
+    "additionalProperties": {"anyOf": [
+        {"type": "integer"},
+        {"type": "string", **_pattern(_SYSCTL_VALUE_RE)},
+        {"$ref": "#sysctls"},
+    ]},
+}
 
 
 @dataclass(frozen=True)
 class Spec:
-    name: str = field(metadata=_help("image name; the output folder is OUTDIR/NAME", _name))
+    """A hardhost image spec (TOML): an immutable, hardened container host."""
+
+    name: str = field(metadata=_help(
+        "image name: lower-case letters, digits and `-`; the output folder is `OUTDIR/NAME`",
+        _name, schema=_pattern(_NAME_RE)))
     packages: Packages
-    description: str = field(default="", metadata=_help("free text, one line",
-                                                        _description))
+    description: str = field(default="", metadata=_help(
+        "free text, one line of at most 200 characters", _description,
+        schema={"maxLength": 200}))
     distribution: Distribution = Distribution()
     image: ImageOptions = ImageOptions()
     kernel: Kernel = Kernel()
@@ -522,7 +613,10 @@ class Spec:
     selinux: SELinux = SELinux()
     userns: UserNamespaces = UserNamespaces()
     sysctl: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
-        "sysctl overrides, merged over the hardened baseline", _sysctls))
+        "sysctl overrides, merged over the hardened baseline: flat (`\"kernel.sysrq\" = 0`) "
+        "or nested tables; values are integers, or printable words separated by single spaces",
+        _sysctls, schema=_SYSCTL_SCHEMA, shown="`{}`"))
+    # Not a key of the file: where it was read from, for errors and relative paths.
     source: str = field(default="", compare=False, metadata=_help("path the spec came from"))
 
     def digest(self) -> str:

@@ -1,0 +1,205 @@
+"""`hardhost fleet` and `hardhost history`: every host of an inventory, and what is known of
+each from earlier runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hardhost.cli.common import (
+    Commands,
+    add_command,
+    connection,
+    connection_options,
+    positive,
+    positive_int,
+)
+from hardhost.core.durations import MAX_TIMEOUT
+from hardhost.core.errors import FAILED, INTERRUPTED, OK, TRUST, UNREACHABLE, USAGE, HardhostError
+from hardhost.core.outputs import check_output_file, printable
+
+if TYPE_CHECKING:
+    from hardhost.verifier.verdict import Verdict
+
+log = logging.getLogger("hardhost")
+
+
+def register(commands: Commands) -> None:
+    from hardhost.verifier.history import default_path
+
+    fleet = add_command(
+        commands, "fleet", help="attest every host of an Ansible inventory",
+        description="Read INVENTORY (Ansible INI or YAML, with groups and host variables) with "
+                    "ansible-core, and attest its hosts concurrently, at most --forks at a "
+                    "time. Host variables may set ansible_host, ansible_port, ansible_user, "
+                    "ansible_ssh_private_key_file and hardhost_manifest; a host whose "
+                    f"variables are wrong is that host's error (exit {USAGE.code}), and the "
+                    "others are still checked. Verdicts are named by inventory name, with the "
+                    "address beside it. Every output is checked before the first host is "
+                    "contacted, and written for every host checked, also when the run is "
+                    f"interrupted (exit {INTERRUPTED.code}). Every run is stored in the SQLite "
+                    f"history. Exit {OK.code} when all pass, {FAILED.code} on drift (or a "
+                    f"host's unexpected failure), {USAGE.code} if a host's variables or "
+                    f"manifest path are wrong, {UNREACHABLE.code} if a host is unreachable, "
+                    f"{TRUST.code} on a trust failure (the worst wins).")
+    fleet.add_argument("inventory", type=Path, metavar="INVENTORY",
+                       help="Ansible inventory: an INI or YAML file, or a folder of them")
+    fleet.add_argument("--allow-executable-inventory", action="store_true",
+                       help="let Ansible run an executable inventory file (or one in an "
+                            "inventory folder) as a program, as this user; refused without "
+                            f"it (exit {USAGE.code})")
+    fleet.add_argument("--manifest", type=Path, metavar="FILE",
+                       help="manifest for hosts without a hardhost_manifest variable; "
+                            "without it, every host needs that variable (else exit "
+                            f"{USAGE.code} before any host is contacted)")
+    fleet.add_argument("--trust-key", type=Path, required=True, metavar="PUB",
+                       help="trusted manifest signing key (PEM), or a folder of *.pub keys")
+    connection_options(fleet)
+    fleet.add_argument("--trust-on-first-use", action="store_true",
+                       help="accept unknown host keys once and record them")
+    fleet.add_argument("--forks", type=positive_int, default=50, metavar="N",
+                       help="hosts checked at once (default: 50)")
+    fleet.add_argument("--limit", metavar="PATTERN", help="Ansible host pattern to select hosts")
+    fleet.add_argument("--history", type=Path, default=None, metavar="DB",
+                       help="SQLite history, created if absent; its folder must exist "
+                            f"(default: {default_path()}, folder made as needed)")
+    fleet.add_argument("--reset", action="store_true",
+                       help="reboot drifted hosts and attest them again (both runs are kept "
+                            "in the history; the outputs show the final verdicts)")
+    fleet.add_argument("--reset-batch", type=positive_int, default=5, metavar="N",
+                       help="drifted hosts rebooted at once (default: 5)")
+    fleet.add_argument("--reset-timeout", type=positive, default=300, metavar="SECONDS",
+                       help=f"how long to wait for each host to return (default: 300, at "
+                            f"most {MAX_TIMEOUT:g})")
+    fleet.add_argument("--json", type=Path, metavar="FILE",
+                       help="write the verdicts as JSON (replaced whole, never in part)")
+    fleet.add_argument("--junit", type=Path, metavar="FILE",
+                       help="write JUnit XML for CI, a test case per host (replaced whole)")
+    fleet.set_defaults(func=_cmd_fleet)
+
+    history = add_command(
+        commands, "history", help="show the last verdicts and when each host last passed",
+        description="Read the fleet history: each host's last verdict, its address, and "
+                    "when it last passed. The database is only read: a --db that does not "
+                    f"exist is exit {USAGE.code}.")
+    history.add_argument("--host", help="only this host (its inventory name, as shown)")
+    history.add_argument("--db", type=Path, default=None, metavar="DB",
+                         help=f"SQLite history written by fleet (default: {default_path()})")
+    history.set_defaults(func=_cmd_history)
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from hardhost.image.signing import load_trusted_keys
+    from hardhost.verifier import fleet, history, inventory
+    from hardhost.verifier.verdict import now
+
+    # Every output is checked before the first host is contacted: a typo in --junit found
+    # after ten minutes of attestation would lose the run.
+    for path, what in ((args.json, "JSON verdicts"), (args.junit, "JUnit XML")):
+        if path is not None:
+            check_output_file(path, what=what)
+    history_path = args.history or history.default_path()
+    history.prepare(history_path, create_folder=args.history is None)
+    started = now()
+    trusted = load_trusted_keys(args.trust_key)
+    hosts = inventory.load(args.inventory, limit=args.limit,
+                           allow_executable=args.allow_executable_inventory)
+    manifests = fleet.Manifests(args.manifest, trusted)
+    manifests.check(hosts)
+    conn = connection(args)
+    log.info("Attesting %d hosts, %d at a time", len(hosts), args.forks)
+    done: dict[str, Verdict] = {}  # by inventory name, the latest verdict of each host
+
+    def keep(verdict: Verdict) -> None:
+        done[verdict.host] = verdict
+
+    def so_far() -> list[Verdict]:
+        return [done[h.name] for h in hosts if h.name in done]
+
+    try:
+        verdicts = fleet.run(hosts, manifests, conn, args.forks, on_done=keep)
+        if args.reset:
+            history.record(history_path, started, str(args.inventory), verdicts)
+            verdicts = fleet.reset_drifted(hosts, verdicts, manifests, conn,
+                                           batch=args.reset_batch,
+                                           reset_timeout=args.reset_timeout, on_done=keep)
+    except KeyboardInterrupt:
+        partial = so_far()
+        _write_fleet_outputs(args, history_path, started, partial, interrupted=True)
+        print(f"hardhost: interrupted after {len(partial)} of {len(hosts)} hosts; their "
+              "verdicts are written", file=sys.stderr)
+        return INTERRUPTED.code
+    except BaseException:
+        _write_fleet_outputs(args, history_path, started, so_far(), interrupted=True)
+        raise
+    _write_fleet_outputs(args, history_path, started, verdicts)
+    _print_fleet(verdicts)
+    return fleet.exit_code(verdicts)
+
+
+def _write_fleet_outputs(args: argparse.Namespace, history_path: Path, started: str,
+                         verdicts: list[Verdict], *, interrupted: bool = False) -> None:
+    """The history, --json and --junit, each attempted even when another fails. After an
+    interruption a failure is only reported: the interruption is what the user hears of."""
+    from hardhost.verifier import fleet, history
+
+    if not verdicts:
+        return
+    writers: list[Callable[[], object]] = [
+        lambda: history.record(history_path, started, str(args.inventory), verdicts)]
+    if args.json:
+        writers.append(lambda: fleet.write_json(args.json, verdicts))
+    if args.junit:
+        writers.append(lambda: fleet.write_junit(args.junit, verdicts))
+    failures: list[HardhostError] = []
+    for write in writers:
+        try:
+            write()
+        except HardhostError as exc:
+            failures.append(exc)
+    for failure in failures[1:] if not interrupted else failures:
+        print(f"hardhost: {failure}", file=sys.stderr)
+    if failures and not interrupted:
+        raise failures[0]
+
+
+def _print_fleet(verdicts: Sequence[Verdict]) -> None:
+    """One line per host: name, address, status, and the first findings or the error, all
+    escaped: names and findings come from inventories and hosts."""
+    names = [printable(v.host) for v in verdicts]
+    addresses = [printable(v.address or "-") for v in verdicts]
+    width, address_width = max(map(len, names)), max(map(len, addresses))
+    for name, address, verdict in zip(names, addresses, verdicts, strict=True):
+        drift = [printable(f.id) for f in verdict.findings if f.counts()]
+        detail = (printable(verdict.error) if verdict.error
+                  else ", ".join(drift[:4]) + (" …" if len(drift) > 4 else ""))
+        print(f"{name.ljust(width)}  {address.ljust(address_width)}  {verdict.status:<6}  "
+              f"{detail}")
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from hardhost.verifier import history
+
+    path = args.db or history.default_path()
+    if args.db is None and not path.exists():
+        print(f"{path}: no fleet run recorded yet")
+        return 0
+    rows = history.summary(path, args.host)
+    if not rows:
+        print(f"{path}: no verdicts recorded" + (f" for {printable(args.host)}"
+                                                 if args.host else ""))
+        return 0
+    hosts = [printable(r.host) for r in rows]
+    addresses = [printable(r.address or "-") for r in rows]
+    width, address_width = max(map(len, hosts)), max(map(len, addresses))
+    print(f"{'host'.ljust(width)}  {'address'.ljust(address_width)}  last      "
+          "at                    last passed")
+    for host, address, row in zip(hosts, addresses, rows, strict=True):
+        print(f"{host.ljust(width)}  {address.ljust(address_width)}  "
+              f"{printable(row.last_status):<8}  {printable(row.last_time)}  "
+              f"{printable(row.last_pass) or 'never'}")
+    return 0
