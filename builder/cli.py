@@ -677,9 +677,11 @@ def _connection(args: argparse.Namespace, tpm: TpmPolicy | None = None) -> Conne
     from verifier.attest import Connection
     from verifier.transport import check_options
 
+    # evidence has no --trust-on-first-use: it only ever reads a host it already knows.
+    tofu = bool(getattr(args, "trust_on_first_use", False))
     check_options(known_hosts=args.known_hosts, identity=args.identity,
-                  ssh_config=args.ssh_config, trust_on_first_use=args.trust_on_first_use)
-    return Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use,
+                  ssh_config=args.ssh_config, trust_on_first_use=tofu)
+    return Connection(args.known_hosts, args.identity, args.timeout, tofu,
                       tpm, args.ssh_config)
 
 
