@@ -9,10 +9,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
+from tests.fake_image_host import ImageHost, image_host, recorded_manifest
 from tests.test_signing import sample_manifest, write_signed
 
 BIN = Path(sys.executable).parent
@@ -183,3 +185,53 @@ def sysconfig_paths() -> list[str]:
     import sysconfig
 
     return [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+
+
+def reset_play(tmp_path: Path, hosts: list[ImageHost], keys: SigningKeys, identity: Path,
+               *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """hardhost.host.reset on each host; the registered results, by inventory name."""
+    tmp_path.mkdir()
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(h.host.known_hosts.read_text() for h in hosts))
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[image]\n" + "".join(
+        f"h{i} ansible_host=127.0.0.1 ansible_port={h.host.port} ansible_user=root "
+        f"ansible_ssh_private_key_file={identity}\n" for i, h in enumerate(hosts)))
+    manifest = write_signed(tmp_path, recorded_manifest(), keys.key)
+    out = tmp_path / "results"
+    out.mkdir()
+    play = tmp_path / "reset.yml"
+    play.write_text(json.dumps([{
+        "hosts": "image", "gather_facts": False,
+        "tasks": [{"register": "r", "hardhost.host.reset": {
+            "manifest": str(manifest), "trust_key": str(keys.public),
+            "known_hosts": str(known), "timeout": 30, "reset_timeout": 5}},
+            {"copy": {"content": "{{ r | to_json }}",
+                      "dest": f"{out}/{{{{ inventory_hostname }}}}.json"},
+             "delegate_to": "localhost", "check_mode": False}]}]))
+    result = ansible("ansible-playbook", "-i", str(inventory), str(play), *extra, cwd=tmp_path)
+    return result, {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+
+
+@pytest.mark.e2e
+def test_reset_leaves_a_clean_host_alone_and_only_says_what_check_mode_would_do(
+        tmp_path: Path, signing_keys: SigningKeys, client_key: KeyPair) -> None:
+    """On FAKE image hosts (forced to answer only the evidence script, so no reboot could
+    run here): a clean host is not reset, and check mode reboots no drifted one."""
+    kptr = (b"/proc/sys/kernel/kptr_restrict:2", b"/proc/sys/kernel/kptr_restrict:0")
+    with image_host(tmp_path / "clean", client_key) as clean, \
+            image_host(tmp_path / "drifted", client_key, drift=kptr) as drifted:
+        checked, would = reset_play(tmp_path / "check", [clean, drifted], signing_keys,
+                                    client_key.private, "--check")
+        done, results = reset_play(tmp_path / "run", [clean], signing_keys, client_key.private)
+        asked = clean.commands() + drifted.commands()
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert would["h0"]["changed"] is False and would["h0"]["status"] == "pass"
+    assert would["h1"]["changed"] is True and would["h1"]["status"] == "drift"
+    assert "would reboot" in would["h1"]["msg"]
+    assert [f["id"] for f in would["h1"]["findings"]] == ["sysctl.kernel.kptr_restrict"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert results["h0"]["changed"] is False and results["h0"]["status"] == "pass"
+    assert "before" not in results["h0"]
+    # Three evidence runs, nothing else: no boot_id read, no reboot asked for.
+    assert len(asked) == 3 and all(c.startswith("/bin/sh -s") for c in asked), asked

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hardhost.image.manifest import MANIFEST_NAME, HostManifest, from_statement
-from hardhost.verifier.comparison import compare
+from hardhost.verifier.comparison import compare, examine
 from hardhost.verifier.evidence import parse
 from hardhost.verifier.verdict import Finding, Severity, Verdict, render
 from tests.conftest import REPO, SigningKeys, free_port
@@ -197,3 +197,48 @@ def test_recorded_host_with_drift() -> None:
     raw = raw.replace(b"lsb_release (enforce)", b"lsb_release (complain)")
     assert ids(compare(manifest, parse(raw, "recorded"))) == {
         "sysctl.kernel.kptr_restrict", "overlay.etc.modified", "apparmor.profile.lsb_release"}
+
+
+def test_examine_lists_every_check_and_compare_keeps_the_failed_ones() -> None:
+    evidence = parse(fake_output(
+        sysctl="/proc/sys/kernel/kptr_restrict:0\n",
+        apparmor_profiles="docker-default (enforce)\nlsb_release (enforce)\nevil (complain)\n"
+                          "worse (enforce)\n",
+        failed_units="a.service loaded failed failed x\n", overlay_etc=listing(b"machine-id"),
+        overlay_var=listing()), "h")
+    examination = examine(manifest_for_fake(), evidence)
+    by_name = {check.name: check for check in examination.checks}
+    assert len(by_name) == len(examination.checks)  # one test id per check
+    assert by_name["sysctl[kernel.kptr_restrict]"].findings == (
+        Finding("sysctl.kernel.kptr_restrict", Severity.HIGH, "2", "0"),)
+    # A check of absence names each thing it found, and holds when there is none.
+    assert [f.id for f in by_name["apparmor[unexpected]"].findings] == [
+        "apparmor.unexpected.evil", "apparmor.unexpected.worse"]
+    assert [f.id for f in by_name["systemd[failed]"].findings] == ["systemd.failed.a.service"]
+    assert by_name["overlay[etc]"].holds and by_name["apparmor[enabled]"].holds
+    assert by_name["userns[subuid]"].holds and by_name["namespace[mnt]"].holds
+    # compare() is the failed checks' findings, in order, then the records for people.
+    failed = tuple(f for check in examination.checks for f in check.findings)
+    assert compare(manifest_for_fake(), evidence) == (*failed, *examination.records)
+    assert [f.id for f in examination.records] == ["host.listening", "host.services"]
+    assert examination.boot_id == evidence.boot_id
+
+
+def test_a_missing_mount_fails_the_check_of_its_type() -> None:
+    evidence = parse(fake_output(mountinfo=ROOT + ETC, overlay_etc=listing(),
+                                 overlay_var=listing()), "h")
+    check = next(c for c in examine(manifest_for_fake(), evidence).checks
+                 if c.name == "mount.type[/var]")
+    assert check.findings == (Finding("mount.missing./var", Severity.CRITICAL, "overlay",
+                                      "absent"),)
+
+
+def test_recorded_clean_host_holds_every_check_of_every_kind() -> None:
+    manifest, raw = recorded()
+    examination = examine(manifest, parse(raw, "recorded"))
+    assert all(check.holds for check in examination.checks)
+    assert {check.component for check in examination.checks} == {
+        "evidence", "systemd", "namespace", "verity", "kernel", "mount", "mount.type",
+        "sysctl", "apparmor", "apparmor.profile", "sshd", "seccomp", "runtime", "userns",
+        "overlay"}
+    assert len({check.name for check in examination.checks}) == len(examination.checks)

@@ -16,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from hardhost.image.signing import load_trusted_keys
+from hardhost.verifier import fleet as fleet_mod
 from hardhost.verifier import history
+from hardhost.verifier.attestation import Connection
+from hardhost.verifier.inventory import FleetHost
+from hardhost.verifier.transport import Target
+from hardhost.verifier.verdict import Finding, Severity, Verdict
 from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
+from tests.fake_image_host import image_host, recorded_manifest
 from tests.test_signing import sample_manifest, write_signed
 
 pytestmark = pytest.mark.e2e
@@ -152,8 +159,6 @@ def test_limit_selects_hosts_with_ansible_patterns(fleet: Fleet, signing_keys: S
 
 
 def test_history_keeps_runs(tmp_path: Path) -> None:
-    from hardhost.verifier.verdict import Verdict
-
     db = tmp_path / "h.db"
     history.record(db, "t1", "inv", [Verdict("a", "b1", "2026-01-01T00:00:00Z", "m")])
     history.record(db, "t2", "inv", [Verdict("a", "b2", "2026-01-02T00:00:00Z", "m",
@@ -161,3 +166,27 @@ def test_history_keeps_runs(tmp_path: Path) -> None:
     (row,) = history.summary(db)
     assert (row.host, row.last_status, row.last_pass) == ("a", "error",
                                                           "2026-01-01T00:00:00Z")
+
+
+def test_the_fleet_reset_attests_again_before_it_reboots(client_key: KeyPair,
+                                                        signing_keys: SigningKeys,
+                                                        tmp_path: Path) -> None:
+    """A host whose drift verdict is stale (it passes by the time its turn comes) goes
+    through the one reset-then-attest and is not rebooted: on the FAKE image host, where
+    nothing could reboot this machine anyway, the command log shows none was asked for."""
+    manifest = write_signed(tmp_path, recorded_manifest(), signing_keys.key)
+    manifests = fleet_mod.Manifests(manifest, load_trusted_keys(signing_keys.public))
+    with image_host(tmp_path / "image", client_key) as image:
+        host = FleetHost("vm", Target("root", "127.0.0.1", image.host.port), None, None)
+        stale = Verdict("vm", "b", "t", "d", (Finding("sysctl.kernel.kptr_restrict",
+                                                      Severity.HIGH, "2", "0"),),
+                        address=host.address)
+        drifted = fleet_mod.reset_drifted(
+            [host], [stale], manifests,
+            Connection(image.host.known_hosts, client_key.private), batch=1,
+            reset_timeout=5)
+        asked = image.commands()
+    (verdict,) = drifted
+    assert verdict.status == "pass" and verdict.host == "vm" and verdict.address == host.address
+    assert len(verdict.boot_id) == 36
+    assert len(asked) == 1 and asked[0].startswith("/bin/sh -s"), asked

@@ -1,34 +1,37 @@
-"""pytest plugin `hardhost`: a signed manifest becomes testinfra checks against hosts.
+"""pytest plugin `hardhost`: a signed manifest becomes one test per fact, per host.
 
     pytest --hosts=paramiko://root@host:22 --ssh-identity-file=KEY \\
         --hardhost-manifest manifest.dsse.json --hardhost-trust-key signing.pub \\
         --hardhost-known-hosts known_hosts
 
-Each expected fact (verity, mounts, sysctls, AppArmor profiles, sshd settings, services) is one
-test with a readable id, so drift shows as named failures in any pytest report. Commands run
-through pytest-testinfra's paramiko backend, over a client whose host key hardhost checked
-strictly (testinfra's own client would accept an unknown key with a warning).
+Each host's evidence is collected once, when the tests are collected, over hardhost's own
+strictly checked SSH transport, and checked exactly as `hardhost attest` checks it: every
+check of the comparison is one test with a readable id (`HOST::sysctl[kernel.kptr_restrict]`),
+failing with the finding's expected and observed values. `--hosts` and `--ssh-identity-file`
+(and `--ssh-config`) are pytest-testinfra's options; no command runs through testinfra.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hardhost.core.errors import HardhostError
+from hardhost.core.outputs import printable
 from hardhost.verifier import (
+    Check,
+    Connection,
+    Finding,
     HostManifest,
     Target,
+    examine_host,
     load_trusted_keys,
-    open_client,
-    parse_profiles,
-    parse_sshd,
     read_verified,
 )
 
-Check = Callable[[Any], None]
+SCHEME = "paramiko://"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,95 +45,80 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="known_hosts holding the hosts' keys (checked strictly)")
 
 
-class HardhostFact(pytest.Item):
-    """One expected fact of one host."""
+class FactFailed(AssertionError):
+    """A fact that does not hold, or a host that could not be examined: the message says all,
+    so no traceback is shown."""
 
-    def __init__(self, *, host: Any, check: Check, **kwargs: Any) -> None:
+
+def describe(finding: Finding) -> str:
+    # Both values came from the host or its manifest: escaped, never sent raw to a terminal.
+    return (f"{printable(finding.id)} ({finding.severity.value}): expected "
+            f"'{printable(finding.expected)}', observed '{printable(finding.observed)}'")
+
+
+class HardhostFact(pytest.Item):
+    """One check of one host, done already; running the test reports its outcome."""
+
+    def __init__(self, *, check: Check | None = None, error: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.host = host
-        self.check = check
+        self.check, self.error = check, error
 
     def runtest(self) -> None:
-        self.check(self.host)
+        if self.error:
+            raise FactFailed(self.error)
+        if self.check is not None and not self.check.holds:
+            raise FactFailed("\n".join(describe(f) for f in self.check.findings))
 
-    def reportinfo(self) -> tuple[str, int, str]:
-        return "hardhost", 0, self.name
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, FactFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
 
-
-def _equal(what: str, expected: str, observed: str) -> None:
-    if expected != observed:
-        raise AssertionError(f"{what}: expected {expected!r}, observed {observed!r}")
-
-
-def facts(manifest: HostManifest) -> dict[str, Check]:
-    """The checks a manifest implies, by readable id."""
-    checks: dict[str, Check] = {}
-
-    def verity(host: Any) -> None:
-        status = dict(line.strip().split(":", 1) for line in
-                      host.check_output("veritysetup status root").splitlines() if ":" in line)
-        _equal("status", "verified", status.get("status", "").strip())
-        _equal("root hash", manifest.root_hash, status.get("root hash", "").strip())
-
-    checks["verity[root]"] = verity
-
-    def mount(path: str, fstype: str, read_only: bool) -> Check:
-        def check(host: Any) -> None:
-            point = host.mount_point(path)
-            _equal(f"{path} filesystem", fstype, point.filesystem)
-            _equal(f"{path} read-only", str(read_only), str("ro" in point.options))
-        return check
-
-    checks["mount[/]"] = mount("/", manifest.filesystem, True)
-    checks["mount[/etc]"] = mount("/etc", "overlay", False)
-    checks["mount[/var]"] = mount("/var", "overlay", False)
-    checks["kernel[cmdline]"] = lambda host: _equal(
-        "cmdline", manifest.cmdline, host.file("/proc/cmdline").content_string.strip())
-    for key, value in sorted(manifest.sysctls.items()):
-        path = "/proc/sys/" + key.replace(".", "/")
-        checks[f"sysctl[{key}]"] = (lambda p, k, v: lambda host: _equal(
-            k, v, " ".join(host.file(p).content_string.split())))(path, key, value)
-
-    def profiles(host: Any) -> dict[str, str]:
-        return parse_profiles(host.file("/sys/kernel/security/apparmor/profiles").content_string)
-
-    for name, mode in sorted(manifest.apparmor_profiles.items()):
-        checks[f"apparmor[{name}]"] = (lambda n, m: lambda host: _equal(
-            n, m, profiles(host).get(n, "absent")))(name, mode)
-    for key, value in sorted(manifest.sshd.items()):
-        checks[f"sshd[{key}]"] = (lambda k, v: lambda host: _equal(
-            k, v, parse_sshd(host.check_output("sshd -T")).get(k, "absent")))(key, value)
-    # sshd and networkd run before SSH answers; dockerd may still be starting then, so of it
-    # only the (static) enablement is a fact.
-    services = {"ssh": True, "systemd-networkd": True}
-    if manifest.runtime_config:
-        services["docker"] = False
-    for service, must_run in services.items():
-        def state(host: Any, name: str = service, must_run: bool = must_run) -> None:
-            unit = host.service(name)
-            _equal(f"{name}.service enabled", "True", str(unit.is_enabled))
-            if must_run:
-                _equal(f"{name}.service running", "True", str(unit.is_running))
-        checks[f"service[{service}]"] = state
-    return checks
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, self.nodeid
 
 
-def _strict_host(spec: str, config: pytest.Config) -> Any:
-    import testinfra
+class HardhostHost(pytest.Collector):
+    """One host: its evidence collected once, and one test per check of it."""
 
-    host = testinfra.get_host(spec, ssh_identity_file=config.getoption("ssh_identity_file"))
-    backend = host.backend
-    target = Target(backend.host.user or "root", backend.host.name,
-                    int(backend.host.port or 22))
-    identity = config.getoption("ssh_identity_file") or "~/.ssh/id_ed25519"
-    # testinfra's paramiko backend builds its client lazily (a cached property); giving it
-    # ours first means every command runs over a strictly checked connection.
-    backend.__dict__["client"] = open_client(
-        target, known_hosts=config.getoption("hardhost_known_hosts"),
-        identity=Path(identity).expanduser())
-    return host
+    def __init__(self, *, target: Target, manifest: HostManifest, conn: Connection,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target, self.manifest, self.conn = target, manifest, conn
+
+    def collect(self) -> list[pytest.Item]:
+        try:
+            examination = examine_host(self.target, self.manifest, self.conn)
+        except HardhostError as exc:
+            # One host that cannot be reached or trusted is its own failure, not the run's.
+            return [HardhostFact.from_parent(self, name="connect", nodeid=f"{self.nodeid}::connect",
+                                             error=f"{exc} (exit code {exc.exit_code})")]
+        return [HardhostFact.from_parent(self, name=check.name,
+                                         nodeid=f"{self.nodeid}::{check.name}", check=check)
+                for check in examination.checks]
 
 
+def _target(spec: str) -> Target:
+    if not spec.startswith(SCHEME) or "?" in spec:
+        raise pytest.UsageError(f"{spec}: the hardhost plugin takes hosts as "
+                                f"{SCHEME}USER@HOST:PORT")
+    try:
+        return Target.parse(spec.removeprefix(SCHEME))
+    except HardhostError as exc:
+        raise pytest.UsageError(f"--hosts: {exc}") from None
+
+
+def _connection(config: pytest.Config) -> Connection:
+    identity = config.getoption("ssh_identity_file", None)
+    ssh_config = config.getoption("ssh_config", None)
+    return Connection(config.getoption("hardhost_known_hosts"),
+                      Path(identity).expanduser() if identity else None,
+                      ssh_config=Path(ssh_config).expanduser() if ssh_config else None)
+
+
+# First, so that -k and -m select among the facts as among any other tests.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     manifest_path = config.getoption("hardhost_manifest", None)
@@ -141,13 +129,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         raise pytest.UsageError("--hardhost-manifest needs --hardhost-trust-key")
     hosts = config.getoption("hosts", None)
     if not hosts:
-        raise pytest.UsageError("--hardhost-manifest needs --hosts=paramiko://USER@HOST:PORT")
-    manifest, _ = read_verified(manifest_path, load_trusted_keys(trust_key))
-    for spec in hosts.split(","):
-        if not spec.startswith("paramiko://"):
-            raise pytest.UsageError(f"{spec}: the hardhost plugin uses the paramiko backend")
-        host = _strict_host(spec, config)
-        name = spec.removeprefix("paramiko://")
-        for fact, check in facts(manifest).items():
-            items.append(HardhostFact.from_parent(session, name=f"{name}::{fact}", host=host,
-                                                  check=check))
+        raise pytest.UsageError(f"--hardhost-manifest needs --hosts={SCHEME}USER@HOST:PORT")
+    targets = [_target(spec) for spec in hosts.split(",")]
+    try:
+        manifest, _ = read_verified(manifest_path, load_trusted_keys(trust_key))
+    except HardhostError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    conn = _connection(config)
+    for target in targets:
+        host = HardhostHost.from_parent(session, name=str(target), nodeid=str(target),
+                                        target=target, manifest=manifest, conn=conn)
+        items.extend(host.collect())

@@ -6,17 +6,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hardhost.core.inputs import read_bytes
 from hardhost.image.manifest import HostManifest
 from hardhost.verifier import reset
-from hardhost.verifier.comparison import compare
-from hardhost.verifier.evidence import collect
+from hardhost.verifier.comparison import Check, Examination, compare, examine
+from hardhost.verifier.evidence import Evidence, collect
 from hardhost.verifier.tpm_attest import TpmPolicy, TpmResult, attest_tpm, reboot_findings
 from hardhost.verifier.tpm_quote import ClockInfo
-from hardhost.verifier.transport import HostOutputError, Target, connect
+from hardhost.verifier.transport import HostOutputError, Session, Target, connect
 from hardhost.verifier.verdict import Finding, Severity, Verdict, now
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,34 @@ def manifest_digest(path: Path) -> str:
     return hashlib.sha256(read_bytes(path, what="manifest")).hexdigest()
 
 
+@contextmanager
+def _session(target: Target, conn: Connection) -> Iterator[Session]:
+    with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
+                 timeout=conn.timeout, trust_on_first_use=conn.trust_on_first_use,
+                 ssh_config=conn.ssh_config) as session:
+        yield session
+
+
+def _collect(session: Session, manifest: HostManifest, conn: Connection) -> Evidence:
+    return collect(session, timeout=conn.timeout, mutable_paths=dict(manifest.mutable_paths))
+
+
+def _malformed(exc: HostOutputError) -> Finding:
+    return Finding("evidence.invalid", Severity.CRITICAL, "well-formed evidence", str(exc))
+
+
+def examine_host(target: Target, manifest: HostManifest, conn: Connection) -> Examination:
+    """Every check `attest` makes of `target`, passing ones too, on the same evidence
+    (without the TPM quote). Raises `Unreachable` or `TrustError`; malformed evidence is the
+    one failed check `evidence.invalid`."""
+    with _session(target, conn) as session:
+        try:
+            evidence = _collect(session, manifest, conn)
+        except HostOutputError as exc:
+            return Examination("", (Check("evidence", "invalid", (_malformed(exc),)),))
+    return examine(manifest, evidence)
+
+
 def attest(target: Target, manifest: HostManifest, digest: str, conn: Connection) -> Verdict:
     """Attest `target`. Raises `Unreachable` or `TrustError`; garbage from the host is a
     finding, not an exception."""
@@ -48,16 +78,11 @@ def attest(target: Target, manifest: HostManifest, digest: str, conn: Connection
 
 def _attest(target: Target, manifest: HostManifest, digest: str,
             conn: Connection) -> tuple[Verdict, ClockInfo | None]:
-    with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                 timeout=conn.timeout, trust_on_first_use=conn.trust_on_first_use,
-                 ssh_config=conn.ssh_config) as session:
+    with _session(target, conn) as session:
         try:
-            evidence = collect(session, timeout=conn.timeout,
-                               mutable_paths=dict(manifest.mutable_paths))
+            evidence = _collect(session, manifest, conn)
         except HostOutputError as exc:
-            return Verdict(str(target), "", now(), digest, (
-                Finding("evidence.invalid", Severity.CRITICAL, "well-formed evidence",
-                        str(exc)),)), None
+            return Verdict(str(target), "", now(), digest, (_malformed(exc),)), None
         findings = compare(manifest, evidence)
         clock = None
         if conn.tpm is not None:
@@ -73,17 +98,22 @@ def _attest(target: Target, manifest: HostManifest, digest: str,
 
 def attest_and_reset(target: Target, manifest: HostManifest, digest: str, conn: Connection,
                      reset_timeout: float) -> tuple[Verdict, Verdict | None]:
-    """Attest; on drift, reboot, wait for a new boot_id, and attest again. With a TPM, the
-    second quote must also show the reboot."""
-    first, clock = _attest(target, manifest, digest, conn)
-    if first.status == "pass":
-        return first, None
+    """Attest; on drift, reboot, wait for a new boot_id, and attest again. Returns the
+    verdict before and, when the host was reset, the one after. With a TPM policy, the
+    quote after must also show the reboot (`tpm.reboot`: resetCount advanced).
+
+    The one reset of hardhost: `attest --reset`, the fleet's reset and the Ansible reset
+    all come here. Raises `Unreachable` when the host does not answer, refuses the reboot
+    or is not back with a new boot_id within `reset_timeout` seconds; `TrustError`."""
+    before, clock = _attest(target, manifest, digest, conn)
+    if before.status == "pass":
+        return before, None
     log.info("%s: drift found; resetting by reboot", target)
     reset.reboot(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                 timeout=reset_timeout, connect_timeout=min(conn.timeout, 15.0),
+                 timeout=reset_timeout, connect_timeout=min(conn.timeout, reset.RECONNECT_TIMEOUT),
                  ssh_config=conn.ssh_config)
-    second, clock_after = _attest(target, manifest, digest, conn)
+    after, clock_after = _attest(target, manifest, digest, conn)
     if conn.tpm is not None:
-        second = dataclasses.replace(second, findings=(*second.findings,
-                                                       *reboot_findings(clock, clock_after)))
-    return first, second
+        after = dataclasses.replace(after, findings=(*after.findings,
+                                                     *reboot_findings(clock, clock_after)))
+    return before, after

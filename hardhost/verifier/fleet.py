@@ -26,8 +26,7 @@ from hardhost.core.errors import HardhostError, TrustError, Unreachable, UsageEr
 from hardhost.core.inputs import read_bytes
 from hardhost.core.outputs import printable, write_atomic
 from hardhost.image.manifest import HostManifest, read_verified
-from hardhost.verifier import reset
-from hardhost.verifier.attestation import Connection, attest, manifest_digest
+from hardhost.verifier.attestation import Connection, attest, attest_and_reset, manifest_digest
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.verdict import Verdict, now
 
@@ -225,8 +224,10 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
                   manifests: Manifests, conn: Connection, *, batch: int,
                   reset_timeout: float,
                   on_done: Callable[[Verdict], None] | None = None) -> list[Verdict]:
-    """Reboot the drifted hosts, at most `batch` at a time, and attest each again once it
-    answers with a new boot_id. Returns the verdicts with the drifted ones replaced."""
+    """Reset the drifted hosts, at most `batch` at a time, each by `attest_and_reset`: it
+    is attested again first (the reboot is decided, and with a TPM the reboot judged, on
+    what the host shows at that moment), rebooted, and attested once it answers with a new
+    boot_id. Returns the verdicts with the drifted ones replaced by their last."""
     loaded = manifests.load_all(hosts)
     drifted = [i for i, v in enumerate(verdicts) if v.status == "drift"]
     log.info("Resetting %d drifted hosts, %d at a time", len(drifted), batch)
@@ -240,14 +241,12 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
         assert isinstance(entry, Loaded)
         target, per_host = host.target, _for_host(host, conn)
 
-        def reboot_and_attest() -> Verdict:
-            reset.reboot(target, known_hosts=per_host.known_hosts,
-                         identity=per_host.identity, timeout=reset_timeout,
-                         connect_timeout=min(per_host.timeout, 15.0),
-                         ssh_config=per_host.ssh_config)
-            return attest(target, entry.manifest, entry.digest, per_host)
+        def reset_and_attest() -> Verdict:
+            before, after = attest_and_reset(target, entry.manifest, entry.digest, per_host,
+                                             reset_timeout)
+            return after or before
 
-        return _guarded(host, entry.digest, reboot_and_attest)
+        return _guarded(host, entry.digest, reset_and_attest)
 
     result = list(verdicts)
     again_all = _each(drifted, batch, again, Progress(len(drifted)), on_done)

@@ -13,6 +13,10 @@ from hardhost.verifier.transport import Target, connect
 log = logging.getLogger(__name__)
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# Each connection while a host reboots is bounded on its own, within the whole reset
+# timeout: a host still booting stalls or refuses, and one stalled try must not use up the
+# wait. The caller's connect timeout applies when it is shorter.
+RECONNECT_TIMEOUT = 15.0
 
 
 def boot_id(target: Target, *, known_hosts: Path, identity: Path | None, timeout: float,
@@ -25,7 +29,7 @@ def boot_id(target: Target, *, known_hosts: Path, identity: Path | None, timeout
 
 
 def reboot(target: Target, *, known_hosts: Path, identity: Path | None, timeout: float,
-           connect_timeout: float = 15.0, ssh_config: Path | None = None) -> str:
+           connect_timeout: float = RECONNECT_TIMEOUT, ssh_config: Path | None = None) -> str:
     """Reboot `target` and wait until it answers with a new boot_id; return that boot_id.
 
     Raises `Unreachable` when systemctl answers with a failure, and when the host does not

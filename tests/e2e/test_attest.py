@@ -96,6 +96,7 @@ def test_testinfra_plugin_passes_then_names_the_drifted_fact(host: BootedHost,
     assert drifted.returncode == 1
     failed = [line for line in drifted.stdout.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 1 and "sysctl[kernel.kptr_restrict]" in failed[0], failed
+    assert "sysctl.kernel.kptr_restrict (high): expected '2', observed '1'" in drifted.stdout
 
 
 def test_drift_gives_findings_with_their_ids(host: BootedHost,
@@ -153,6 +154,8 @@ def test_reset_reboots_and_then_passes(host: BootedHost, signing_keys: SigningKe
     first = attest(host, signing_keys, "--json", "--reset", "--reset-timeout",
                    str(BOOT_TIMEOUT))
     assert first.returncode == 0, first.stderr
+    # A clean host is attested once and not reset: one verdict, no before and after.
+    assert verdict(first)["status"] == "pass" and "before" not in verdict(first)
     make_drift(host)
     result = attest(host, signing_keys, "--json", "--reset", "--reset-timeout",
                     str(BOOT_TIMEOUT))
@@ -230,6 +233,8 @@ def test_ansible_collection_attests_and_resets(host: BootedHost, signing_keys: S
 
     clean = play("attest")
     assert clean["status"] == "pass" and clean["changed"] is False
+    kept = play("reset")  # a clean host is not reset
+    assert kept["changed"] is False and kept["boot_id"] == clean["boot_id"]
     make_drift(host)
     would = play("reset", "--check")
     assert would["changed"] is True and "would reboot" in would["msg"]
