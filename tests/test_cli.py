@@ -13,7 +13,8 @@ import pytest
 from hardhost.cli.main import main, parser
 from hardhost.core.errors import ToolMissing
 from hardhost.core.run import which
-from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.paths import IMAGES, REPO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

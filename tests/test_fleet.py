@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 from hardhost.verifier import history
-from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.sshd import RunningSshd, start_sshd
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KeyPair, LoopbackHost, SigningKeys, make_keypair
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.keys import KeyPair, SigningKeys, make_keypair
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.sshd import LoopbackHost
 
 pytestmark = pytest.mark.e2e
 

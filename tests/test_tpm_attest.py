@@ -18,8 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hardhost.image.manifest import HostManifest
-from tests.conftest import REPO, KeyPair, LoopbackHost, SigningKeys
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.paths import REPO
+from tests.support.sshd import LoopbackHost
 from tests.test_tpm_enroll import Tpm, tpm, tpm_host  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e

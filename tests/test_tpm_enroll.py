@@ -53,7 +53,8 @@ from hardhost.verifier.tpm_quote import (
 )
 from hardhost.verifier.transport import Session, Target, connect
 from hardhost.vm.vtpm import LocalCa, make_local_ca, manufacture
-from tests.conftest import KeyPair, LoopbackHost, start_sshd
+from tests.support.keys import KeyPair
+from tests.support.sshd import LoopbackHost, start_sshd
 
 DATA = Path(__file__).resolve().parent / "data" / "tpm"
 ZEROS = {index: "00" * 32 for index in QUOTE_PCRS}

@@ -14,8 +14,9 @@ import pytest
 
 from hardhost.image.manifest import MANIFEST_NAME
 from hardhost.verifier.transport import connect
-from tests.conftest import REPO, KeyPair, SigningKeys, make_keypair
-from tests.e2e.conftest import (
+from tests.support.keys import KeyPair, SigningKeys, make_keypair
+from tests.support.paths import REPO
+from tests.support.vms import (
     BOOT_TIMEOUT,
     BootedHost,
     BuiltImage,
