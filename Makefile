@@ -18,14 +18,17 @@ APT_PACKAGES := mmdebstrap erofs-utils squashfs-tools cryptsetup-bin qemu-system
 	e2fsprogs util-linux tar apparmor secilc runc strace openssh-server openssh-client \
 	python3 python3-venv ca-certificates swtpm swtpm-tools tpm2-tools busybox-static \
 	kmod binutils systemd-boot-efi dosfstools mtools sbsigntool ovmf openssl \
-	pesign osslsigncode
+	pesign osslsigncode golang-github-docker-docker-dev
 
 .PHONY: help deps venv keys lint unit test demo demo-stop clean
 
 help:
 	@echo "make demo   install what is needed, build images/container-host.toml, boot it, attest it"
-	@echo "make test   install what is needed and run lint, unit and e2e tests"
-	@echo "make unit   lint and unit tests only (no root, no qemu)"
+	@echo "make test   as root: install what is needed, lint, and run every test, e2e included"
+	@echo "            (loopback sshd, runc, swtpm, and image builds and boots under qemu)"
+	@echo "make unit   lint and the tests not marked e2e: no root, no qemu, no sshd, swtpm or runc;"
+	@echo "            they read the repository and Debian packages (make deps)"
+	@echo "            (the e2e tests that boot nothing alone: make test PYTEST_ARGS='-m system')"
 
 root-check:
 	@if [ "$$(id -u)" -ne 0 ]; then echo "run as root, e.g. sudo make $(MAKECMDGOALS)"; exit 2; fi

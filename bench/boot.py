@@ -21,7 +21,7 @@ from hardhost.core.errors import HardhostError  # noqa: E402
 from hardhost.core.log import setup_logging  # noqa: E402
 from hardhost.verifier.transport import Target, connect  # noqa: E402
 from hardhost.vm import harness as vm  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 
 # systemd reports boot as finished only once every start-up job is done (dockerd included).
 SETTLE_TIMEOUT = 120.0

@@ -28,8 +28,9 @@ sys.path.insert(0, str(REPO))
 
 from hardhost.image.signing import keygen, load_private_key  # noqa: E402
 from hardhost.verifier.evidence import script  # noqa: E402
-from tests.conftest import KeyPair, RunningSshd, make_keypair, start_sshd  # noqa: E402
-from tests.test_signing import sample_manifest, write_signed  # noqa: E402
+from tests.support.keys import KeyPair, make_keypair  # noqa: E402
+from tests.support.manifests import sample_manifest, write_signed  # noqa: E402
+from tests.support.sshd import RunningSshd, start_sshd  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BENCH_USER = "hardhost-bench"

@@ -1,61 +1,47 @@
-"""Shared fixtures: real, disposable things (SSH keys, a loopback sshd) that tests wait on."""
+"""Shared fixtures: real, disposable things (SSH keys, a loopback sshd) that tests wait on.
+Their makers and the other helpers tests share live in tests/support/.
+
+Markers and folders agree, and collection checks it: every test under tests/e2e/ is marked
+`e2e` (it builds or boots an image); an `e2e` test elsewhere in tests/ needs root and real
+local daemons (a loopback sshd, runc, swtpm, a paused qemu, a tmpfs mount) but builds and
+boots nothing, and is given the `system` marker here so that it can be run apart."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hardhost.image.signing import keygen, load_private_key
-from hardhost.verifier.transport import public_key_from_line, wait_for_host_key
+from hardhost.vm.vtpm import make_local_ca, manufacture
+from tests.support.keys import KeyPair, SigningKeys, make_keypair
+from tests.support.paths import REPO
+from tests.support.sshd import LoopbackHost, start_sshd
+from tests.support.tpm import Tpm, serve
 
-REPO = Path(__file__).resolve().parent.parent
-IMAGES = REPO / "images"
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    private: Path
-    public_line: str
+E2E_FOLDER = REPO / "tests" / "e2e"
 
 
-def make_keypair(directory: Path, name: str) -> KeyPair:
-    """An Ed25519 key pair in OpenSSH format, the private half mode 0600."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    private = directory / name
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                  serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    (directory / f"{name}.pub").write_text(f"{public} hardhost-test\n")
-    return KeyPair(private, public)
-
-
-def sshd_binary() -> str:
-    """OpenSSH's sshd, with the privilege-separation directory it insists on."""
-    sshd = shutil.which("sshd", path="/usr/sbin:/usr/bin")
-    if sshd is None or os.geteuid() != 0:
-        pytest.fail("sshd tests need root and openssh-server (make test provides both)")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    return sshd
-
-
-@dataclass(frozen=True)
-class SigningKeys:
-    private: Path
-    public: Path
-    key: Ed25519PrivateKey
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = []
+    for item in items:
+        in_e2e_folder = E2E_FOLDER in item.path.parents
+        marked = item.get_closest_marker("e2e") is not None
+        if in_e2e_folder and not marked:
+            unmarked.append(item.nodeid)
+        elif not in_e2e_folder and (marked or "tpm" in getattr(item, "fixturenames", ())):
+            # A test on a real swtpm needs the daemon and its tools, like sshd and runc.
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.system)
+    if unmarked:
+        raise pytest.UsageError(
+            f"{len(unmarked)} test(s) under tests/e2e/ lack the e2e marker, first "
+            f"{unmarked[0]}; add `pytestmark = pytest.mark.e2e` to the module, or move a test "
+            "that builds and boots nothing out of tests/e2e/")
 
 
 @pytest.fixture(scope="session")
@@ -75,63 +61,63 @@ def client_key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     return make_keypair(tmp_path_factory.mktemp("client-key"), "id_ed25519")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class LoopbackHost:
-    port: int
-    host_key: KeyPair
-    known_hosts: Path
-
-
-@dataclass
-class RunningSshd:
-    host: LoopbackHost
-    process: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def start_sshd(directory: Path, client_key: KeyPair, *, extra_config: str = "",
-               user: str = "root") -> RunningSshd:
-    """A real OpenSSH sshd on 127.0.0.1 with its own host key, accepting `client_key` for
-    `user` only, and ready (a key exchange completed) when this returns."""
-    sshd = sshd_binary()
-    host_key = make_keypair(directory / "host", "ssh_host_ed25519_key")
-    authorized = directory / "authorized_keys"
-    authorized.write_text(f"{client_key.public_line}\n")
-    port = free_port()
-    config = directory / "sshd_config"
-    # SetEnv keeps a login shell's interactive set-up (such as pyenv) out of each session.
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key.private}\n"
-        f"PidFile {directory}/sshd.pid\nAuthorizedKeysFile {authorized}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nSetEnv SHLVL=1\n"
-        f"AllowUsers {user}\n" + extra_config)
-    process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_host_key("127.0.0.1", port, public_key_from_line(host_key.public_line),
-                          timeout=30, alive=lambda: process.poll() is None)
-    except BaseException:
-        process.kill()
-        raise
-    known_hosts = directory / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.public_line}\n")
-    return RunningSshd(LoopbackHost(port, host_key, known_hosts), process)
-
-
 @pytest.fixture
 def loopback_sshd(tmp_path: Path, client_key: KeyPair) -> Iterator[LoopbackHost]:
     """A real OpenSSH sshd on 127.0.0.1, with its own host key, accepting `client_key` for root."""
     running = start_sshd(tmp_path, client_key)
+    try:
+        yield running.host
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts TCP connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tpm]:
+    base = tmp_path_factory.mktemp("tpm")
+    ca = make_local_ca(base / "ca")
+    manufacture(base / "state", ca)
+    swtpm = serve(base / "state")
+    try:
+        yield Tpm(swtpm, ca)
+    finally:
+        swtpm.stop()
+
+
+@pytest.fixture(scope="module")
+def tpm_host(tpm: Tpm, tmp_path_factory: pytest.TempPathFactory,
+             client_key: KeyPair) -> Iterator[LoopbackHost]:
+    """A loopback sshd whose sessions reach the swtpm. sshd keeps only the first SetEnv it
+    reads, and start_sshd already sets one, so this one sits in a Match block, which
+    replaces it: both variables go there."""
+    running = start_sshd(tmp_path_factory.mktemp("tpm-sshd"), client_key, extra_config=(
+        f"Match all\n    SetEnv SHLVL=1 TPM2TOOLS_TCTI={tpm.swtpm.tcti}\n"))
     try:
         yield running.host
     finally:

@@ -13,20 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
-from tests.fake_image_host import ImageHost, image_host, recorded_manifest
-from tests.test_signing import sample_manifest, write_signed
-
-BIN = Path(sys.executable).parent
-COLLECTIONS = REPO / "ansible"
-
-
-def ansible(tool: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_STDOUT_CALLBACK": "default",
-           "ANSIBLE_LOCAL_TEMP": str(cwd / ".ansible-tmp")}
-    return subprocess.run([str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+from tests.support.ansible import BIN, COLLECTIONS, ansible
+from tests.support.fake_image_host import ImageHost, image_host, recorded_manifest
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.sshd import RunningSshd, start_sshd
 
 
 @pytest.mark.parametrize("module", ["attest", "reset"])

@@ -31,11 +31,10 @@ from hardhost.profiles.trace import (
     merge,
     normalise,
 )
-from tests.conftest import REPO
+from tests.support.paths import REPO
+from tests.support.reference import APPARMOR_TEMPLATE, docker_default_apparmor
 
 GOLDEN = REPO / "tests" / "golden" / "apparmor"
-# Peers' reference data lies beside the repository, never inside it.
-DOCKER_DEFAULT = REPO.parent / "shared/reference/moby-apparmor/docker-default.golden"
 TRACES = sorted(GOLDEN.glob("*.trace.json"))
 
 
@@ -397,11 +396,11 @@ def examples(pattern: str, limit: int = 400) -> list[str]:
 
 
 def docker_default() -> ParsedProfile:
-    return apparmor_read.parse(DOCKER_DEFAULT.read_text(), str(DOCKER_DEFAULT))
+    return apparmor_read.parse(docker_default_apparmor(), str(APPARMOR_TEMPLATE))
 
 
 def test_every_docker_deny_line_is_read() -> None:
-    lines = [line for line in DOCKER_DEFAULT.read_text().splitlines()
+    lines = [line for line in docker_default_apparmor().splitlines()
              if line.strip().startswith("deny")]
     docker = docker_default()
     rules: list[FileRule | NetworkRule | CapabilityRule | OtherRule] = [

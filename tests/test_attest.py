@@ -14,9 +14,11 @@ from hardhost.image.manifest import MANIFEST_NAME, HostManifest, from_statement
 from hardhost.verifier.comparison import compare, examine
 from hardhost.verifier.evidence import parse
 from hardhost.verifier.verdict import Finding, Severity, Verdict, render
-from tests.conftest import REPO, SigningKeys, free_port
-from tests.test_evidence import fake_output, listing
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.evidence import fake_output, listing
+from tests.support.keys import SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.net import free_port
+from tests.support.paths import REPO
 
 
 def manifest_for_fake() -> HostManifest:

@@ -19,7 +19,7 @@ from hardhost.builder.spec import (
 )
 from hardhost.builder.stages.bootstrap import bootstrap_key
 from hardhost.builder.stages.rootfs import derived_identity
-from tests.conftest import IMAGES
+from tests.support.paths import IMAGES
 
 
 def container_host() -> Spec:

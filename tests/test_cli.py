@@ -18,7 +18,8 @@ from hardhost.cli.help import EPILOG, exit_codes_epilog
 from hardhost.cli.main import main, parser
 from hardhost.core.errors import EXIT_CODES, INTERRUPTED, HardhostError, ToolMissing
 from hardhost.core.run import which
-from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.paths import IMAGES, REPO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

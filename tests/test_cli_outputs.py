@@ -21,8 +21,10 @@ from hardhost.verifier import fleet, history
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.transport import Target
 from hardhost.verifier.verdict import Finding, Severity, Verdict, render
-from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys, free_port
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.net import free_port
+from tests.support.paths import IMAGES, REPO
 
 HOSTILE = "\x1b[2K\rpwned\x00\x0b"
 

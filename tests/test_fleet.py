@@ -23,9 +23,12 @@ from hardhost.verifier.attestation import Connection
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.transport import Target
 from hardhost.verifier.verdict import Finding, Severity, Verdict
-from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, free_port, start_sshd
-from tests.fake_image_host import image_host, recorded_manifest
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.fake_image_host import image_host, recorded_manifest
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.sshd import RunningSshd, start_sshd
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from hardhost.verifier import history
-from tests.conftest import REPO, KeyPair, RunningSshd, SigningKeys, start_sshd
-from tests.test_fleet import silent_server  # noqa: F401  # a fixture, used by name
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.paths import REPO
+from tests.support.sshd import RunningSshd, start_sshd
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +114,7 @@ def test_verdicts_keep_inventory_names_and_bad_hosts_cost_one_verdict(
 def test_interrupted_run_writes_what_it_checked(tmp_path: Path, pair: Pair,
                                                 signing_keys: SigningKeys,
                                                 client_key: KeyPair,
-                                                silent_server: int) -> None:  # noqa: F811
+                                                silent_server: int) -> None:
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(
         f"live0 ansible_host=127.0.0.1 ansible_port={pair.ports[0]}\n"

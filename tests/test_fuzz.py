@@ -19,8 +19,8 @@ from hardhost.image.manifest import from_statement
 from hardhost.image.signing import verify
 from hardhost.profiles.trace import from_json
 from hardhost.verifier.evidence import SECTIONS, parse
-from tests.conftest import IMAGES
-from tests.test_evidence import fake_output
+from tests.support.evidence import fake_output
+from tests.support.paths import IMAGES
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

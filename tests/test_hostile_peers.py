@@ -25,7 +25,7 @@ from hardhost.verifier.transport import (
     offered_host_key,
     wait_for_host_key,
 )
-from tests.conftest import KeyPair, make_keypair
+from tests.support.keys import KeyPair, make_keypair
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,8 @@ import pytest
 from hardhost.core.errors import HardhostError, TrustError, UsageError
 from hardhost.verifier import known_hosts
 from hardhost.verifier.transport import Target, connect
-from tests.conftest import KeyPair, LoopbackHost, make_keypair
+from tests.support.keys import KeyPair, make_keypair
+from tests.support.sshd import LoopbackHost
 
 pytestmark = pytest.mark.e2e
 

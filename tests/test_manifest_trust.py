@@ -30,8 +30,9 @@ from hardhost.image.manifest import (
     format_time,
     read_verified,
 )
-from tests.conftest import REPO, SigningKeys
-from tests.test_signing import sample_manifest
+from tests.support.keys import SigningKeys
+from tests.support.manifests import sample_manifest
+from tests.support.paths import REPO
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 MINIMAL = """

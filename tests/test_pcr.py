@@ -1,72 +1,21 @@
 """PCR predictions, checked against systemd-measure, pesign and osslsigncode and a recorded
 OVMF event log. tests/e2e/test_pcr_image.py checks them on a built image's real kernel and
-on a real OVMF + swtpm boot."""
+on a real OVMF + swtpm boot (tests/support/pcr.py)."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
-import json
-import re
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hardhost.builder import eventlog, pcr, pe
-from hardhost.core.run import output, run
-from hardhost.verifier.transport import Target, connect, wait_for_host_key
-from hardhost.vm import harness as vm
-from tests.conftest import free_port
-from tests.test_uki import (
-    Inputs,
-    build_uki,
-    fake_kernel,
-    make_inputs,
-    need,
-    need_stub,
-    sign,
-)
+from hardhost.core.run import run
+from tests.support.pcr import PHASE_CASES, pesign_digest, signed_digest, systemd_measure
+from tests.support.tools import need
+from tests.support.uki import build_uki, fake_kernel, make_inputs, need_stub, sign
 
 DATA = Path(__file__).parent / "data" / "uki"
-MEASURE = Path("/lib/systemd/systemd-measure")  # systemd 252 ships it outside $PATH
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-MEMORY_MIB, CPUS = 2048, 2
-MACHINE = pcr.machine_key(memory_mib=MEMORY_MIB, cpus=CPUS)
-BOOT_TIMEOUT = 400  # seconds; an OVMF + swtpm boot to SSH takes about a minute under TCG
-
-
-def image_inputs(folder: Path, scratch: Path) -> Inputs:
-    scratch.mkdir(parents=True, exist_ok=True)
-    osrel = scratch / "os-release"
-    osrel.write_text('PRETTY_NAME="hardhost"\nID=debian\nVERSION_ID="12"\n')
-    cmdline = json.loads((folder / "build.json").read_text())["cmdline"]
-    return Inputs(folder / "vmlinuz", folder / "initrd.img", osrel, cmdline)
-
-
-def systemd_measure(inputs: Inputs, scratch: Path, phases: tuple[str, ...],
-                    extra: dict[str, Path] | None = None) -> str:
-    if not MEASURE.is_file():
-        pytest.fail(f"{MEASURE} not found: apt-get install systemd")
-    cmdline = scratch / "cmdline.txt"
-    cmdline.write_text(inputs.cmdline)
-    args: list[str | Path] = [MEASURE, "calculate", f"--linux={inputs.linux}",
-                              f"--osrel={inputs.osrel}", f"--cmdline={cmdline}",
-                              f"--initrd={inputs.initrd}", "--bank=sha256",
-                              f"--phase={':'.join(phases)}"]
-    args += [f"--{name}={path}" for name, path in (extra or {}).items()]
-    match = re.fullmatch(r"11:sha256=([0-9a-f]{64})", output(args).strip())
-    assert match is not None
-    return match.group(1)
-
-
-PHASE_CASES = [(), ("sysinit",), pcr.PHASES_INITRAMFS_TOOLS, pcr.PHASE_ORDER]
 
 
 @pytest.mark.parametrize("phases", PHASE_CASES, ids=lambda p: ":".join(p) or "none")
@@ -118,24 +67,6 @@ def test_unknown_phase_is_refused(tmp_path: Path) -> None:
     image = build_uki(tmp_path, make_inputs(tmp_path / "in"))
     with pytest.raises(pcr.PCRError, match="unknown boot phase 'booted'"):
         pcr.predict_pcrs(image, phases=("booted",))
-
-
-def pesign_digest(path: Path) -> str:
-    text = output([need("pesign", "pesign"), "-h", "-d", "sha256", "-i", path])
-    match = re.search(r"^hash: ([0-9a-f]{64})$", text, re.M)
-    assert match is not None, text
-    return match.group(1)
-
-
-def signed_digest(path: Path) -> str:
-    """The digest the signer put in the signature, as osslsigncode reads it back."""
-    # verify exits 1 for a certificate it cannot chain to a CA, after printing the digests.
-    result = run([need("osslsigncode", "osslsigncode"), "verify", "-in", path], capture=True,
-                 check=False)
-    text = result.stdout.decode(errors="replace")
-    match = re.search(r"Current message digest\s*:\s*([0-9A-F]{64})", text)
-    assert match is not None, text
-    return match.group(1).lower()
 
 
 def test_authenticode_equals_pesign(tmp_path: Path) -> None:
@@ -255,127 +186,3 @@ def test_truncated_event_log_is_refused() -> None:
     data = (DATA / "ovmf-eventlog.bin").read_bytes()
     with pytest.raises(eventlog.EventLogError, match="truncated"):
         eventlog.parse(data[:-7])
-
-
-# --- e2e: a real boot -----------------------------------------------------------------------
-
-READ_SCRIPT = """\
-timeout 120 systemctl is-system-running --wait >/dev/null 2>&1
-for unit in systemd-pcrphase-sysinit.service systemd-pcrphase.service; do
-    echo "unit $unit $(systemctl show -P Result "$unit") $(systemctl show -P ActiveState "$unit")"
-done
-for index in 0 4 7 9 11 12 13; do
-    echo "pcr $index $(cat /sys/class/tpm/tpm0/pcr-sha256/$index)"
-done
-echo "log $(base64 -w0 /sys/kernel/security/tpm0/binary_bios_measurements)"
-"""
-# The phase each systemd-pcrphase unit extends once it has run (systemd 252 units/).
-UNIT_PHASES = {"systemd-pcrphase-sysinit.service": "sysinit",
-               "systemd-pcrphase.service": "ready"}
-
-
-@dataclass(frozen=True)
-class BootEvidence:
-    seconds_to_ssh: float
-    pcrs: dict[int, str]
-    phases: tuple[str, ...]
-    log: list[eventlog.LoggedEvent]
-
-
-def read_evidence(text: str, seconds: float) -> BootEvidence:
-    pcrs, phases, log = {}, [], b""
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        if kind == "pcr":
-            index, value = rest.split()
-            pcrs[int(index)] = value.lower()
-        elif kind == "unit":
-            unit, result, state = [*rest.split(), "", ""][:3]
-            if result == "success" and state == "active":
-                phases.append(UNIT_PHASES[unit])
-        elif kind == "log":
-            log = base64.b64decode(rest)
-    return BootEvidence(seconds, pcrs, tuple(phases), eventlog.parse(log))
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@contextlib.contextmanager
-def _running(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
-    try:
-        yield process
-    finally:
-        _stop(process)
-
-
-def boot_and_read(esp: Path, image: Path, identity: Path, scratch: Path) -> BootEvidence:
-    """Boot `esp` under OVMF with a fresh swtpm, the image's disks attached as the
-    initramfs expects, and read PCRs, pcrphase results and the event log over SSH."""
-    qemu = need("qemu-system-x86_64", "qemu-system-x86")
-    swtpm = need("swtpm", "swtpm")
-    if not OVMF_CODE.is_file():
-        pytest.fail(f"{OVMF_CODE} not found: apt-get install ovmf")
-    tpm_dir = scratch / "tpm"
-    tpm_dir.mkdir()
-    variables = scratch / "OVMF_VARS.fd"
-    shutil.copyfile(OVMF_VARS, variables)
-    host_key = vm._provision_state(vm.Instance("pcr-e2e", scratch))  # state.img, host key
-    port = free_port()
-    known_hosts = scratch / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.get_name()} "
-                           f"{host_key.get_base64()}\n")
-    socket_path = tpm_dir / "swtpm.sock"
-    tpm_argv = [swtpm, "socket", "--tpm2", "--tpmstate", f"dir={tpm_dir}",
-                "--ctrl", f"type=unixio,path={socket_path}"]
-    drives = []
-    for path, readonly in ((image / "root.img", True), (image / "root.verity", True),
-                           (scratch / "state.img", False)):
-        drives += ["-drive", f"file={path},if=virtio,format=raw" + (",readonly=on"
-                                                                    if readonly else "")]
-    qemu_argv = [
-        qemu, "-machine", "q35", "-accel", "tcg", "-m", str(MEMORY_MIB), "-smp", str(CPUS),
-        "-nodefaults",
-        "-display", "none", "-monitor", "none", "-serial", f"file:{scratch / 'serial.log'}",
-        "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
-        "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
-        "-chardev", f"socket,id=chrtpm,path={socket_path}",
-        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
-        # The ESP first in the boot order: a failed attempt before it would add PCR 4 events.
-        "-drive", f"if=none,id=esp,file={esp},format=raw", "-device", "ahci,id=ahci",
-        "-device", "ide-hd,drive=esp,bus=ahci.0,bootindex=0", *drives,
-        # romfile= drops iPXE, so the firmware offers no network boot to try.
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=net0,romfile=",
-        "-object", "rng-random,filename=/dev/urandom,id=rng0",
-        "-device", "virtio-rng-pci,rng=rng0",
-    ]
-    with _running(tpm_argv, scratch / "swtpm.log") as tpm:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists() and tpm.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        start = time.monotonic()
-        with _running(qemu_argv, scratch / "qemu.log") as machine:
-            wait_for_host_key("127.0.0.1", port, host_key, timeout=BOOT_TIMEOUT,
-                              alive=lambda: machine.poll() is None)
-            seconds = time.monotonic() - start
-            with connect(Target("root", "127.0.0.1", port), known_hosts=known_hosts,
-                         identity=identity) as session:
-                result = session.run_script(READ_SCRIPT, timeout=180)
-    assert result.exit_status == 0, result.stderr.decode(errors="replace")
-    return read_evidence(result.stdout.decode(), seconds)
-
-
-def mismatch(index: int, predicted: pcr.PCRValue, logged: list[pcr.Event]) -> str:
-    lines = [f"PCR {index}: predicted {predicted.value}"]
-    lines += [f"  predicted {e.digest[:16]} {e.type} {e.description}" for e in predicted.events]
-    lines += [f"  logged    {e.digest[:16]} {e.type} {e.description}" for e in logged]
-    return "\n".join(lines)

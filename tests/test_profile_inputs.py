@@ -18,7 +18,7 @@ from hardhost.core.errors import UsageError
 from hardhost.profiles import apparmor_check, apparmor_read, apparmor_regex, generate
 from hardhost.profiles.aaglob import MAX_ALTERNATIVES, compile_glob
 from hardhost.profiles.trace import MAX_ENTRIES, TraceError, from_json, load, normalise
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 GOOD = {"version": 1, "syscalls": ["read", "write", "exit_group"],
         "files": [{"path": "/etc/hostname", "mode": "r"}],

@@ -15,7 +15,7 @@ import pytest
 from hardhost.builder.spec import Spec, load_spec
 from hardhost.builder.stages.bootstrap import extract
 from hardhost.builder.stages.prune import remove_unwanted, unextracted
-from tests.conftest import IMAGES
+from tests.support.paths import IMAGES
 
 FILES = (
     "usr/share/man/man1/ls.1.gz",

@@ -32,6 +32,7 @@ def qemu(tmp_path: Path) -> Iterator[Path]:
         process.wait()
 
 
+@pytest.mark.e2e  # a real qemu (qemu-system-x86)
 def test_the_power_button_is_pressed_through_qemus_own_socket(qemu: Path) -> None:
     power_down(qemu, timeout=10)  # qemu answers each command with {"return": {}}
 

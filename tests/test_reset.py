@@ -11,8 +11,9 @@ import pytest
 
 from hardhost.core.errors import Unreachable
 from hardhost.verifier import Connection, Target, attest_and_reset
-from tests.conftest import KeyPair, free_port
-from tests.fake_image_host import image_host, recorded_manifest
+from tests.support.fake_image_host import image_host, recorded_manifest
+from tests.support.keys import KeyPair
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,9 @@ from hardhost.core.errors import UsageError
 from hardhost.profiles import seccomp
 from hardhost.profiles.record import record
 from hardhost.profiles.trace import FileAccess, SocketUse, Trace, normalise
-from tests.conftest import REPO, free_port
-from tests.runc import make_bundle, run_bundle
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.runc import make_bundle, run_bundle
 
 GOLDEN = REPO / "tests" / "golden" / "seccomp"
 

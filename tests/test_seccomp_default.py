@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from hardhost.profiles import default, seccomp
-from tests.runc import make_bundle, run_bundle
-
-MOBY = Path(__file__).resolve().parent.parent.parent / "shared/reference/moby-seccomp/default.json"
+from tests.support.reference import moby_seccomp_default
+from tests.support.runc import make_bundle, run_bundle
 
 # Raw syscalls through libc's syscall(): errno shows whether the filter stopped them.
 PROBE = """
@@ -42,7 +41,7 @@ def test_default_json_is_generated_from_its_policy() -> None:
 
 def test_nothing_docker_denies_is_allowed_unconditionally() -> None:
     ours = json.loads(default.OUTPUT.read_text())
-    docker = json.loads(MOBY.read_text())
+    docker = moby_seccomp_default()
     assert unconditional(ours) - unconditional(docker) == set()
 
 

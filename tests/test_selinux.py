@@ -13,7 +13,7 @@ from hardhost.core.run import run
 from hardhost.profiles import selinux
 from hardhost.profiles.selinux import ProfileError, generate, validate
 from hardhost.profiles.trace import FileAccess, NetworkCall, SocketUse, Trace, load, normalise
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "selinux"
 BASE = REPO / "hardhost" / "profiles" / selinux.BASE_POLICY

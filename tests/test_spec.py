@@ -18,7 +18,7 @@ from hardhost.builder.spec import (
     with_authorized_keys,
 )
 from hardhost.core.errors import SpecError, UsageError
-from tests.conftest import IMAGES, REPO
+from tests.support.paths import IMAGES, REPO
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ7p0x1b2d5a3f0c7e9b8a6d4c2e0f1a3b5c7d9e1f3a5b7 test"
 

@@ -21,14 +21,8 @@ from hardhost.verifier.transport import (
     public_key_from_line,
     wait_for_host_key,
 )
-from tests.conftest import (
-    KeyPair,
-    LoopbackHost,
-    RunningSshd,
-    make_keypair,
-    sshd_binary,
-    start_sshd,
-)
+from tests.support.keys import KeyPair, make_keypair
+from tests.support.sshd import LoopbackHost, RunningSshd, sshd_binary, start_sshd
 
 pytestmark = pytest.mark.e2e
 

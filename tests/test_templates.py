@@ -22,7 +22,9 @@ from hardhost.builder.stages.harden import (
     render_layer,
 )
 from hardhost.builder.stages.prune import prune_patterns
-from tests.conftest import IMAGES, REPO, make_keypair, sshd_binary
+from tests.support.keys import make_keypair
+from tests.support.paths import IMAGES, REPO
+from tests.support.sshd import sshd_binary
 
 GOLDEN = REPO / "tests" / "golden"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFh0ZXN0a2V5Zm9yZ29sZGVuZmlsZXNvbmx5MDEyMzQ1 golden"

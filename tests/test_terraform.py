@@ -15,8 +15,11 @@ import hcl2
 import pytest
 
 from hardhost.faces.terraform import QUERY_KEYS
-from tests.conftest import REPO, KeyPair, LoopbackHost, SigningKeys, free_port
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.sshd import LoopbackHost
 
 MODULE = REPO / "terraform" / "attest"
 

@@ -5,8 +5,6 @@ the FAKE image host that answers with evidence recorded from a booted image."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,23 +13,13 @@ from hardhost.verifier.attestation import Connection, examine_host
 from hardhost.verifier.comparison import examine
 from hardhost.verifier.evidence import parse
 from hardhost.verifier.transport import Target
-from tests.conftest import KeyPair, LoopbackHost, SigningKeys, make_keypair
-from tests.fake_image_host import DATA, ImageHost, image_host, recorded_manifest
-from tests.test_signing import sample_manifest, write_signed
+from tests.support.fake_image_host import DATA, ImageHost, image_host, recorded_manifest
+from tests.support.keys import KeyPair, SigningKeys, make_keypair
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.plugin import run_plugin
+from tests.support.sshd import LoopbackHost
 
 pytestmark = pytest.mark.e2e
-
-
-def run_plugin(tmp_path: Path, port: int | list[int], identity: Path, manifest: Path,
-               trust_key: Path, known_hosts: Path) -> subprocess.CompletedProcess[str]:
-    hosts = ",".join(f"paramiko://root@127.0.0.1:{p}"
-                     for p in (port if isinstance(port, list) else [port]))
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
-         f"--hosts={hosts}", f"--ssh-identity-file={identity}",
-         f"--hardhost-manifest={manifest}", f"--hardhost-trust-key={trust_key}",
-         f"--hardhost-known-hosts={known_hosts}", "--rootdir", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
 def outcomes(stdout: str) -> dict[str, str]:

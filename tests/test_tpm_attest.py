@@ -18,9 +18,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hardhost.image.manifest import HostManifest
-from tests.conftest import REPO, KeyPair, LoopbackHost, SigningKeys
-from tests.test_signing import sample_manifest, write_signed
-from tests.test_tpm_enroll import Tpm, tpm, tpm_host  # noqa: F401  (fixtures)
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
+from tests.support.paths import REPO
+from tests.support.sshd import LoopbackHost
+from tests.support.tpm import Tpm
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +65,7 @@ def signed(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Path:
 
 
 def test_first_attestation_enrolls_then_the_quote_holds(
-        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
+        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,
         signing_keys: SigningKeys, signed: Path, tmp_path: Path) -> None:
     registry = tmp_path / "aks.json"
     options = enrolling(tpm, registry)
@@ -76,7 +78,7 @@ def test_first_attestation_enrolls_then_the_quote_holds(
 
 
 def test_a_pcr_other_than_predicted_is_named(
-        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
+        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,
         signing_keys: SigningKeys, signing_key: Ed25519PrivateKey, tmp_path: Path) -> None:
     manifest = write_signed(tmp_path, uki_manifest(pcrs=IMAGE_PCRS | {"11": OTHER}),
                             signing_key)
@@ -87,7 +89,7 @@ def test_a_pcr_other_than_predicted_is_named(
 
 
 def test_firmware_pcrs_must_match_one_recorded_firmware(
-        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
+        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,
         signing_keys: SigningKeys, signing_key: Ed25519PrivateKey, tmp_path: Path) -> None:
     manifest = write_signed(tmp_path, uki_manifest(
         firmware_pcrs={"fw-a q35": {"0": OTHER, "7": OTHER}}), signing_key)
@@ -97,7 +99,7 @@ def test_firmware_pcrs_must_match_one_recorded_firmware(
 
 
 def test_an_extended_pcr_fails_the_next_quote(
-        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
+        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,
         signing_keys: SigningKeys, signed: Path, tmp_path: Path) -> None:
     options = enrolling(tpm, tmp_path / "r.json")
     assert tpm_findings(attest(tpm_host, client_key, signing_keys, signed, *options)) == {}
@@ -110,7 +112,7 @@ def test_an_extended_pcr_fails_the_next_quote(
 
 
 def test_a_changed_ak_is_exit_4_until_reenrolled(
-        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,  # noqa: F811
+        tpm: Tpm, tpm_host: LoopbackHost, client_key: KeyPair,
         signing_keys: SigningKeys, signed: Path, tmp_path: Path) -> None:
     registry = tmp_path / "aks.json"
     options = enrolling(tpm, registry)
@@ -127,7 +129,7 @@ def test_a_changed_ak_is_exit_4_until_reenrolled(
 
 
 def test_tpm_needs_an_image_with_predicted_pcrs(
-        tpm_host: LoopbackHost, client_key: KeyPair, signing_keys: SigningKeys,  # noqa: F811
+        tpm_host: LoopbackHost, client_key: KeyPair, signing_keys: SigningKeys,
         signing_key: Ed25519PrivateKey, tmp_path: Path) -> None:
     direct = write_signed(tmp_path, sample_manifest(), signing_key)
     result = attest(tpm_host, client_key, signing_keys, direct)

@@ -9,12 +9,10 @@ import datetime as dt
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from hardhost.core.errors import TrustError, UsageError
-from hardhost.core.run import process_cmdline, run
 from hardhost.verifier.tpm_ak_quote import attest_tpm, quote, verify
 from hardhost.verifier.tpm_ek import load_ca_bundle, trim_nv_padding, verify_ek_certificate
 from hardhost.verifier.tpm_enroll import AK_HANDLE, enroll, script
@@ -41,103 +38,13 @@ from hardhost.verifier.tpm_quote import (
 )
 from hardhost.verifier.tpm_registry import REENROLL_FLAG, AkRegistry, EnrolledAK, HostId
 from hardhost.verifier.transport import Session, Target, connect
-from hardhost.vm import vtpm
-from hardhost.vm.vtpm import LocalCa, make_local_ca, manufacture
-from tests.conftest import KeyPair, LoopbackHost, start_sshd
+from hardhost.vm.vtpm import manufacture
+from tests.support.keys import KeyPair
+from tests.support.sshd import LoopbackHost, start_sshd
+from tests.support.tpm import Tpm, serve
 
 DATA = Path(__file__).resolve().parent / "data" / "tpm"
 ZEROS = {index: "00" * 32 for index in QUOTE_PCRS}
-
-
-def free_port_pair() -> int:
-    """A loopback port P with P+1 free too: the swtpm TCTI talks to P and controls P+1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 65535:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two consecutive free loopback ports")
-
-
-@dataclass(frozen=True)
-class TcpTpm:
-    """A TPM served to tpm2-tools on loopback TCP by the VM harness's swtpm launcher;
-    stopping it and starting it again on the same state and port is a reboot."""
-
-    daemon: vtpm.Swtpm
-
-    @property
-    def tcti(self) -> str:
-        return f"swtpm:host=127.0.0.1,port={self.daemon.tcp_port}"
-
-    def stop(self) -> None:
-        """SIGTERM the daemon and wait until the process has gone (its pid file goes
-        first)."""
-        pid = self.daemon.pid()
-        if pid is None:
-            return
-        cmdline = process_cmdline(pid)
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while process_cmdline(pid) == cmdline:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"swtpm {pid} did not stop")
-            time.sleep(0.05)
-
-    def restart(self) -> None:
-        self.stop()
-        self.daemon.start()
-
-    def tool(self, *argv: str | Path) -> bytes:
-        return run(list(argv), env={"TPM2TOOLS_TCTI": self.tcti}, capture=True,
-                   timeout=30).stdout
-
-
-def serve(state: Path) -> TcpTpm:
-    """Start a swtpm on the manufactured TPM in `state`, for tpm2-tools."""
-    beside = state.parent / state.name
-    daemon = vtpm.Swtpm(state, beside.with_suffix(".sock"), beside.with_suffix(".pid"),
-                        beside.with_suffix(".log"), tcp_port=free_port_pair())
-    daemon.start()
-    return TcpTpm(daemon)
-
-
-@dataclass(frozen=True)
-class Tpm:
-    swtpm: TcpTpm
-    ca: LocalCa
-
-
-@pytest.fixture(scope="module")
-def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tpm]:
-    base = tmp_path_factory.mktemp("tpm")
-    ca = make_local_ca(base / "ca")
-    manufacture(base / "state", ca)
-    swtpm = serve(base / "state")
-    try:
-        yield Tpm(swtpm, ca)
-    finally:
-        swtpm.stop()
-
-
-@pytest.fixture(scope="module")
-def tpm_host(tpm: Tpm, tmp_path_factory: pytest.TempPathFactory,
-             client_key: KeyPair) -> Iterator[LoopbackHost]:
-    """A loopback sshd whose sessions reach the swtpm. sshd keeps only the first SetEnv it
-    reads, and start_sshd already sets one, so this one sits in a Match block, which
-    replaces it: both variables go there."""
-    running = start_sshd(tmp_path_factory.mktemp("tpm-sshd"), client_key, extra_config=(
-        f"Match all\n    SetEnv SHLVL=1 TPM2TOOLS_TCTI={tpm.swtpm.tcti}\n"))
-    try:
-        yield running.host
-    finally:
-        running.stop()
 
 
 def target(host: LoopbackHost) -> Target:

@@ -12,7 +12,9 @@ import pytest
 from hardhost.core.errors import TrustError, Unreachable, UsageError
 from hardhost.verifier.evidence import collect
 from hardhost.verifier.transport import HostOutputError, Target, connect
-from tests.conftest import KeyPair, LoopbackHost, free_port, make_keypair
+from tests.support.keys import KeyPair, make_keypair
+from tests.support.net import free_port
+from tests.support.sshd import LoopbackHost
 
 pytestmark = pytest.mark.e2e
 

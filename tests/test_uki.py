@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,65 +13,10 @@ import pytest
 from hardhost.builder import pe, uki
 from hardhost.core.errors import HardhostError, ToolMissing
 from hardhost.core.run import output, run
+from tests.support.tools import need
+from tests.support.uki import CMDLINE, Inputs, build_uki, make_inputs, need_stub, sign
 
-CMDLINE = "root=/dev/mapper/root ro console=ttyS0 hardhost.roothash=" + "ab" * 32
-OSREL = 'PRETTY_NAME="hardhost test"\nID=debian\nVERSION_ID="12"\n'
 EPOCH = 1_700_000_000
-
-
-def need(tool: str, package: str) -> str:
-    """The path of `tool`, or a failure naming the Debian package that provides it."""
-    found = shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if found is None:
-        pytest.fail(f"{tool} not found: apt-get install {package}")
-    return found
-
-
-def need_stub() -> Path:
-    if not uki.STUB.is_file():
-        pytest.fail(f"{uki.STUB} not found: apt-get install {uki.STUB_PACKAGE}")
-    return uki.STUB
-
-
-# The EV_EVENT_TAG descriptions a Linux EFI stub that measures into PCR 9 carries.
-KERNEL_TAGS = b"LOADED_IMAGE::LoadOptions\0Linux initrd\0"
-
-
-def fake_kernel(path: Path, *, tags: bytes = KERNEL_TAGS) -> Path:
-    """A small PE application that passes for a kernel with a LoadFile2-capable EFI stub:
-    the stub itself with MajorImageVersion 1, `tags` appended after its sections, and its
-    checksum made right again."""
-    data = bytearray(need_stub().read_bytes() + tags)
-    image = pe.parse(bytes(data))
-    struct.pack_into("<H", data, image.checksum_offset - 20, 1)  # MajorImageVersion
-    struct.pack_into("<I", data, image.checksum_offset,
-                     pe.checksum(bytes(data), image.checksum_offset))
-    path.write_bytes(bytes(data))
-    return path
-
-
-@dataclass(frozen=True)
-class Inputs:
-    linux: Path
-    initrd: Path
-    osrel: Path
-    cmdline: str
-
-
-def make_inputs(directory: Path, *, cmdline: str = CMDLINE, initrd: bytes = b"") -> Inputs:
-    directory.mkdir(parents=True, exist_ok=True)
-    initrd_path = directory / "initrd.img"
-    initrd_path.write_bytes(initrd or bytes(range(256)) * 3001)  # not page-sized on purpose
-    osrel = directory / "os-release"
-    osrel.write_text(OSREL)
-    return Inputs(fake_kernel(directory / "vmlinuz"), initrd_path, osrel, cmdline)
-
-
-def build_uki(directory: Path, inputs: Inputs, name: str = "uki.efi") -> Path:
-    out = directory / name
-    uki.assemble_uki(need_stub(), linux=inputs.linux, initrd=inputs.initrd,
-                     cmdline=inputs.cmdline, osrel=inputs.osrel, out=out)
-    return out
 
 
 @pytest.fixture
@@ -165,16 +108,6 @@ def test_signing_keeps_the_authenticode_digest(tmp_path: Path, inputs: Inputs) -
     run([sbverify, "--cert", cert, signed])
     assert pe.read(signed).certificate_table[1] > 0
     assert pe.authenticode_digest(pe.read(signed)) == pe.authenticode_digest(pe.read(image))
-
-
-def sign(image: Path, directory: Path) -> tuple[Path, Path]:
-    """`image` signed with a fresh self-signed key; returns the signed image and the cert."""
-    key, cert = directory / "db.key", directory / "db.crt"
-    run([need("openssl", "openssl"), "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
-         "-subj", "/CN=hardhost test", "-days", "1", "-keyout", key, "-out", cert])
-    signed = directory / "signed.efi"
-    uki.sign_uki(image, signed, key=key, cert=cert)
-    return signed, cert
 
 
 def one_line(error: HardhostError) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,13 +16,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from hardhost.core.errors import HardhostError, TrustError, UsageError
+from hardhost.core.errors import HardhostError, ToolMissing, TrustError, UsageError
 from hardhost.image.manifest import MANIFEST_NAME, read_verified
 from hardhost.image.signing import keygen, load_private_key, load_trusted_keys
 from hardhost.vm import harness as vm
 from hardhost.vm import vtpm
-from tests.conftest import REPO, SigningKeys, free_port
-from tests.images import CMDLINE, fake_image, resign
+from tests.support.images import CMDLINE, fake_image, resign
+from tests.support.keys import SigningKeys
+from tests.support.net import free_port
+from tests.support.paths import REPO
 
 
 class QemuWouldStart(HardhostError):
@@ -252,3 +255,36 @@ def test_cli_needs_a_trust_key(tmp_path: Path, signing_keys: SigningKeys) -> Non
                       str(free_port()), state=tmp_path / "state")
     assert result.returncode == 2
     assert "--trust-key" in result.stderr
+
+
+# --- vm start --tpm: refused before anything starts ----------------------------------------
+
+
+def test_tpm_boot_needs_an_esp(tmp_path: Path, signing_keys: SigningKeys) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key, esp=False)
+    with pytest.raises(UsageError) as caught:
+        vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
+                 ssh_port=free_port(), tpm=True)
+    assert str(caught.value) == (f'{image}: no esp.img to boot with --tpm; build the image '
+                                 'with image.boot = "uki" in its spec')
+
+
+def test_missing_tpm_tools_name_their_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              signing_keys: SigningKeys) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "qemu-system-x86_64").symlink_to("/bin/true")
+    monkeypatch.setattr("hardhost.core.run.CLEAN_PATH", str(tools))
+    for tool, package in (("swtpm", "swtpm"), ("swtpm_setup", "swtpm-tools"),
+                          ("swtpm_localca", "swtpm-tools")):
+        with pytest.raises(ToolMissing, match=re.escape(
+                f"{tool}: not found. Fix with: apt-get install {package}")):
+            vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
+                     ssh_port=free_port(), tpm=True)
+        (tools / tool).symlink_to("/bin/true")
+    monkeypatch.setattr(vm, "OVMF_CODE", tmp_path / "OVMF_CODE_4M.fd")
+    with pytest.raises(ToolMissing, match="Fix with: apt-get install ovmf"):
+        vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
+                 ssh_port=free_port(), tpm=True)

@@ -1,4 +1,4 @@
-"""The build's scratch folder: a real tmpfs (mounted, so these tests need root), or a plain
+"""The build's scratch folder: a real tmpfs (mounted, so those tests need root: e2e), or a plain
 folder; gone afterwards in every case, and cleaned up after a build that was killed."""
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from hardhost.builder.workspace import (
     scratch,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-
 
 def _fstype(path: Path) -> str | None:
     """The filesystem mounted exactly at `path`, if one is."""
@@ -35,6 +33,7 @@ def _dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.e2e  # mounts a tmpfs: root
 def test_memory_is_a_private_tmpfs_gone_afterwards(tmp_path: Path) -> None:
     with scratch(tmp_path, "img", Workspace.MEMORY) as folder:
         assert folder.parent == tmp_path
@@ -53,6 +52,7 @@ def test_disk_is_a_plain_folder_gone_afterwards(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e  # mounts a tmpfs: root
 def test_a_failed_build_leaves_nothing_mounted_or_written(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), scratch(tmp_path, "img", Workspace.MEMORY) as folder:
         (folder / "half-written").write_text("x")
@@ -61,6 +61,7 @@ def test_a_failed_build_leaves_nothing_mounted_or_written(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e  # mounts a tmpfs: root
 def test_a_killed_builds_folder_is_removed_by_the_next_build(tmp_path: Path) -> None:
     dead = tmp_path / f".img.work-{_dead_pid()}-abc"
     dead.mkdir()

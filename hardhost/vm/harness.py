@@ -408,41 +408,54 @@ def start(image_dir: Path, *, trust_key: Path, name: str, ssh_port: int, accel: 
     _check_port_free(ssh_port)
     inst = Instance(name, inst.directory, ssh_port)
     with complete_step(f"Starting vm {name} from {image_dir}") as step:
-        host_key = _provision_state(inst)
-        inst.known_hosts.write_text(
-            f"[127.0.0.1]:{ssh_port} {host_key.get_name()} {host_key.get_base64()}\n")
-        inst.serial_log.unlink(missing_ok=True)
-        # A killed qemu leaves its swtpm running on this instance's vTPM state: start anew.
-        _stop_swtpm(inst)
-        try:
-            if tpm:
-                _prepare_tpm(inst)
-                inst.swtpm.start()
-            run(qemu_argv(inst, image_dir, manifest.cmdline, ssh_port=ssh_port, accel=accel,
-                          memory_mib=memory_mib, tpm=tpm))
-            log.info("  qemu running (%s%s); waiting for SSH on 127.0.0.1:%d", accel,
-                     ", OVMF, swtpm" if tpm else "", ssh_port)
-            wait_for_host_key("127.0.0.1", ssh_port, host_key, timeout=timeout,
-                              alive=lambda: _alive(inst, tpm))
-        except HardhostError as exc:
-            swtpm_died = tpm and inst.swtpm.pid() is None
-            _kill(inst)
-            _stop_swtpm(inst)
-            swtpm_log = inst.swtpm.log_file
-            # qemu reports a vTPM that refuses to start (a damaged state, say) as its own
-            # failure; the reason is in swtpm's log.
-            if tpm and isinstance(exc, CommandFailed) and "tpm-emulator" in exc.detail:
-                raise vtpm.VtpmError(f"vm {name}: {exc.detail}; see swtpm's log "
-                                     f"{swtpm_log}") from None
-            if swtpm_died and not isinstance(exc, vtpm.VtpmError):
-                raise vtpm.VtpmError(f"vm {name}: its swtpm stopped; see its log "
-                                     f"{swtpm_log}") from None
-            if isinstance(exc, Unreachable):
-                raise Unreachable(f"vm {name}: SSH did not answer within {timeout:.0f}s; "
-                                  f"see the serial log {inst.serial_log}") from None
-            raise
+        host_key = boot_staged(inst, image_dir, manifest.cmdline, accel=accel,
+                               memory_mib=memory_mib, timeout=timeout, tpm=tpm)
         step.note = f"host key {fingerprint(host_key)}"
     return inst
+
+
+def boot_staged(inst: Instance, image_dir: Path, cmdline: str, *, accel: str = "tcg",
+                memory_mib: int = 1024, timeout: float = 300,
+                tpm: bool = False) -> paramiko.PKey:
+    """Boot what is staged in the instance's folder (the kernel and initrd, or with `tpm`
+    the ESP) with the disks of `image_dir`, and return the host key once sshd answers with
+    it on `inst.ssh_port`. Checks nothing: `start` verifies and stages first. On failure,
+    the instance's qemu and swtpm are stopped."""
+    name = inst.name
+    host_key = _provision_state(inst)
+    inst.known_hosts.write_text(
+        f"[127.0.0.1]:{inst.ssh_port} {host_key.get_name()} {host_key.get_base64()}\n")
+    inst.serial_log.unlink(missing_ok=True)
+    # A killed qemu leaves its swtpm running on this instance's vTPM state: start anew.
+    _stop_swtpm(inst)
+    try:
+        if tpm:
+            _prepare_tpm(inst)
+            inst.swtpm.start()
+        run(qemu_argv(inst, image_dir, cmdline, ssh_port=inst.ssh_port, accel=accel,
+                      memory_mib=memory_mib, tpm=tpm))
+        log.info("  qemu running (%s%s); waiting for SSH on 127.0.0.1:%d", accel,
+                 ", OVMF, swtpm" if tpm else "", inst.ssh_port)
+        wait_for_host_key("127.0.0.1", inst.ssh_port, host_key, timeout=timeout,
+                          alive=lambda: _alive(inst, tpm))
+    except HardhostError as exc:
+        swtpm_died = tpm and inst.swtpm.pid() is None
+        _kill(inst)
+        _stop_swtpm(inst)
+        swtpm_log = inst.swtpm.log_file
+        # qemu reports a vTPM that refuses to start (a damaged state, say) as its own
+        # failure; the reason is in swtpm's log.
+        if tpm and isinstance(exc, CommandFailed) and "tpm-emulator" in exc.detail:
+            raise vtpm.VtpmError(f"vm {name}: {exc.detail}; see swtpm's log "
+                                 f"{swtpm_log}") from None
+        if swtpm_died and not isinstance(exc, vtpm.VtpmError):
+            raise vtpm.VtpmError(f"vm {name}: its swtpm stopped; see its log "
+                                 f"{swtpm_log}") from None
+        if isinstance(exc, Unreachable):
+            raise Unreachable(f"vm {name}: SSH did not answer within {timeout:.0f}s; "
+                              f"see the serial log {inst.serial_log}") from None
+        raise
+    return host_key
 
 
 def _terminate(pid: int | None, pid_file: Path, grace: float) -> bool:

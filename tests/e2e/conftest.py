@@ -1,55 +1,17 @@
-"""e2e fixtures: a real container-host build and a qemu instance booted from it."""
+"""e2e fixtures: a real container-host build and a qemu instance booted from it (the helpers
+behind them are in tests/support/vms.py)."""
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from hardhost.builder.build import build
-from hardhost.builder.spec import Spec, load_spec, with_authorized_keys
-from hardhost.core.errors import Unreachable
-from hardhost.verifier.transport import Target, public_key_from_line, wait_for_host_key
-from hardhost.vm import harness as vm
-from tests.conftest import IMAGES, KeyPair, SigningKeys, free_port
-
-BOOT_TIMEOUT = 400  # seconds; TCG boots take about 30 s, a loaded CI machine much longer
-ANSWER_TIMEOUT = 240  # seconds a module's guest gets to answer before a test restarts it
-
-# Under TCG on a shared two-core machine a guest has been seen to stall: one reached its
-# login prompt and never answered SSH; one never came back from a reboot. A stalled guest is
-# restarted once and the test runs once more, reported as a rerun; a product fault fails
-# both times. Only failures that name a guest that did not answer are rerun.
-STALLED = [r"SSH did not answer", r"did not come back", r"cannot connect"]
-rerun_if_the_guest_stalls = pytest.mark.flaky(reruns=1, only_rerun=STALLED)
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    spec: Spec
-    directory: Path
-    trust_key: Path  # the public key its manifest verifies against
-
-    @property
-    def record(self) -> dict[str, object]:
-        data: dict[str, object] = json.loads((self.directory / "build.json").read_text())
-        return data
-
-
-@dataclass(frozen=True)
-class BootedHost:
-    image: BuiltImage
-    instance: vm.Instance
-    target: Target
-    identity: Path
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.instance.known_hosts
+from hardhost.builder.spec import load_spec, with_authorized_keys
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.paths import IMAGES
+from tests.support.vms import BootedHost, BuiltImage, boot
 
 
 @pytest.fixture(scope="session")
@@ -59,52 +21,6 @@ def container_host(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair
     spec = with_authorized_keys(spec, (client_key.public_line,), "test")
     out = tmp_path_factory.mktemp("images")
     return BuiltImage(spec, build(spec, out, key=signing_keys.key), signing_keys.public)
-
-
-def report_stall(name: str, error: Exception) -> None:
-    """Say, with the guest's last console output, that a stalled guest is being restarted."""
-    serial = vm.instance(name).serial_log
-    tail = serial.read_text(errors="replace")[-1500:] if serial.exists() else "(no serial log)"
-    warnings.warn(f"{error}; restarting vm {name} once. Its console ended with:\n{tail}",
-                  stacklevel=2)
-
-
-def start_vm(image_dir: Path, *, trust_key: Path, name: str, port: int,
-             tpm: bool = False) -> vm.Instance:
-    """vm.start, and once more if the guest stalled before SSH answered."""
-    try:
-        return vm.start(image_dir, trust_key=trust_key, name=name, ssh_port=port,
-                        timeout=BOOT_TIMEOUT, tpm=tpm)
-    except Unreachable as error:
-        report_stall(name, error)
-        vm.stop(name)  # the state disk, host key and vTPM stay
-        return vm.start(image_dir, trust_key=trust_key, name=name, ssh_port=port,
-                        timeout=BOOT_TIMEOUT, tpm=tpm)
-
-
-def ensure_answering(instance: vm.Instance, image_dir: Path, *, trust_key: Path,
-                     tpm: bool = False) -> None:
-    """Before each test of a module that shares one guest: a guest that stalled in an earlier
-    test (or is still rebooting from it) answers again, so one stall fails one test only."""
-    key = public_key_from_line(instance.host_public_key.read_text())
-    try:
-        wait_for_host_key("127.0.0.1", instance.ssh_port, key, timeout=ANSWER_TIMEOUT,
-                          alive=lambda: instance.pid() is not None)
-    except Unreachable as error:
-        report_stall(instance.name, error)
-        vm.stop(instance.name)
-        start_vm(image_dir, trust_key=trust_key, name=instance.name, port=instance.ssh_port,
-                 tpm=tpm)
-
-
-def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
-    port = free_port()
-    vm.stop(name, purge=True)
-    instance = start_vm(image.directory, trust_key=image.trust_key, name=name, port=port)
-    try:
-        yield BootedHost(image, instance, Target("root", "127.0.0.1", port), identity)
-    finally:
-        vm.stop(name, purge=True)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import pytest
 
 from hardhost.image.manifest import MANIFEST_NAME
 from hardhost.verifier.transport import connect
-from tests.conftest import REPO, KeyPair, SigningKeys, make_keypair
-from tests.e2e.conftest import (
+from tests.support.keys import KeyPair, SigningKeys, make_keypair
+from tests.support.paths import REPO
+from tests.support.vms import (
     BOOT_TIMEOUT,
     BootedHost,
     BuiltImage,
@@ -82,7 +83,7 @@ def test_clean_host_passes(host: BootedHost, signing_keys: SigningKeys) -> None:
 def test_testinfra_plugin_passes_then_names_the_drifted_fact(host: BootedHost,
                                                             signing_keys: SigningKeys,
                                                             tmp_path: Path) -> None:
-    from tests.test_testinfra_plugin import run_plugin
+    from tests.support.plugin import run_plugin
 
     args = (host.target.port, host.identity, host.image.directory / MANIFEST_NAME,
             signing_keys.public, host.known_hosts)
@@ -208,7 +209,7 @@ def test_fleet_resets_drifted_hosts(host: BootedHost, signing_keys: SigningKeys,
 @rerun_if_the_guest_stalls
 def test_ansible_collection_attests_and_resets(host: BootedHost, signing_keys: SigningKeys,
                                                tmp_path: Path) -> None:
-    from tests.test_ansible import ansible
+    from tests.support.ansible import ansible
 
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(f"vm ansible_host=127.0.0.1 ansible_port={host.target.port} "

@@ -21,13 +21,8 @@ from hardhost.profiles.record import record
 from hardhost.verifier.evidence import Evidence, collect
 from hardhost.verifier.reset import boot_id, reboot
 from hardhost.verifier.transport import connect, offered_host_key, public_key_from_line
-from tests.conftest import SigningKeys, make_keypair
-from tests.e2e.conftest import (
-    BOOT_TIMEOUT,
-    BootedHost,
-    ensure_answering,
-    rerun_if_the_guest_stalls,
-)
+from tests.support.keys import SigningKeys, make_keypair
+from tests.support.vms import BOOT_TIMEOUT, BootedHost, ensure_answering, rerun_if_the_guest_stalls
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,9 @@ import pytest
 
 from hardhost.image.manifest import MANIFEST_NAME
 from hardhost.verifier.transport import connect
-from tests.conftest import REPO, KeyPair, SigningKeys
-from tests.e2e.conftest import BOOT_TIMEOUT, BootedHost, BuiltImage, boot, ensure_answering
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.paths import REPO
+from tests.support.vms import BOOT_TIMEOUT, BootedHost, BuiltImage, boot, ensure_answering
 
 pytestmark = pytest.mark.e2e
 

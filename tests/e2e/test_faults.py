@@ -15,9 +15,11 @@ from hardhost.image.manifest import MANIFEST_NAME, read_verified
 from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier.transport import connect
 from hardhost.vm import harness as vm
-from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys, free_port
-from tests.e2e.conftest import BootedHost, BuiltImage, boot
-from tests.images import resign
+from tests.support.images import resign
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.net import free_port
+from tests.support.paths import IMAGES, REPO
+from tests.support.vms import BootedHost, BuiltImage, boot
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from hardhost.builder.build import build
 from hardhost.builder.spec import load_spec, with_authorized_keys
 from hardhost.verifier.evidence import collect
 from hardhost.verifier.transport import connect
-from tests.conftest import IMAGES, KeyPair, SigningKeys
-from tests.e2e.conftest import BootedHost, BuiltImage, boot
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.paths import IMAGES
+from tests.support.vms import BootedHost, BuiltImage, boot
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,9 @@ from hardhost.builder.build import build
 from hardhost.builder.stages.manifest import SBOM_NAME, subjects
 from hardhost.image.manifest import MANIFEST_NAME, read_verified
 from hardhost.image.signing import load_trusted_keys
-from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys
-from tests.e2e.conftest import BuiltImage
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.paths import IMAGES, REPO
+from tests.support.vms import BuiltImage
 
 pytestmark = pytest.mark.e2e
 

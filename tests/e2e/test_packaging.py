@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IMAGES, REPO, KeyPair, SigningKeys, free_port
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.net import free_port
+from tests.support.paths import IMAGES, REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from hardhost.builder import eventlog, pcr, pe, uki
-from tests.conftest import KeyPair
-from tests.e2e.conftest import BuiltImage
-from tests.test_pcr import (
+from tests.support.keys import KeyPair
+from tests.support.pcr import (
     MACHINE,
     OVMF_CODE,
     PHASE_CASES,
@@ -22,7 +21,8 @@ from tests.test_pcr import (
     signed_digest,
     systemd_measure,
 )
-from tests.test_uki import build_uki
+from tests.support.uki import build_uki
+from tests.support.vms import BuiltImage
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +49,7 @@ def test_predictions_match_a_real_boot(container_host: BuiltImage, client_key: K
     built = build_uki(tmp_path, inputs)
     esp = tmp_path / "esp.img"
     uki.make_esp(built, esp, source_date_epoch=0)
-    evidence = boot_and_read(esp, image, client_key.private, tmp_path)
+    evidence = boot_and_read(esp, image, client_key.private)
     predicted = pcr.predict_pcrs(built, phases=evidence.phases,
                                  firmware=pcr.firmware_golden(OVMF_CODE, MACHINE))
     # Read before the comparison, so a new firmware's values can be recorded from the output.

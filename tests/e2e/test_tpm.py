@@ -23,15 +23,17 @@ from hardhost.verifier.tpm_quote import new_nonce
 from hardhost.verifier.tpm_registry import AkRegistry, HostId
 from hardhost.verifier.transport import Target, connect
 from hardhost.vm import harness as vm
-from tests.conftest import REPO, KeyPair, SigningKeys, free_port
-from tests.e2e.conftest import (
+from tests.support.images import resign
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.vms import (
     BOOT_TIMEOUT,
     BuiltImage,
     ensure_answering,
     rerun_if_the_guest_stalls,
     start_vm,
 )
-from tests.images import resign
 
 pytestmark = pytest.mark.e2e
 

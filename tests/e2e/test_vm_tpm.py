@@ -3,14 +3,13 @@ by hardhost.vm.vtpm, that measures the boot, survives a guest reboot and stops w
 
 Every OVMF boot costs about a minute under TCG, so the boot tests share one instance and
 run in file order: boot, reboot, power-off and start, stop, then a restart whose swtpm is
-made to crash.
+made to crash. (What `vm start --tpm` refuses before a boot is in tests/test_vm_trust.py.)
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import re
 import signal
 import stat
 import threading
@@ -23,22 +22,21 @@ import pytest
 
 from hardhost.builder import eventlog, pcr
 from hardhost.builder.stages.uki import ESP_NAME, UKI_NAME
-from hardhost.core.errors import ToolMissing, UsageError
 from hardhost.verifier.reset import reboot
 from hardhost.verifier.tpm_ek import load_ca_bundle, verify_ek_certificate
 from hardhost.verifier.transport import Target, connect
 from hardhost.vm import harness as vm
 from hardhost.vm import vtpm
-from tests.conftest import KeyPair, SigningKeys, free_port
-from tests.e2e.conftest import (
+from tests.support.keys import KeyPair
+from tests.support.net import free_port
+from tests.support.pcr import READ_SCRIPT, BootEvidence, mismatch, read_evidence
+from tests.support.vms import (
     BOOT_TIMEOUT,
     BuiltImage,
     ensure_answering,
     rerun_if_the_guest_stalls,
     start_vm,
 )
-from tests.images import fake_image
-from tests.test_pcr import READ_SCRIPT, BootEvidence, mismatch, read_evidence
 
 NAME = "e2e-vmtpm"
 MEMORY_MIB = 1024  # vm.start's default, the machine the golden PCR 0 is looked up for
@@ -242,36 +240,3 @@ def test_a_crashed_swtpm_is_reported_with_its_log(tpm_vm: TpmVm) -> None:
     message = str(caught.value)
     assert message == f"vm {NAME}: its swtpm stopped; see its log {inst.swtpm.log_file}"
     assert processes_under(inst.directory) == []
-
-
-# --- without a boot ------------------------------------------------------------------------
-
-
-def test_tpm_boot_needs_an_esp(tmp_path: Path, signing_keys: SigningKeys) -> None:
-    image = fake_image(tmp_path / "image", signing_keys.key, esp=False)
-    with pytest.raises(UsageError) as caught:
-        vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
-                 ssh_port=free_port(), tpm=True)
-    assert str(caught.value) == (f'{image}: no esp.img to boot with --tpm; build the image '
-                                 'with image.boot = "uki" in its spec')
-
-
-def test_missing_tpm_tools_name_their_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              signing_keys: SigningKeys) -> None:
-    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    (tools / "qemu-system-x86_64").symlink_to("/bin/true")
-    monkeypatch.setattr("hardhost.core.run.CLEAN_PATH", str(tools))
-    for tool, package in (("swtpm", "swtpm"), ("swtpm_setup", "swtpm-tools"),
-                          ("swtpm_localca", "swtpm-tools")):
-        with pytest.raises(ToolMissing, match=re.escape(
-                f"{tool}: not found. Fix with: apt-get install {package}")):
-            vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
-                     ssh_port=free_port(), tpm=True)
-        (tools / tool).symlink_to("/bin/true")
-    monkeypatch.setattr(vm, "OVMF_CODE", tmp_path / "OVMF_CODE_4M.fd")
-    with pytest.raises(ToolMissing, match="Fix with: apt-get install ovmf"):
-        vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
-                 ssh_port=free_port(), tpm=True)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hardhost.image.manifest import TIME_FORMAT, HostManifest, from_statement
-from tests.conftest import REPO, KeyPair, LoopbackHost, start_sshd
+from tests.support.keys import KeyPair
+from tests.support.paths import REPO
+from tests.support.sshd import LoopbackHost, start_sshd
 
 DATA = REPO / "tests" / "data"
 
