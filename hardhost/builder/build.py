@@ -34,10 +34,12 @@ from hardhost.builder.workspace import Workspace, private_folder, scratch
 from hardhost.core.errors import BuildError, UsageError
 from hardhost.core.log import StepTiming, complete_step
 from hardhost.core.run import which
+from hardhost.image import layout
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity")  # what a VM boots from
+# What a VM boots from.
+ARTIFACTS = (layout.KERNEL, layout.INITRD, layout.ROOT_IMAGE, layout.ROOT_VERITY)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ def _write_build_json(ctx: BuildContext) -> None:
         "stages": [{"name": t.name, "seconds": round(t.seconds, 2), "note": t.note}
                    for t in ctx.timings],
     }
-    (ctx.staging / "build.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (ctx.staging / layout.BUILD_RECORD).write_text(
+        json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def require_root() -> None:
@@ -190,8 +193,8 @@ def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
     try:
         with complete_step("Building again to compare"):
             again = build(spec, again_dir, key=key, reuse=False, workspace=workspace)
-        first = json.loads((final / "build.json").read_text())["artifacts"]
-        second = json.loads((again / "build.json").read_text())["artifacts"]
+        first = json.loads((final / layout.BUILD_RECORD).read_text())["artifacts"]
+        second = json.loads((again / layout.BUILD_RECORD).read_text())["artifacts"]
         for name in manifest.subjects(spec):
             if first[name]["sha256"] != second[name]["sha256"]:
                 return final, name

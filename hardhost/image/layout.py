@@ -6,6 +6,17 @@ initramfs finds them by these names from the kernel command line.
 
 from __future__ import annotations
 
+# The artifacts of a built image, by file name in its output folder. The manifest signs
+# them; `vm start` boots them; nothing else names them.
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+ROOT_IMAGE = "root.img"  # the read-only erofs or squashfs root
+ROOT_VERITY = "root.verity"  # its dm-verity hash tree
+UKI = "uki.efi"  # image.boot = "uki": kernel, initrd and command line in one EFI binary
+ESP = "esp.img"  # a FAT EFI system partition holding the UKI
+SBOM = "sbom.spdx.json"
+BUILD_RECORD = "build.json"  # unsigned: timings and sizes, never trusted
+
 # virtio-blk disks, in the order qemu attaches them.
 DATA_DEVICE = "/dev/vda"  # root.img, read-only
 HASH_DEVICE = "/dev/vdb"  # root.verity, read-only

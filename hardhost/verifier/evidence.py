@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 
 from hardhost.core.outputs import printable
+from hardhost.image import layout
 from hardhost.verifier.transport import HostOutputError, Session, Target
 
 SECTIONS = ("boot_id", "kernel_release", "cmdline", "namespaces", "mountinfo", "verity",
             "sysctl", "apparmor_enabled", "apparmor_profiles", "sshd", "seccomp",
             "runtime_config", "subuid", "subgid", "listening", "services", "failed_units",
             "overlay_etc", "overlay_var", "end")
-OVERLAYS = ("etc", "var")
+OVERLAYS = layout.OVERLAID_DIRS
 LISTED_PER_LAYER = 1000  # the script's `head -z -n`: names shown of each upper layer
 STDERR_KEPT = 4096  # characters of the script's stderr kept in the evidence
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -62,16 +62,16 @@ STATE_DISK_BYTES = 16 * 2**20
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_PACKAGE = "ovmf"
-ESP_IMAGE = "esp.img"  # written by the uki build stage beside the other artifacts
+ESP_IMAGE = layout.ESP  # written by the uki build stage beside the other artifacts
 POWER_OFF_TIMEOUT = 45.0  # seconds; a TCG guest takes about 8 to shut down
 CPUS = 2  # with the memory size, part of builder.pcr.machine_key(): PCR 0 depends on both
 # What each boot reads from the image folder. The copied files are booted from the
 # instance's folder; the disks are attached in place: dm-verity checks every block qemu
 # reads from them against the root hash on the signed command line, so a disk changed
 # after the digest check fails the read, not the trust.
-DIRECT_COPIED = ("vmlinuz", "initrd.img")
+DIRECT_COPIED = (layout.KERNEL, layout.INITRD)
 TPM_COPIED = (ESP_IMAGE,)
-DISKS = ("root.img", "root.verity")
+DISKS = (layout.ROOT_IMAGE, layout.ROOT_VERITY)
 # Kernels and initrds are tens of MiB and ESPs a few hundred: a bigger "kernel" is not one,
 # and is not copied.
 MAX_BOOT_FILE = 1 << 30
@@ -115,11 +115,11 @@ class Instance:
     @property
     def kernel(self) -> Path:
         """The verified copy of the image's kernel that a direct boot runs."""
-        return self.directory / "vmlinuz"
+        return self.directory / layout.KERNEL
 
     @property
     def initrd(self) -> Path:
-        return self.directory / "initrd.img"
+        return self.directory / layout.INITRD
 
     @property
     def ovmf_vars(self) -> Path:
@@ -326,8 +326,8 @@ def qemu_argv(inst: Instance, image_dir: Path, cmdline: str, *, ssh_port: int, a
         "-accel", "tcg,thread=multi", "-cpu", "max"]
     drives: list[str] = []
     # The order is the contract with the initramfs: vda data, vdb hashes, vdc state.
-    for drive_id, path, readonly in (("data", image / "root.img", True),
-                                     ("hash", image / "root.verity", True),
+    for drive_id, path, readonly in (("data", image / layout.ROOT_IMAGE, True),
+                                     ("hash", image / layout.ROOT_VERITY, True),
                                      ("state", inst.state_disk, False)):
         ro = ",readonly=on" if readonly else ""
         drives += ["-drive", f"file={path},if=none,id={drive_id},format=raw{ro}",

@@ -20,6 +20,7 @@ from hardhost.builder.stages.harden import (
 )
 from hardhost.core.errors import BuildError
 from hardhost.core.log import StepTiming
+from hardhost.image import layout
 
 CACHE_ENTRIES = 4
 
@@ -42,17 +43,17 @@ def inputs(spec: Spec, epoch: int) -> dict[str, object]:
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     release = kernel_release(ctx)
     ctx.kernel_release = release
-    shutil.copyfile(ctx.tree / f"boot/vmlinuz-{release}", ctx.staging / "vmlinuz")
+    shutil.copyfile(ctx.tree / f"boot/vmlinuz-{release}", ctx.staging / layout.KERNEL)
     cache = StageCache(ctx.cache_dir, "initramfs", keep=CACHE_ENTRIES)
     key = ctx.keys["initramfs"]
     entry = cache.lookup(key) if ctx.reuse else None
     if entry is not None:
-        shutil.copyfile(entry / "initrd.img", ctx.staging / "initrd.img")
+        shutil.copyfile(entry / layout.INITRD, ctx.staging / layout.INITRD)
         step.note = f"kernel {release}, cached"
         return
     initrd = f"/boot/initrd.img-{release}"
     run_in_tree(ctx.tree, ["mkinitramfs", "-o", initrd, release],
                 env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
-    shutil.copyfile(ctx.tree / initrd.lstrip("/"), ctx.staging / "initrd.img")
-    cache.store(key, {"initrd.img": ctx.staging / "initrd.img"})
+    shutil.copyfile(ctx.tree / initrd.lstrip("/"), ctx.staging / layout.INITRD)
+    cache.store(key, {layout.INITRD: ctx.staging / layout.INITRD})
     step.note = f"kernel {release}"

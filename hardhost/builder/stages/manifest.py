@@ -18,9 +18,9 @@ from hardhost.core.run import output
 from hardhost.image import layout, signing
 from hardhost.image.manifest import MANIFEST_NAME, HostManifest, Subject, format_time, sha256_file
 
-SBOM_NAME = "sbom.spdx.json"
+SBOM_NAME = layout.SBOM
 # Signed artifacts, in the order a reproducibility check compares them.
-SUBJECTS = ("root.img", "root.verity", "vmlinuz", "initrd.img", SBOM_NAME)
+SUBJECTS = (layout.ROOT_IMAGE, layout.ROOT_VERITY, layout.KERNEL, layout.INITRD, SBOM_NAME)
 UKI_SUBJECTS = (uki.UKI_NAME, uki.ESP_NAME)
 
 

@@ -59,14 +59,14 @@ def _mksquashfs(ctx: BuildContext, image: Path) -> None:
 
 
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
-    image = ctx.staging / "root.img"
-    hashes = ctx.staging / "root.verity"
+    image = ctx.staging / layout.ROOT_IMAGE
+    hashes = ctx.staging / layout.ROOT_VERITY
     key = ctx.keys["rootfs"]
     ctx.salt, ctx.uuid = derived_identity(key)
     cache = StageCache(ctx.cache_dir, "rootfs", keep=CACHE_ENTRIES)
     entry = cache.lookup(key) if ctx.reuse else None
     if entry is not None:
-        for name in ("root.img", "root.verity"):
+        for name in (layout.ROOT_IMAGE, layout.ROOT_VERITY):
             shutil.copyfile(entry / name, ctx.staging / name)
         _finish(ctx, (entry / "root.hash").read_text().strip())
         step.note = f"{image.stat().st_size / 2**20:.0f} MiB {ctx.spec.image.filesystem}, cached"
@@ -87,7 +87,8 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
          f"--data-block-size={block}", f"--hash-block-size={block}",
          f"--root-hash-file={root_hash_file}"])
     _finish(ctx, root_hash_file.read_text().strip())
-    cache.store(key, {"root.img": image, "root.verity": hashes, "root.hash": root_hash_file})
+    cache.store(key, {layout.ROOT_IMAGE: image, layout.ROOT_VERITY: hashes,
+                      "root.hash": root_hash_file})
     step.note = f"{image.stat().st_size / 2**20:.0f} MiB {ctx.spec.image.filesystem}"
 
 

@@ -10,10 +10,11 @@ from hardhost.builder.context import BuildContext
 from hardhost.builder.spec import Boot, Spec, spec_relative
 from hardhost.core.errors import SpecError
 from hardhost.core.log import StepTiming
+from hardhost.image import layout
 from hardhost.image.manifest import sha256_file
 
-UKI_NAME = "uki.efi"
-ESP_NAME = "esp.img"
+UKI_NAME = layout.UKI
+ESP_NAME = layout.ESP
 # systemd-pcrphase-sysinit.service extends PCR 11 with "sysinit" before sysinit.target, so
 # before sshd can answer. The image masks the later "ready" phase unit (see harden), whose
 # measurement would race with the first attestation.
@@ -51,8 +52,9 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
         step.note = "skipped (boot = direct)"
         return
     out = ctx.staging / UKI_NAME
-    uki.assemble_uki(uki.STUB, linux=ctx.staging / "vmlinuz", initrd=ctx.staging / "initrd.img",
-                     cmdline=ctx.cmdline, osrel=ctx.tree / "usr/lib/os-release", out=out)
+    uki.assemble_uki(uki.STUB, linux=ctx.staging / layout.KERNEL,
+                     initrd=ctx.staging / layout.INITRD, cmdline=ctx.cmdline,
+                     osrel=ctx.tree / "usr/lib/os-release", out=out)
     if spec.image.secure_boot_key:
         unsigned = ctx.workdir / "uki.unsigned.efi"
         out.rename(unsigned)
