@@ -154,6 +154,10 @@ def test_a_minimal_image_built_by_the_installed_package_boots(
                                f"{client_key.private}.pub", timeout=1800)
     assert built.returncode == 0, built.stderr[-3000:]
     image = out / "minimal"
+    verified = installed.hardhost("manifest", "verify", str(image / "manifest.dsse.json"),
+                                  "--trust-key", str(signing_keys.public))
+    assert verified.returncode == 0, verified.stderr
+    assert "artifacts match" in verified.stdout
     name = "e2e-packaging"
     installed.hardhost("vm", "stop", name, "--purge")
     port = free_port()
