@@ -170,10 +170,11 @@ def test_build_without_keys_is_refused(tmp_path: Path, signing_keys: SigningKeys
 
 @pytest.mark.e2e
 def test_build_as_non_root_is_refused(client_key: KeyPair) -> None:
-    # pytest's own temporary folders are private to root; this one must be readable by nobody.
+    # pytest's own temporary folders are private to root; nobody must be able to write this
+    # one, or the output check (which comes first) would refuse before the root check.
     with tempfile.TemporaryDirectory() as name:
         shared = Path(name)
-        shared.chmod(0o755)
+        shared.chmod(0o777)
         key = shared / "key.pub"
         key.write_text(Path(f"{client_key.private}.pub").read_text())
         env = {"PATH": os.environ["PATH"], "HOME": name, "PYTHONPATH": str(REPO)}
