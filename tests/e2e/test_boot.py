@@ -32,13 +32,13 @@ from verifier.transport import connect, offered_host_key, public_key_from_line
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(autouse=True)
-
 def changed(ev: Evidence, name: str) -> tuple[str, ...]:
     """The names the evidence lists of overlay `name`'s upper layer (none without one)."""
     layer = ev.overlay_changes[name]
     return layer.names if layer is not None else ()
 
+
+@pytest.fixture(autouse=True)
 def _answering(booted: BootedHost) -> None:
     ensure_answering(booted.instance, booted.image.directory,
                      trust_key=booted.image.trust_key)
