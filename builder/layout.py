@@ -70,6 +70,8 @@ OPTIONAL_MOUNTS: dict[str, str] = {
     "/sys/kernel/config": "configfs",
     "/sys/fs/fuse/connections": "fusectl",
     "/proc/sys/fs/binfmt_misc": "autofs",
+    # On a UEFI boot (image.boot = "uki"), systemd mounts the firmware's variables.
+    "/sys/firmware/efi/efivars": "efivarfs",
 }
 # Areas where services mount and unmount at run time (systemd's per-unit credentials,
 # logind's per-user runtime folders, the container runtime's storage and namespaces). A
