@@ -57,6 +57,7 @@ $(DEMO_KEY):
 	ssh-keygen -q -t ed25519 -N '' -C hardhost-demo -f $@
 
 $(SIGNING_KEY): | $(BIN)/hardhost
+	mkdir -p -m 0700 $(dir $@)
 	$(BIN)/hardhost keygen --out $(dir $@)
 
 keys: $(DEMO_KEY) $(SIGNING_KEY)
