@@ -124,3 +124,16 @@ def _kind(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "not a regular file"
+
+
+def file_version(path: Path, *, what: str) -> tuple[str, int, int, int, int]:
+    """The path, device, inode, modification time and size of the file at `path`: a key for
+    caching what was parsed from it, which changes when the file does. A missing or
+    unreadable file is one `UsageError` naming `what`."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    return str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size

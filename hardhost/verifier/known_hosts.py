@@ -28,7 +28,7 @@ import paramiko
 from paramiko.pkey import UnknownKeyType
 
 from hardhost.core.errors import TrustError, UsageError
-from hardhost.core.inputs import LARGE_FILE, read_text
+from hardhost.core.inputs import LARGE_FILE, file_version, read_text
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,7 @@ def fingerprint(key: paramiko.PKey) -> str:
 def load(path: Path) -> KnownHosts:
     """The parsed file at `path`. A fleet connects to every host of one large file: it is
     parsed once per file version (device, inode, mtime, size), not once per connection."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: {WHAT} not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the {WHAT}: {exc.strerror}") from None
-    return _parse_version(str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return _parse_version(*file_version(path, what=WHAT))
 
 
 @functools.lru_cache(maxsize=8)

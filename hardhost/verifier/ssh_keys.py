@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from hardhost.core.errors import UsageError
-from hardhost.core.inputs import read_bytes
+from hardhost.core.inputs import file_version, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,7 @@ _loaded: dict[tuple[str, int, int, int, int], paramiko.PKey] = {}
 def load_identity(path: Path) -> paramiko.PKey:
     """The private key at `path`, decrypted if need be. A fleet's threads share one load per
     key file version, so a passphrase is asked for once, not once per host."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: {WHAT} not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the {WHAT}: {exc.strerror}") from None
-    version = (str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    version = file_version(path, what=WHAT)
     with _lock:
         if version not in _loaded:
             _loaded[version] = _decode(path, read_bytes(path, what=WHAT))
