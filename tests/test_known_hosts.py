@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hardhost.core.errors import HardhostError, TrustError, UsageError
 from hardhost.verifier import known_hosts
 from hardhost.verifier.transport import Target, connect
 from tests.support.keys import KeyPair, make_keypair
-from tests.support.sshd import LoopbackHost
+from tests.support.sshd import LoopbackHost, start_sshd
 
 pytestmark = pytest.mark.e2e
 
@@ -129,10 +130,22 @@ def test_the_file_is_parsed_once_per_version(loopback_sshd: LoopbackHost, client
         attempt(loopback_sshd, client_key, known)
 
 
+@pytest.fixture
+def busy_sshd(tmp_path: Path, client_key: KeyPair) -> Iterator[LoopbackHost]:
+    """A loopback sshd that takes ten logins at once: by default (MaxStartups 10:30:100)
+    sshd starts dropping connections at random from the tenth unauthenticated one."""
+    running = start_sshd(tmp_path / "sshd", client_key, extra_config="MaxStartups 64\n")
+    try:
+        yield running.host
+    finally:
+        running.stop()
+
+
 def test_trust_on_first_use_records_one_line_for_concurrent_hosts(
-        loopback_sshd: LoopbackHost, client_key: KeyPair, tmp_path: Path) -> None:
+        busy_sshd: LoopbackHost, client_key: KeyPair, tmp_path: Path) -> None:
     """Ten inventory hosts behind one address:port, attested at once, on a file that does
     not exist yet: one line, exactly as ssh(1) writes it, and found by ssh-keygen -F."""
+    loopback_sshd = busy_sshd
     known = tmp_path / "new" / "known_hosts"
     errors: list[BaseException] = []
 
