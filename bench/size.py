@@ -25,7 +25,7 @@ from hardhost.builder.spec import Compression, Filesystem, load_spec  # noqa: E4
 from hardhost.builder.stages.bootstrap import bootstrap_key  # noqa: E402
 from hardhost.builder.stages.rootfs import EROFS_CLUSTER, LZ4HC_LEVEL  # noqa: E402
 
-ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity", "uki.efi", "esp.img",
+ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity", "uki.efi", "disk.img",
              "sbom.spdx.json")
 
 
@@ -69,7 +69,11 @@ def main() -> int:
     for name in ARTIFACTS:
         path = args.image / name
         if path.exists():
-            print(f"{name:<16} {path.stat().st_size / 2**20:8.1f} MiB")
+            info = path.stat()
+            # disk.img is sparse: its empty slot B and free space take no blocks.
+            stored = f" ({info.st_blocks * 512 / 2**20:.1f} MiB stored)" if (
+                info.st_blocks * 512 < info.st_size) else ""
+            print(f"{name:<16} {info.st_size / 2**20:8.1f} MiB{stored}")
     with tempfile.TemporaryDirectory(prefix="hardhost-size-") as mountpoint:
         subprocess.run(["mount", "-o", "ro,loop", str(args.image / "root.img"), mountpoint],
                        check=True)

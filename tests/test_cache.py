@@ -10,7 +10,6 @@ import pytest
 from hardhost.builder.build import STAGES, stage_keys
 from hardhost.builder.cache import StageCache
 from hardhost.builder.spec import (
-    Boot,
     Compression,
     Spec,
     load_spec,
@@ -76,12 +75,14 @@ def test_verity_salt_and_uuid_derive_from_the_rootfs_key() -> None:
 
 # container-host boots a UKI: it embeds the root hash, so whatever reaches the root image
 # reaches the UKI too.
-ALL = {"bootstrap", "harden", "security", "initramfs", "prune", "rootfs", "uki", "manifest"}
-FROM_HARDEN = {"harden", "rootfs", "uki", "manifest"}
-FROM_SECURITY = {"security", "rootfs", "uki", "manifest"}
-FROM_PRUNE = {"prune", "rootfs", "uki", "manifest"}
-FROM_ROOTFS = {"rootfs", "uki", "manifest"}
-FROM_UKI = {"uki", "manifest"}
+ALL = {"bootstrap", "harden", "security", "initramfs", "prune", "rootfs", "uki", "disk",
+       "manifest"}
+FROM_HARDEN = {"harden", "rootfs", "uki", "disk", "manifest"}
+FROM_SECURITY = {"security", "rootfs", "uki", "disk", "manifest"}
+FROM_PRUNE = {"prune", "rootfs", "uki", "disk", "manifest"}
+FROM_ROOTFS = {"rootfs", "uki", "disk", "manifest"}
+FROM_UKI = {"uki", "disk", "manifest"}
+FROM_DISK = {"disk", "manifest"}
 ONLY_MANIFEST = {"manifest"}
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ7p0x1b2d5a3f0c7e9b8a6d4c2e0f1a3b5c7d9e1f3a5b7 a"
 OTHER_KEY = KEY.replace(" a", " b").replace("AAAAIG", "AAAAIH")
@@ -91,13 +92,6 @@ EPOCH = 1700000000
 def changed_stages(before: Spec, after: Spec, epoch: int = EPOCH) -> set[str]:
     old, new = stage_keys(before, EPOCH), stage_keys(after, epoch)
     return {name for name in old if old[name] != new[name]}
-
-
-def test_a_direct_boot_image_has_no_uki_inputs() -> None:
-    base = with_authorized_keys(container_host(), (KEY,), "test")
-    direct = _section(base, "image", boot=Boot.DIRECT)
-    changed = _section(direct, "kernel", cmdline=("debug",))
-    assert changed_stages(direct, changed) == ONLY_MANIFEST
 
 
 def test_stage_keys_are_stable_and_distinct() -> None:
@@ -138,8 +132,13 @@ CHANGES: list[tuple[str, Callable[[Spec], Spec], set[str]]] = [
      FROM_ROOTFS),
     ("the kernel command line", lambda s: _section(s, "kernel", cmdline=("debug",)),
      FROM_UKI),
-    # Only a UKI image masks the late PCR 11 phase unit.
-    ("the boot mode", lambda s: _section(s, "image", boot=Boot.DIRECT), FROM_HARDEN),
+    # os-release carries it, and the UKI carries os-release.
+    ("the version", lambda s: dataclasses.replace(s, version="2"), FROM_HARDEN),
+    ("the slot size", lambda s: _section(s, "disk", slot_size_mib=2048), FROM_DISK),
+    # The deadline timer is a unit file of the image.
+    ("the bless timeout", lambda s: _section(s, "boot", bless_timeout=600), FROM_HARDEN),
+    # An update names the new UKI with it; the image itself does not change.
+    ("the boot tries", lambda s: _section(s, "boot", tries=5), ONLY_MANIFEST),
     ("the manifest validity", lambda s: _section(s, "manifest", validity_days=7),
      ONLY_MANIFEST),
     ("the description", lambda s: dataclasses.replace(s, description="other"), ONLY_MANIFEST),
@@ -158,7 +157,7 @@ def test_each_input_invalidates_exactly_its_dependent_stages(
 def test_the_epoch_reaches_the_stages_that_write_times() -> None:
     base = with_authorized_keys(container_host(), (KEY,), "test")
     assert changed_stages(base, base, EPOCH + 1) == {"harden", "initramfs", "rootfs", "uki",
-                                                     "manifest"}
+                                                     "disk", "manifest"}
 
 
 def test_a_profile_file_is_an_input_by_content(tmp_path: Path) -> None:

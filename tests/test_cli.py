@@ -136,7 +136,7 @@ def test_vm_start_rejects_a_folder_that_is_not_an_image(tmp_path: Path,
                      "--trust-key", str(signing_keys.public))
     assert result.returncode == 2
     assert result.stderr.startswith(f"hardhost: {tmp_path}: not a built image (missing "
-                                    "manifest.dsse.json, vmlinuz")
+                                    "manifest.dsse.json, disk.img)")
 
 
 def test_vm_start_rejects_a_bad_port() -> None:

@@ -191,20 +191,39 @@ def test_module_pruning_is_on_by_default_with_the_container_set() -> None:
         <= set(spec.kernel.modules)
 
 
-def test_secure_boot_signing_needs_both_files_and_a_uki() -> None:
-    uki = MINIMAL + '[image]\nboot = "uki"\n'
+def test_secure_boot_signing_needs_both_files() -> None:
     assert "image.secure_boot_key: set both secure_boot_key and secure_boot_cert" in error_of(
-        uki + 'secure_boot_key = "db.key"\n')
-    assert 'image.secure_boot_key: signing needs image.boot = "uki"' in error_of(
-        MINIMAL + '[image]\nsecure_boot_key = "db.key"\nsecure_boot_cert = "db.crt"\n')
-    spec = parse_spec(uki + 'secure_boot_key = "db.key"\nsecure_boot_cert = "db.crt"\n',
-                      "spec.toml")
+        MINIMAL + '[image]\nsecure_boot_key = "db.key"\n')
+    spec = parse_spec(MINIMAL + '[image]\nsecure_boot_key = "db.key"\n'
+                      'secure_boot_cert = "db.crt"\n', "spec.toml")
     assert spec.image.secure_boot_cert == "db.crt"
 
 
-def test_boot_mode_lists_the_choices() -> None:
-    assert "spec.toml: image.boot: 'grub' is not one of direct, uki" in error_of(
-        MINIMAL + '[image]\nboot = "grub"\n')
+def test_every_image_boots_a_uki_so_the_old_boot_key_is_unknown() -> None:
+    assert "spec.toml: image.boot: unknown key" in error_of(
+        MINIMAL + '[image]\nboot = "uki"\n')
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('version = "1.02"', 'version: \'1.02\': use numbers joined by dots'),
+    ('version = "v2"', "version: 'v2': use numbers joined by dots"),
+    ('version = 2', "version: 2: use numbers joined by dots"),
+    ('[disk]\nslot_size_mib = 10', "disk.slot_size_mib: 10 is outside 64..65536 MiB"),
+    ('[disk]\nesp_size_mib = "256M"', "disk.esp_size_mib: expected a number of MiB"),
+    ('[boot]\ntries = 0', "boot.tries: expected a number of tries from 1 to 9, got 0"),
+    ('[boot]\nbless_timeout = 5', "boot.bless_timeout: expected seconds from 60 to 86400"),
+])
+def test_version_disk_and_boot_settings_are_checked(text: str, problem: str) -> None:
+    top, _, rest = text.partition("\n") if text.startswith("version") else ("", "", text)
+    assert f"spec.toml: {problem}" in error_of(top + MINIMAL + rest)
+
+
+def test_version_disk_and_boot_defaults() -> None:
+    spec = parse_spec(MINIMAL, "spec.toml")
+    assert spec.version == "1"
+    assert (spec.disk.slot_size_mib, spec.disk.esp_size_mib, spec.disk.state_size_mib) == (
+        1024, 256, 64)
+    assert (spec.boot.tries, spec.boot.bless_timeout) == (3, 900)
 
 
 # --- the spec file is untrusted input -------------------------------------------------------

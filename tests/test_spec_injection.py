@@ -34,7 +34,7 @@ SAMPLES: dict[str, Any] = {
     "packages.include": ["systemd", "openssh-server"],
     "image.filesystem": "erofs",
     "image.compression": "lz4hc",
-    "image.boot": "uki",
+    "version": "2.4.1",
     "image.secure_boot_key": "keys/db.key",
     "image.secure_boot_cert": "keys/db.crt",
     "kernel.cmdline": ["quiet", "loglevel=3"],

@@ -80,7 +80,7 @@ def test_every_section_and_the_top_refuse_unknown_keys() -> None:
     assert schema["additionalProperties"] is False
     sections = [v for v in schema["properties"].values() if v.get("type") == "object"
                 and "properties" in v]
-    assert len(sections) == 12
+    assert len(sections) == 14
     assert all(s["additionalProperties"] is False for s in sections)
     assert errors({**MINIMAL, "colour": "blue"}) == [""]
     assert errors({**MINIMAL, "ssh": {"permit_root_login": True, "permit_passwords": True}}) \

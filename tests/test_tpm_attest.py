@@ -134,4 +134,4 @@ def test_tpm_needs_an_image_with_predicted_pcrs(
     direct = write_signed(tmp_path, sample_manifest(), signing_key)
     result = attest(tpm_host, client_key, signing_keys, direct)
     assert result.returncode == 2
-    assert 'image.boot = "uki"' in result.stderr
+    assert 'boots a UKI' in result.stderr

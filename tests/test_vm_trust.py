@@ -21,7 +21,7 @@ from hardhost.image.manifest import MANIFEST_NAME, read_verified
 from hardhost.image.signing import keygen, load_private_key, load_trusted_keys
 from hardhost.vm import harness as vm
 from hardhost.vm import vtpm
-from tests.support.images import CMDLINE, fake_image, resign
+from tests.support.images import CMDLINE, fake_image, manifest_for, resign, sign_into
 from tests.support.keys import SigningKeys
 from tests.support.net import free_port
 from tests.support.paths import REPO
@@ -37,18 +37,25 @@ def qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     started: list[list[str]] = []
 
-    def record(argv: list[str], **_: object) -> str:
+    from hardhost.core.run import run as real_run
+
+    def record(argv: list[str], **kwargs: object) -> object:
+        if str(argv[0]) != "qemu-system-x86_64":  # qemu-img and sfdisk stage the disk
+            return real_run(argv, **kwargs)  # type: ignore[arg-type]
         started.append([str(a) for a in argv])
         raise QemuWouldStart("qemu would start here")
+
+    def provision(inst: vm.Instance) -> paramiko.PKey:
+        with inst.state_fs.open("wb") as f:  # a state file system's size, its bytes unread
+            f.truncate(vm.STATE_FS_BYTES)
+        return paramiko.Ed25519Key.from_private_key_file(str(_host_key(tmp_path)))
 
     monkeypatch.setattr(vm, "run", record)
     monkeypatch.setattr(vm, "which", lambda tool: tool)
     monkeypatch.setattr(vm, "_require_tpm_tools", lambda: None)
     monkeypatch.setattr(vm, "_prepare_tpm", lambda inst: None)
     monkeypatch.setattr(vtpm.Swtpm, "start", lambda self: None)
-    monkeypatch.setattr(vm, "_provision_state",
-                        lambda inst: paramiko.Ed25519Key.from_private_key_file(
-                            str(_host_key(tmp_path))))
+    monkeypatch.setattr(vm, "_provision_state", provision)
     return started
 
 
@@ -60,9 +67,11 @@ def _host_key(tmp_path: Path) -> Path:
     return path
 
 
-def start(image: Path, keys: SigningKeys | Path, *, tpm: bool = False) -> None:
+def start(image: Path, keys: SigningKeys | Path, *, tpm: bool = False,
+          direct: bool = True) -> None:
     trust = keys if isinstance(keys, Path) else keys.public
-    vm.start(image, trust_key=trust, name="unit-trust", ssh_port=free_port(), tpm=tpm)
+    vm.start(image, trust_key=trust, name="unit-trust", ssh_port=free_port(), tpm=tpm,
+             direct=direct and not tpm)
 
 
 def appended(argv: list[str]) -> str:
@@ -85,10 +94,10 @@ def test_boots_the_signed_command_line_not_build_json(
     assert kernel == inst.kernel and initrd == inst.initrd
     assert kernel.read_bytes() == (image / "vmlinuz").read_bytes()
     assert initrd.read_bytes() == (image / "initrd.img").read_bytes()
-    assert f"file={image.resolve() / 'root.img'},if=none,id=data,format=raw,readonly=on" in argv
+    assert f"file={inst.disk},if=none,id=disk,format=qcow2" in argv
 
 
-@pytest.mark.parametrize("name", ["vmlinuz", "initrd.img", "root.img", "root.verity"])
+@pytest.mark.parametrize("name", ["vmlinuz", "initrd.img", "disk.img"])
 def test_a_changed_artifact_is_refused_before_qemu(
         tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]], name: str) -> None:
     image = fake_image(tmp_path / "image", signing_keys.key)
@@ -104,34 +113,73 @@ def test_a_changed_artifact_is_refused_before_qemu(
     assert not inst.kernel.exists() and not inst.initrd.exists()
 
 
-def test_a_changed_esp_is_refused_for_a_tpm_boot(
+def test_a_changed_disk_is_refused_for_a_firmware_boot(
         tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
-    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
-    (image / "esp.img").write_bytes(b"an ESP with another UKI and command line")
-    with pytest.raises(TrustError, match=r"image/esp\.img: its sha256 does not match"):
-        start(image, signing_keys, tpm=True)
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    with (image / "disk.img").open("r+b") as f:  # another UKI on the ESP, say
+        f.seek(3 * 2**20)
+        f.write(b"another UKI")
+    with pytest.raises(TrustError, match=r"image/disk\.img: its sha256 does not match"):
+        start(image, signing_keys, direct=False)
     assert qemu == []
-    assert not vm.instance("unit-trust").esp.exists()
+    inst = vm.instance("unit-trust")
+    assert not inst.base_disk.exists() and not inst.disk.exists()
 
 
-def test_a_tpm_boot_runs_the_verified_esp_copy(
+def test_a_firmware_boot_runs_the_verified_disk_copy_under_an_overlay(
         tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
-    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
-    with pytest.raises(HardhostError):
-        start(image, signing_keys, tpm=True)
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    built = (image / "disk.img").read_bytes()
+    with pytest.raises(QemuWouldStart):
+        start(image, signing_keys, direct=False)
     (argv,) = qemu
     inst = vm.instance("unit-trust")
-    assert f"if=none,id=esp,file={inst.esp},format=raw" in argv
-    assert inst.esp.read_bytes() == (image / "esp.img").read_bytes()
+    assert f"file={inst.disk},if=none,id=disk,format=qcow2" in argv
     assert "-append" not in argv and "-kernel" not in argv
+    assert any(arg.startswith("if=pflash,format=raw,unit=0,") for arg in argv)
+    assert inst.base_disk.read_bytes() == built
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(inst.disk)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "qcow2" and info["backing-filename"] == str(inst.base_disk)
+    # The state went into the overlay, never into the built image or the verified copy.
+    assert (image / "disk.img").read_bytes() == built == inst.base_disk.read_bytes()
+    assert info["actual-size"] > 0
+    assert "-drive" in argv and f"file={inst.ovmf_vars}" in " ".join(argv)
 
 
-def test_an_esp_the_manifest_does_not_sign_is_refused(
+def test_a_disk_the_manifest_does_not_sign_is_refused(
         tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
-    image = fake_image(tmp_path / "image", signing_keys.key)  # a direct-boot manifest
-    (image / "esp.img").write_bytes(b"an ESP nobody signed")
-    with pytest.raises(TrustError, match=r"signs no digest for esp\.img"):
-        start(image, signing_keys, tpm=True)
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    manifest, _ = read_verified(image / MANIFEST_NAME, load_trusted_keys(signing_keys.public))
+    unsigned = tuple(s.name for s in manifest.subjects if s.name != "disk.img")
+    sign_into(image, manifest_for(image, unsigned), signing_keys.key)
+    with pytest.raises(TrustError, match=r"signs no digest for disk\.img"):
+        start(image, signing_keys, direct=False)
+    assert qemu == []
+
+
+def test_direct_and_tpm_together_are_refused(tmp_path: Path,
+                                             signing_keys: SigningKeys) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    with pytest.raises(UsageError, match="one of --direct and --tpm"):
+        vm.start(image, trust_key=signing_keys.public, name="unit-trust",
+                 ssh_port=free_port(), tpm=True, direct=True)
+
+
+def test_a_qcow2_only_image_says_how_to_get_a_raw_disk(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    (image / "disk.img").rename(image / "disk.qcow2")
+    with pytest.raises(UsageError, match="build it again without --format qcow2"):
+        start(image, signing_keys, direct=False)
+
+
+def test_keep_disk_needs_a_disk_to_keep(
+        tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
+    image = fake_image(tmp_path / "image", signing_keys.key)
+    with pytest.raises(UsageError, match="has no disk to keep"):
+        vm.start(image, trust_key=signing_keys.public, name="unit-trust",
+                 ssh_port=free_port(), keep_disk=True)
     assert qemu == []
 
 
@@ -222,8 +270,8 @@ def test_a_kernel_linked_to_a_device_is_refused(
 def test_a_disk_that_is_a_fifo_is_refused(
         tmp_path: Path, signing_keys: SigningKeys, qemu: list[list[str]]) -> None:
     image = fake_image(tmp_path / "image", signing_keys.key)
-    (image / "root.verity").unlink()
-    os.mkfifo(image / "root.verity")
+    (image / "disk.img").unlink()
+    os.mkfifo(image / "disk.img")
     error = refusal_within_seconds(image, signing_keys)
     assert isinstance(error, TrustError)
     assert qemu == []
@@ -238,8 +286,8 @@ def hardhost(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
 def test_cli_exits_4_for_a_changed_kernel(tmp_path: Path, signing_keys: SigningKeys) -> None:
     image = fake_image(tmp_path / "image", signing_keys.key)
     (image / "vmlinuz").write_bytes(b"a kernel nobody signed")
-    result = hardhost("vm", "start", str(image), "--name", "unit-trust-cli", "--ssh-port",
-                      str(free_port()), "--trust-key", str(signing_keys.public),
+    result = hardhost("vm", "start", str(image), "--direct", "--name", "unit-trust-cli",
+                      "--ssh-port", str(free_port()), "--trust-key", str(signing_keys.public),
                       state=tmp_path / "state")
     assert result.returncode == 4
     assert result.stderr.startswith(f"hardhost: {image}/vmlinuz: its sha256 does not match "
@@ -260,22 +308,14 @@ def test_cli_needs_a_trust_key(tmp_path: Path, signing_keys: SigningKeys) -> Non
 # --- vm start --tpm: refused before anything starts ----------------------------------------
 
 
-def test_tpm_boot_needs_an_esp(tmp_path: Path, signing_keys: SigningKeys) -> None:
-    image = fake_image(tmp_path / "image", signing_keys.key, esp=False)
-    with pytest.raises(UsageError) as caught:
-        vm.start(image, trust_key=signing_keys.public, name="unit-vmtpm",
-                 ssh_port=free_port(), tpm=True)
-    assert str(caught.value) == (f'{image}: no esp.img to boot with --tpm; build the image '
-                                 'with image.boot = "uki" in its spec')
-
-
 def test_missing_tpm_tools_name_their_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               signing_keys: SigningKeys) -> None:
-    image = fake_image(tmp_path / "image", signing_keys.key, esp=True)
+    image = fake_image(tmp_path / "image", signing_keys.key)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "qemu-system-x86_64").symlink_to("/bin/true")
+    (tools / "qemu-img").symlink_to("/bin/true")
     monkeypatch.setattr("hardhost.core.run.CLEAN_PATH", str(tools))
     for tool, package in (("swtpm", "swtpm"), ("swtpm_setup", "swtpm-tools"),
                           ("swtpm_localca", "swtpm-tools")):

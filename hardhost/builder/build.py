@@ -22,6 +22,7 @@ from hardhost.builder.context import BuildContext
 from hardhost.builder.spec import Filesystem, Spec
 from hardhost.builder.stages import (
     bootstrap,
+    disk,
     harden,
     initramfs,
     manifest,
@@ -61,8 +62,10 @@ STAGES = (
     Stage("rootfs", rootfs.run_stage, rootfs.inputs, after=("harden", "security", "prune")),
     # The UKI embeds the kernel, the initrd and the command line with the root hash.
     Stage("uki", uki.run_stage, uki.inputs, after=("initramfs", "rootfs")),
+    Stage("disk", disk.run_stage, disk.inputs, after=("uki",)),
     Stage("manifest", manifest.run_stage, manifest.inputs,
-          after=("bootstrap", "harden", "security", "initramfs", "prune", "rootfs", "uki")),
+          after=("bootstrap", "harden", "security", "initramfs", "prune", "rootfs", "uki",
+                 "disk")),
 )
 
 
@@ -81,7 +84,7 @@ def stage_keys(spec: Spec, epoch: int) -> dict[str, str]:
 def required_tools(spec: Spec) -> tuple[str, ...]:
     image_tool = "mkfs.erofs" if spec.image.filesystem is Filesystem.EROFS else "mksquashfs"
     return ("mmdebstrap", "tar", "unshare", "chroot", "systemctl", image_tool, "veritysetup",
-            "apparmor_parser")
+            "apparmor_parser", "objcopy", "mkfs.vfat", "mmd", "mcopy", "mkfs.ext4", "sfdisk")
 
 
 def _source_date_epoch() -> int:
@@ -125,31 +128,34 @@ def require_root() -> None:
 
 
 def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False,
-          reuse: bool = True, workspace: Workspace = Workspace.AUTO) -> Path:
+          reuse: bool = True, workspace: Workspace = Workspace.AUTO,
+          qcow2: bool = False) -> Path:
     """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path.
 
     With `reuse` off, every stage after bootstrap runs even when its output is cached.
-    `workspace` says where the image tree is assembled.
+    `workspace` says where the image tree is assembled. With `qcow2`, the disk image is
+    `disk.qcow2` instead of the raw `disk.img`.
     """
     require_root()
     if not spec.access.authorized_keys:
         raise UsageError(f"{spec.source}: access.authorized_keys: no key would be able to log "
                          "in; list one, or pass --authorized-key FILE")
-    for tool in required_tools(spec):
+    for tool in required_tools(spec) + (("qemu-img",) if qcow2 else ()):
         which(tool)
     final = outdir / spec.name
     if final.exists() and not force:
         raise UsageError(f"{final}: already exists; pass --force to replace it")
     outdir.mkdir(parents=True, exist_ok=True)
     with scratch(outdir, spec.name, workspace) as workdir:
-        return _build_in(spec, final, workdir, key=key, reuse=reuse)
+        return _build_in(spec, final, workdir, key=key, reuse=reuse, qcow2=qcow2)
 
 
 def _build_in(spec: Spec, final: Path, workdir: Path, *, key: Ed25519PrivateKey,
-              reuse: bool) -> Path:
+              reuse: bool, qcow2: bool) -> Path:
     staging = private_folder(final.parent, spec.name, "partial")
     ctx = BuildContext(spec=spec, workdir=workdir, staging=staging, cache_dir=cache_root(),
-                       signing_key=key, source_date_epoch=_source_date_epoch(), reuse=reuse)
+                       signing_key=key, source_date_epoch=_source_date_epoch(), reuse=reuse,
+                       qcow2=qcow2)
     try:
         with complete_step(f"Building {spec.name}", f"Built {spec.name}"):
             for number, stage in enumerate(STAGES, 1):
@@ -182,20 +188,22 @@ def _replace(staging: Path, final: Path) -> None:
 
 def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
                        force: bool = False, workspace: Workspace = Workspace.AUTO,
-                       ) -> tuple[Path, str | None]:
+                       qcow2: bool = False) -> tuple[Path, str | None]:
     """Build `spec` twice and compare the signed artifacts.
 
     Returns the first build's path and the name of the first artifact that differs, or None.
     """
     # Neither build takes a stage's output from the cache: both must make every byte.
-    final = build(spec, outdir, key=key, force=force, reuse=False, workspace=workspace)
+    final = build(spec, outdir, key=key, force=force, reuse=False, workspace=workspace,
+                  qcow2=qcow2)
     again_dir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.again-", dir=outdir))
     try:
         with complete_step("Building again to compare"):
-            again = build(spec, again_dir, key=key, reuse=False, workspace=workspace)
+            again = build(spec, again_dir, key=key, reuse=False, workspace=workspace,
+                          qcow2=qcow2)
         first = json.loads((final / layout.BUILD_RECORD).read_text())["artifacts"]
         second = json.loads((again / layout.BUILD_RECORD).read_text())["artifacts"]
-        for name in manifest.subjects(spec):
+        for name in manifest.subjects(qcow2=qcow2):
             if first[name]["sha256"] != second[name]["sha256"]:
                 return final, name
         return final, None

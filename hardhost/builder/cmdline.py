@@ -7,6 +7,7 @@ from hardhost.image import layout
 
 
 def kernel_cmdline(spec: Spec, root_hash: str) -> str:
+    root_uuid, verity_uuid = layout.slot_uuids(root_hash)
     args = [
         f"root={layout.ROOT_DEVICE}",
         f"rootfstype={spec.image.filesystem}",
@@ -16,8 +17,8 @@ def kernel_cmdline(spec: Spec, root_hash: str) -> str:
         "apparmor=1",
         "security=apparmor",
         f"{layout.CMDLINE_ROOTHASH}={root_hash}",
-        f"{layout.CMDLINE_DATA}={layout.DATA_DEVICE}",
-        f"{layout.CMDLINE_HASH}={layout.HASH_DEVICE}",
+        f"{layout.CMDLINE_DATA}={layout.by_partuuid(root_uuid)}",
+        f"{layout.CMDLINE_HASH}={layout.by_partuuid(verity_uuid)}",
         f"{layout.CMDLINE_STATE}={layout.STATE_DEVICE}",
         *spec.kernel.cmdline,
     ]

@@ -21,6 +21,7 @@ class BuildContext:
     # From $SOURCE_DATE_EPOCH; 0 until the bootstrap stage derives it from the package set.
     source_date_epoch: int
     reuse: bool = True  # take stage outputs from the cache when their key matches
+    qcow2: bool = False  # write the disk as disk.qcow2 instead of the raw disk.img
     keys: dict[str, str] = field(default_factory=dict)  # stage name -> input key
     kernel_release: str = ""
     root_hash: str = ""

@@ -1,13 +1,17 @@
 """PCR values (sha256 bank) a host booted from a UKI must show, predicted at build time.
 
 Each prediction keeps the events that produced it, so a verifier can say which measurement
-differs, not only that a PCR does. What each PCR holds, for a UKI booted by EDK II (OVMF)
-from its removable-media path, with systemd-stub 252 and Linux 6.1:
+differs, not only that a PCR does. What each PCR holds, for a UKI that systemd-boot 252
+starts as a Type #2 entry, itself started by EDK II (OVMF) from the disk's removable-media
+path, with systemd-stub 252 and Linux 6.1:
 
 - PCR 4: EDK II's EV_EFI_ACTION "Calling EFI Application from Boot Option" and EV_SEPARATOR
   (Tcg2Dxe, OnReadyToBoot(); TCG PC Client Platform Firmware Profile), then the
-  Authenticode digest of the UKI and of the kernel, which systemd-stub starts with LoadImage
-  from its .linux section (EV_EFI_BOOT_SERVICES_APPLICATION, DxeTpm2MeasureBootLib).
+  Authenticode digests of systemd-boot, of the UKI it starts with LoadImage, and of the
+  kernel, which systemd-stub starts with LoadImage from its .linux section (each an
+  EV_EFI_BOOT_SERVICES_APPLICATION, DxeTpm2MeasureBootLib). The UKI's file name (which
+  carries its boot counter during an update) is in the event log's device path only, never
+  in a digest: renaming the entry changes no PCR.
 - PCR 9: the Linux EFI stub's EV_EVENT_TAG events, the LoadOptions (the command line as
   UTF-16 with its NUL, which systemd-stub sets) then the initrd it receives over LoadFile2
   (drivers/firmware/efi/libstub, efi_measure_tagged_event()). Debian's 6.1 kernels log
@@ -15,10 +19,12 @@ from its removable-media path, with systemd-stub 252 and Linux 6.1:
 - PCR 11: systemd-stub 252 measures each UKI section it knows, in its fixed order: the name
   with its NUL, then the section's VirtualSize bytes as loaded (src/boot/efi/stub.c,
   src/fundamental/tpm-pcr.c). systemd-pcrphase then extends each boot phase word it reaches.
-- PCR 12, 13: systemd-stub measures credentials, and a command line from the boot entry's
-  load options (which replaces .cmdline when Secure Boot is off), into 12 and system
-  extensions into 13. With no credentials, no sysexts and no load options (OVMF's own
-  removable-media entry has none) both stay all-zero.
+- PCR 12: systemd-boot measures the load options it starts the UKI with (for a Type #2
+  entry, the UKI's own .cmdline, as UTF-16 with its NUL), and systemd-stub measures the same
+  load options again before it uses them (systemd 252 src/boot/efi/measure.c,
+  tpm_log_load_options()). Credentials would add to 12; there are none.
+- PCR 13: system extensions, of which there are none: all-zero. A UKI that the firmware
+  starts directly (no systemd-boot) gets no load options, and PCR 12 stays all-zero too.
 - PCR 0, 7: the firmware code and its Secure Boot variables. They are not predicted; they
   are golden values recorded from a real boot of each firmware build and machine
   configuration (`KNOWN_FIRMWARE`).
@@ -211,17 +217,22 @@ def pcr11_events(uki: pe.PEImage, phases: Sequence[str] = PHASES_WITHOUT_TSS2) -
     return events
 
 
-def pcr4_events(uki: pe.PEImage) -> list[Event]:
-    """EDK II's boot-attempt events, then the UKI's and its kernel's Authenticode digests.
+def pcr4_events(uki: pe.PEImage, loader: pe.PEImage | None = None) -> list[Event]:
+    """EDK II's boot-attempt events, then the Authenticode digests of the boot loader (when
+    one starts the UKI), the UKI and its kernel.
 
-    Assumes the UKI is the first boot option the firmware tries: each failed attempt before
+    Assumes the disk is the first boot option the firmware tries: each failed attempt before
     it adds "Returning from EFI Application from Boot Option" and another "Calling" event.
     """
     kernel = pe.parse(_required(uki, ".linux"), ".linux section")
+    started_by = [] if loader is None else [
+        Event(4, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, "systemd-boot",
+              pe.authenticode_digest(loader).hex())]
     return [
         Event(4, EventType.EV_EFI_ACTION, CALLING_EFI_APPLICATION,
               sha256(CALLING_EFI_APPLICATION.encode())),
         Event(4, EventType.EV_SEPARATOR, "separator", sha256(SEPARATOR)),
+        *started_by,
         Event(4, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, "UKI",
               pe.authenticode_digest(uki).hex()),
         Event(4, EventType.EV_EFI_BOOT_SERVICES_APPLICATION, "kernel (.linux section)",
@@ -253,24 +264,35 @@ def pcr9_events(uki: pe.PEImage) -> list[Event]:
     return [e for e in events if e.description.encode() + b"\0" in kernel]
 
 
+def pcr12_events(uki: pe.PEImage) -> list[Event]:
+    """systemd-boot's and then systemd-stub's measurement of the load options: the UKI's
+    .cmdline, which systemd-boot passes for a Type #2 entry."""
+    digest = sha256(load_options(_required(uki, ".cmdline")))
+    return [Event(12, EventType.EV_IPL, "load options (systemd-boot)", digest),
+            Event(12, EventType.EV_IPL, "load options (systemd-stub)", digest)]
+
+
 def _predicted(index: int, events: Sequence[Event]) -> PCRValue:
     return PCRValue(index, replay(events), Source.PREDICTED, tuple(events))
 
 
-def predict_pcrs(uki_path: Path, *, phases: Sequence[str] = PHASES_WITHOUT_TSS2,
+def predict_pcrs(uki_path: Path, *, loader: Path | None = None,
+                 phases: Sequence[str] = PHASES_WITHOUT_TSS2,
                  firmware: FirmwareGolden | None = None) -> dict[int, PCRValue]:
-    """Predict PCRs 4, 9, 11, 12 and 13 for a boot of the UKI at `uki_path`, and add 0 and 7
-    from `firmware` when it is given.
+    """Predict PCRs 4, 9, 11, 12 and 13 for a boot of the UKI at `uki_path`, started by the
+    systemd-boot at `loader` (or by the firmware itself, without one), and add 0 and 7 from
+    `firmware` when it is given.
 
-    Predict from the image the firmware boots. Signing keeps the Authenticode digest only
+    Predict from the files the firmware boots. Signing keeps the Authenticode digest only
     when the unsigned file was 8-byte aligned, as `builder.uki.assemble_uki` makes it.
     """
     uki = pe.read(uki_path)
+    loader_image = None if loader is None else pe.read(loader)
     predictions = {
-        4: _predicted(4, pcr4_events(uki)),
+        4: _predicted(4, pcr4_events(uki, loader_image)),
         9: _predicted(9, pcr9_events(uki)),
         11: _predicted(11, pcr11_events(uki, phases)),
-        12: _predicted(12, []),
+        12: _predicted(12, [] if loader is None else pcr12_events(uki)),
         13: _predicted(13, []),
     }
     if firmware is not None:

@@ -28,16 +28,12 @@ from hardhost.core.errors import SpecError
 from hardhost.core.inputs import read_text
 from hardhost.core.outputs import printable
 from hardhost.image.manifest import MAX_VALIDITY_DAYS
+from hardhost.image.version import IMAGE_VERSION_RE
 
 
 class Filesystem(enum.StrEnum):
     EROFS = "erofs"
     SQUASHFS = "squashfs"
-
-
-class Boot(enum.StrEnum):
-    DIRECT = "direct"  # the loader (qemu -kernel, a boot manager) passes kernel and initrd
-    UKI = "uki"  # one signed-able EFI binary carries kernel, initrd and command line
 
 
 class Compression(enum.StrEnum):
@@ -59,6 +55,8 @@ DEFAULT_MODULES = (
     "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_console", "virtio_rng",
     "virtio_balloon", "sd_mod", "ahci", "nvme",
     "ext4", "erofs", "squashfs", "overlay", "autofs4", "efivarfs", "configfs", "loop",
+    # The ESP, which an update mounts to install a UKI and the verifier to bless a boot.
+    "vfat", "nls_cp437", "nls_ascii",
     "dm_verity",
     "net/netfilter/", "net/ipv4/netfilter/", "net/ipv6/netfilter/", "net/bridge/",
     "veth", "vxlan", "macvlan", "ipvlan", "tun",
@@ -309,6 +307,12 @@ def _remap_user(value: Any) -> str:
     return user
 
 
+def _version(value: Any) -> str:
+    if not isinstance(value, str) or not IMAGE_VERSION_RE.fullmatch(value):
+        raise _Invalid(f"{_show(value)}: use numbers joined by dots, such as 1.4 or 2026.11.30")
+    return value
+
+
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise _Invalid(f"{_show(value)}: use lower-case letters, digits and '-'")
@@ -401,21 +405,68 @@ class ImageOptions:
         "erofs: `lz4hc`, `lz4`; squashfs: `xz`, `zstd`",
         shown=", ".join(f"`{c[0]}` ({fs})" for fs, c in COMPRESSIONS.items())))
 
-    boot: Boot = field(default=Boot.DIRECT, metadata=_help(
-        "`direct` (vmlinuz + initrd.img) or `uki`: also `uki.efi` (systemd-stub with the "
-        "kernel, initrd, os-release and command line) on a FAT `esp.img`, and the PCRs a TPM "
-        "will measure, predicted into the manifest"))
     secure_boot_key: str = field(default="", metadata=_help(
-        "with `boot = \"uki\"`: PEM private key that signs the UKI for Secure Boot with "
-        "`sbsign`, relative to the spec; set both it and `secure_boot_cert`, or neither",
-        _path))
+        "PEM private key that signs systemd-boot and the UKI for Secure Boot with `sbsign`, "
+        "relative to the spec; set both it and `secure_boot_cert`, or neither", _path))
     secure_boot_cert: str = field(default="", metadata=_help(
-        "with `boot = \"uki\"`: the PEM certificate of `secure_boot_key`, relative to the spec",
-        _path))
+        "the PEM certificate of `secure_boot_key`, relative to the spec", _path))
 
     @property
     def effective_compression(self) -> Compression:
         return self.compression or COMPRESSIONS[self.filesystem][0]
+
+
+def _mib(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"expected a number of MiB, got {_tname(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"{value} is outside {low}..{high} MiB")
+        return value
+    return parse
+
+
+@dataclass(frozen=True)
+class Disk:
+    """The disk image (`disk.img`): a GPT disk with an ESP, two slots of a root partition and
+    its dm-verity partition each, and a state partition."""
+
+    slot_size_mib: int = field(default=1024, metadata=_help(
+        "size of each slot's root partition; its verity partition is sized to match. Leave "
+        "room for later images: an update writes into the slot the disk already has", _mib(
+            64, 65536), schema={"minimum": 64, "maximum": 65536}))
+    esp_size_mib: int = field(default=256, metadata=_help(
+        "size of the ESP, which holds systemd-boot and the UKIs of both slots", _mib(
+            32, 4096), schema={"minimum": 32, "maximum": 4096}))
+    state_size_mib: int = field(default=64, metadata=_help(
+        "size of the state partition (the SSH host key and machine-id, kept across boots and "
+        "updates)", _mib(16, 65536), schema={"minimum": 16, "maximum": 65536}))
+
+
+def _tries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 9:
+        raise _Invalid(f"expected a number of tries from 1 to 9, got {_show(value)}")
+    return value
+
+
+def _bless_timeout(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 60 <= value <= 86400:
+        raise _Invalid(f"expected seconds from 60 to 86400, got {_show(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    """How an updated image proves itself: systemd-boot's boot counting, and a deadline."""
+
+    tries: int = field(default=3, metadata=_help(
+        "boots a new image gets (its UKI is installed as `NAME+TRIES.efi`); when a boot that "
+        "panics or hangs has used the last one, systemd-boot starts the previous slot",
+        _tries, schema={"minimum": 1, "maximum": 9}))
+    bless_timeout: int = field(default=900, metadata=_help(
+        "seconds a boot under assessment waits to be blessed (after its attestation "
+        "passes) before it reboots itself, using up a try: a host no verifier reaches falls "
+        "back too", _bless_timeout, schema={"minimum": 60, "maximum": 86400}))
 
 
 @dataclass(frozen=True)
@@ -598,11 +649,18 @@ class Spec:
         "image name: lower-case letters, digits and `-`; the output folder is `OUTDIR/NAME`",
         _name, schema=_pattern(_NAME_RE)))
     packages: Packages
+    version: str = field(default="1", metadata=_help(
+        "the image's version: numbers joined by dots (`1`, `2.4`, `2026.11.30`), compared "
+        "number by number; an update refuses an older one. In `/etc/os-release` as "
+        "`IMAGE_VERSION` and in the signed manifest", _version,
+        schema=_pattern(IMAGE_VERSION_RE)))
     description: str = field(default="", metadata=_help(
         "free text, one line of at most 200 characters", _description,
         schema={"maxLength": 200}))
     distribution: Distribution = Distribution()
     image: ImageOptions = ImageOptions()
+    disk: Disk = Disk()
+    boot: BootOptions = BootOptions()
     kernel: Kernel = Kernel()
     ssh: SSH = SSH()
     access: Access = Access()
@@ -695,8 +753,6 @@ def _validate(spec: Spec, path: str) -> None:
     if bool(spec.image.secure_boot_key) != bool(spec.image.secure_boot_cert):
         raise SpecError(path, "image.secure_boot_key",
                         "set both secure_boot_key and secure_boot_cert, or neither")
-    if spec.image.secure_boot_key and spec.image.boot is not Boot.UKI:
-        raise SpecError(path, "image.secure_boot_key", 'signing needs image.boot = "uki"')
     if spec.access.user == spec.userns.remap_user:
         raise SpecError(path, "userns.remap_user",
                         f"{spec.userns.remap_user} is also access.user; containers must not "

@@ -56,7 +56,7 @@ def register(commands: Commands) -> None:
                              f"{MAX_TIMEOUT:g})")
     attest.add_argument("--tpm", action="store_true",
                         help="also verify a TPM quote against the manifest's predicted PCRs "
-                             "(images built with image.boot = \"uki\"); with --reset, the "
+                             "(every image predicts them); with --reset, the "
                              "quote after the reboot must show a new TPM resetCount")
     attest.add_argument("--tpm-ca", type=Path, metavar="FILE",
                         help="PEM CA certificates the TPM's EK certificate must chain to; "

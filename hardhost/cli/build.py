@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hardhost.builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
 from hardhost.cli.common import Commands, add_command
@@ -14,18 +13,18 @@ from hardhost.core.errors import UsageError
 from hardhost.core.inputs import read_text
 from hardhost.core.outputs import check_output_dir
 
-if TYPE_CHECKING:
-    from hardhost.builder.spec import Spec
-
 log = logging.getLogger("hardhost")
 
 
 def register(commands: Commands) -> None:
     build = add_command(
         commands, "build", help="build an image from a TOML spec",
-        description="Build SPEC into OUTDIR/NAME: vmlinuz, initrd.img, root.img, root.verity, "
-                    "cmdline, sbom.spdx.json, the signed manifest.dsse.json and build.json; "
-                    "with image.boot = \"uki\", also uki.efi and esp.img. Needs root. "
+        description="Build SPEC into OUTDIR/NAME: disk.img (a GPT disk: an ESP with "
+                    "systemd-boot and the UKI, slot A with the root and its dm-verity "
+                    "partition, an empty slot B for updates, and a state partition), "
+                    "vmlinuz, initrd.img, uki.efi, root.img and root.verity (what an update "
+                    "writes into a slot), cmdline, sbom.spdx.json, the signed "
+                    "manifest.dsse.json and build.json. Needs root. "
                     "The mmdebstrap tree, the initramfs "
                     "and the root image are cached under ~/.cache/hardhost (or "
                     "$HARDHOST_CACHE_DIR), each keyed by exactly the inputs it depends on: a "
@@ -57,6 +56,10 @@ def register(commands: Commands) -> None:
                             f"{IN_MEMORY_MIN_AVAILABLE // 2**30} GiB are available. The "
                             "image is the same either way; in memory, a rebuild does not "
                             "wait on the disk")
+    build.add_argument("--format", choices=("raw", "qcow2"), default="raw",
+                       help="the disk image: raw disk.img (the default; write it to a disk "
+                            "with dd, or import it to a cloud) or disk.qcow2 for hypervisors "
+                            "(made with qemu-img)")
     build.set_defaults(func=_cmd_build)
 
     keygen = add_command(
@@ -97,15 +100,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         spec = with_authorized_keys(spec, tuple(extra), "--authorized-key")
     if args.check_reproducible:
         final, differing = check_reproducible(spec, args.output, key=key, force=args.force,
-                                              workspace=args.workspace)
+                                              workspace=args.workspace,
+                                              qcow2=args.format == "qcow2")
         if differing is not None:
             print(f"hardhost: not reproducible: {differing} differs between two builds of "
                   f"{args.spec}", file=sys.stderr)
             return 1
-        log.info("Reproducible: two builds gave identical %s", ", ".join(_subjects(spec)))
+        log.info("Reproducible: two builds gave identical %s",
+                 ", ".join(_subjects(qcow2=args.format == "qcow2")))
     else:
         final = build(spec, args.output, key=key, force=args.force, reuse=not args.no_cache,
-                      workspace=args.workspace)
+                      workspace=args.workspace, qcow2=args.format == "qcow2")
     print(final)
     return 0
 
@@ -126,10 +131,10 @@ def _check_build_output(output: Path) -> None:
         check_output_dir(first, what="build output")
 
 
-def _subjects(spec: Spec) -> tuple[str, ...]:
+def _subjects(*, qcow2: bool) -> tuple[str, ...]:
     from hardhost.builder.stages.manifest import subjects
 
-    return subjects(spec)
+    return subjects(qcow2=qcow2)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

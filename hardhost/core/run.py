@@ -48,6 +48,8 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "swtpm": "swtpm",
     "swtpm_setup": "swtpm-tools",
     "swtpm_localca": "swtpm-tools",
+    "sfdisk": "fdisk",
+    "qemu-img": "qemu-utils",
 }
 
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -106,8 +108,11 @@ def run(
     check: bool = True,
     timeout: float | None = None,
     stream: bool = False,
+    input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run `argv` and return the completed process.
+
+    stdin is `input` when given (a script for sfdisk, say), and otherwise empty.
 
     `capture` returns stdout; otherwise it is discarded. stderr is always captured so a failure
     can name its reason; with `stream`, each stderr line is also logged as it arrives, which is
@@ -121,7 +126,7 @@ def run(
         args,
         env=clean_env(env),
         cwd=cwd,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
         stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, so _stop reaches its children
@@ -140,7 +145,13 @@ def run(
         if proc.stdout is not None:
             stdout_chunks.append(proc.stdout.read())
 
-    readers = [threading.Thread(target=f, daemon=True) for f in (drain_stderr, drain_stdout)]
+    def feed_stdin() -> None:
+        if proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError), proc.stdin:
+                proc.stdin.write(input or b"")
+
+    readers = [threading.Thread(target=f, daemon=True)
+               for f in (drain_stderr, drain_stdout, feed_stdin)]
     for reader in readers:
         reader.start()
     try:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hardhost.core.errors import TrustError, UsageError
 from hardhost.core.inputs import decode_json, read_bytes
 from hardhost.image import signing
+from hardhost.image.version import IMAGE_VERSION_RE
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "urn:hardhost:host-manifest:v1"
@@ -78,6 +79,9 @@ class HostManifest:
     mutable_paths: Mapping[str, tuple[str, ...]]  # overlay (etc, var) -> allowed globs
     created: str
     expires: str
+    # The image's version (numbers joined by dots, hardhost.image.version); "" in manifests
+    # made before images had one.
+    version: str = ""
     boot: str = "direct"  # or "uki": then the PCRs below are what a TPM quote must show
     # PCR index -> sha256-bank value predicted from the UKI at build time (4, 9, 11, 12, 13).
     pcrs: Mapping[str, str] = field(default_factory=dict)
@@ -90,6 +94,9 @@ class HostManifest:
     mounts: Mapping[str, str] = field(default_factory=dict)
     optional_mounts: Mapping[str, str] = field(default_factory=dict)
     runtime_mount_areas: tuple[str, ...] = ()
+    # How the image's disk is laid out and how an update to it is assessed: slot_size_mib,
+    # boot_tries, bless_timeout (decimal text each). Empty before images had a disk.
+    disk: Mapping[str, str] = field(default_factory=dict)
 
     def statement(self) -> dict[str, Any]:
         predicate = asdict(self)
@@ -124,6 +131,10 @@ def format_time(moment: dt.datetime) -> str:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# The keys of HostManifest.disk.
+DISK_KEYS = ("slot_size_mib", "boot_tries", "bless_timeout")
 
 
 class _Reader:
@@ -230,7 +241,14 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         # Optional in the model, so that an older manifest still parses; the comparison
         # reports a manifest without a mount table as drift.
         mounts=p.optional_text_map("mounts"), optional_mounts=p.optional_text_map(
-            "optional_mounts"), runtime_mount_areas=p.optional_text_list("runtime_mount_areas"))
+            "optional_mounts"), runtime_mount_areas=p.optional_text_list("runtime_mount_areas"),
+        version=p.optional_text("version", ""), disk=p.optional_text_map("disk"))
+    if manifest.version and not IMAGE_VERSION_RE.fullmatch(manifest.version):
+        raise p.fail("version", f"{manifest.version[:40]!r} is not an image version (numbers "
+                     "joined by dots)")
+    for key, value in manifest.disk.items():
+        if key not in DISK_KEYS or not value.isdigit() or len(value) > 9:
+            raise p.fail(f"disk.{key[:40]}", "not a known key with a decimal value")
     if manifest.boot not in ("direct", "uki"):
         raise p.fail("boot", f"{manifest.boot[:40]!r} is neither 'direct' nor 'uki'")
     created = _parse_time(manifest.created, "created", origin)

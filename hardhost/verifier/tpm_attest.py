@@ -60,8 +60,8 @@ def predictions(manifest: HostManifest, origin: str) -> list[dict[int, str]]:
     firmware's 0 and 7. One of them must match entirely."""
     if manifest.boot != "uki" or not manifest.pcrs:
         raise UsageError(f"{origin}: the manifest predicts no PCRs (image {manifest.name} "
-                         f"boots {manifest.boot}); --tpm needs an image built with "
-                         f'image.boot = "uki"')
+                         f"boots {manifest.boot}); --tpm needs an image built by a "
+                         "hardhost that boots a UKI, and every current build does: rebuild it")
     image = {int(index): value for index, value in manifest.pcrs.items()}
     firmware = [{int(i): v for i, v in golden.items()} for golden in
                 manifest.firmware_pcrs.values()]

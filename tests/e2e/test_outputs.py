@@ -34,14 +34,17 @@ def test_manifest_verifies_and_covers_every_artifact(container_host: BuiltImage,
     path = container_host.directory / MANIFEST_NAME
     result = hardhost("manifest", "verify", str(path), "--trust-key", str(signing_keys.public))
     assert result.returncode == 0, result.stderr
-    signed = subjects(container_host.spec)
+    signed = subjects()
     assert f"all {len(signed)} artifacts match" in result.stdout
     manifest, _ = read_verified(path, load_trusted_keys(signing_keys.public))
     record = container_host.record
     assert manifest.root_hash == record["root_hash"]
     assert manifest.cmdline == record["cmdline"]
     assert manifest.spec_digest == container_host.spec.digest()
-    assert {s.name for s in manifest.subjects} == set(signed) >= {"uki.efi", "esp.img"}
+    assert {s.name for s in manifest.subjects} == set(signed) >= {"uki.efi", "disk.img"}
+    assert manifest.version == container_host.spec.version
+    assert manifest.disk == {"slot_size_mib": "1024", "boot_tries": "3",
+                             "bless_timeout": "900"}
     assert manifest.apparmor_runtime_profiles["docker-default"] == "enforce"
     assert manifest.apparmor_profiles["hardhost-container-default"] == "enforce"
     assert manifest.sysctls["kernel.kptr_restrict"] == "2"
@@ -51,7 +54,7 @@ def test_a_replaced_artifact_fails_verification(container_host: BuiltImage,
                                                 signing_keys: SigningKeys,
                                                 tmp_path: Path) -> None:
     # Every artifact must be there (a missing one fails too); one of them is changed.
-    for name in (MANIFEST_NAME, *subjects(container_host.spec)):
+    for name in (MANIFEST_NAME, *subjects()):
         (tmp_path / name).write_bytes((container_host.directory / name).read_bytes())
     with (tmp_path / "root.verity").open("r+b") as f:
         f.seek(8192)

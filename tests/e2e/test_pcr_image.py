@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hardhost.builder import eventlog, pcr, pe, uki
+from hardhost.builder import disk, eventlog, pcr, pe
 from tests.support.keys import KeyPair
 from tests.support.pcr import (
     MACHINE,
@@ -21,7 +21,7 @@ from tests.support.pcr import (
     signed_digest,
     systemd_measure,
 )
-from tests.support.uki import build_uki
+from tests.support.uki import build_uki, disk_with_uki
 from tests.support.vms import BuiltImage
 
 pytestmark = pytest.mark.e2e
@@ -47,10 +47,9 @@ def test_predictions_match_a_real_boot(container_host: BuiltImage, client_key: K
     image = container_host.directory
     inputs = image_inputs(image, tmp_path / "in")
     built = build_uki(tmp_path, inputs)
-    esp = tmp_path / "esp.img"
-    uki.make_esp(built, esp, source_date_epoch=0)
-    evidence = boot_and_read(esp, image, client_key.private)
-    predicted = pcr.predict_pcrs(built, phases=evidence.phases,
+    booted = disk_with_uki(image / "disk.img", built, tmp_path / "disk.img")
+    evidence = boot_and_read(booted, client_key.private)
+    predicted = pcr.predict_pcrs(built, loader=disk.SYSTEMD_BOOT, phases=evidence.phases,
                                  firmware=pcr.firmware_golden(OVMF_CODE, MACHINE))
     # Read before the comparison, so a new firmware's values can be recorded from the output.
     print(f"read PCR 0 {evidence.pcrs[0]}, PCR 7 {evidence.pcrs[7]} on {MACHINE}")

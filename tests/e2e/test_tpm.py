@@ -5,7 +5,6 @@ the PCRs the build predicted."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hardhost.builder import pe, uki
-from hardhost.builder.stages.uki import ESP_NAME, UKI_NAME
+from hardhost.builder.stages.uki import UKI_NAME
 from hardhost.image.manifest import MANIFEST_NAME, HostManifest, read_verified
 from hardhost.image.signing import keygen, load_private_key, load_trusted_keys
 from hardhost.verifier.tpm_ak_quote import quote, verify
@@ -27,6 +26,7 @@ from tests.support.images import resign
 from tests.support.keys import KeyPair, SigningKeys
 from tests.support.net import free_port
 from tests.support.paths import REPO
+from tests.support.uki import disk_with_uki
 from tests.support.vms import (
     BOOT_TIMEOUT,
     BuiltImage,
@@ -190,8 +190,6 @@ def test_a_uki_with_one_changed_cmdline_byte_is_refused(
     original = tpm_host.image.directory
     forged = tmp_path / "forged"
     forged.mkdir()
-    for name in ("root.img", "root.verity"):
-        shutil.copyfile(original / name, forged / name)
     for name in ("vmlinuz", "initrd.img", "cmdline", "build.json"):
         (forged / name).symlink_to(original / name)
     cmdline = (original / "cmdline").read_text().strip()
@@ -205,13 +203,13 @@ def test_a_uki_with_one_changed_cmdline_byte_is_refused(
     uki.assemble_uki(uki.STUB, linux=original / "vmlinuz", initrd=original / "initrd.img",
                      cmdline=cmdline.replace(" apparmor=1 ", " apparmor=0 "),
                      osrel=osrel, out=forged / UKI_NAME)
-    uki.make_esp(forged / UKI_NAME, forged / ESP_NAME, source_date_epoch=0)
-    # vm start boots only artifacts a trusted manifest signs: the forged ESP gets a manifest
+    disk_with_uki(original / "disk.img", forged / UKI_NAME, forged / "disk.img")
+    # vm start boots only artifacts a trusted manifest signs: the forged disk gets a manifest
     # of its own, signed by a key only this start trusts, as a host booted by other means
     # would. The attestation below holds it to the genuine manifest.
     lab_private, lab_public = keygen(tmp_path / "lab")
     resign(forged, tpm_host.manifest(signing_keys), load_private_key(lab_private),
-           (UKI_NAME, ESP_NAME))
+           (UKI_NAME, "disk.img"))
     vm.stop(NAME)
     start(forged, tpm_host.target.port, lab_public)
     result = tpm_host.attest(signing_keys, manifest=tpm_host.manifest_path)

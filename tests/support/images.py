@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import os
+import subprocess
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,13 +18,28 @@ from hardhost.image.manifest import MANIFEST_NAME, HostManifest, Subject, format
 ROOT_HASH = "ab" * 32
 CMDLINE = (f"root=/dev/mapper/root rootfstype=erofs ro fsck.mode=skip console=ttyS0 "
            f"apparmor=1 security=apparmor hardhost.roothash={ROOT_HASH} "
-           "hardhost.data=/dev/vda hardhost.hash=/dev/vdb hardhost.state=/dev/vdc")
-DIRECT = ("vmlinuz", "initrd.img", "root.img", "root.verity")
-UKI = ("uki.efi", "esp.img")
+           "hardhost.data=/dev/disk/by-partuuid/abababab-abab-abab-abab-abababababab "
+           "hardhost.hash=/dev/disk/by-partuuid/abababab-abab-abab-abab-abababababab "
+           "hardhost.state=/dev/disk/by-partlabel/hardhost-state")
+ARTIFACTS = ("vmlinuz", "initrd.img", "root.img", "root.verity", "uki.efi")
+DISK = "disk.img"
+MIB = 2**20
+# A disk with just a state partition, large enough for the VM harness's state file system.
+FAKE_DISK_BYTES = 24 * MIB
+STATE_PARTITION = "start=2048, size=36864, name=hardhost-state\n"
+
+
+def fake_disk(path: Path) -> None:
+    """A sparse GPT disk, made by sfdisk, whose one partition is the state partition."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, FAKE_DISK_BYTES)
+    os.close(fd)
+    subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
+                   input=f"label: gpt\n{STATE_PARTITION}", text=True, check=True)
 
 
 def manifest_for(directory: Path, names: tuple[str, ...], *, cmdline: str = CMDLINE,
-                 boot: str = "direct") -> HostManifest:
+                 boot: str = "uki") -> HostManifest:
     """A manifest whose subjects are the files `names` in `directory` as they are now."""
     now = dt.datetime.now(dt.UTC)
     return HostManifest(
@@ -42,17 +59,16 @@ def sign_into(directory: Path, manifest: HostManifest, key: Ed25519PrivateKey) -
     (directory / MANIFEST_NAME).write_bytes(signing.sign(manifest.payload(), key))
 
 
-def fake_image(directory: Path, key: Ed25519PrivateKey, *, esp: bool = False,
-               cmdline: str = CMDLINE) -> Path:
+def fake_image(directory: Path, key: Ed25519PrivateKey, *, cmdline: str = CMDLINE) -> Path:
     """A folder that passes for a built image, signed by `key`, up to where a boot starts:
-    each artifact holds a few distinct bytes, and build.json carries the command line."""
+    each artifact holds a few distinct bytes, the disk is a real GPT disk with a state
+    partition and nothing else, and build.json carries the command line."""
     directory.mkdir()
-    names = DIRECT + (UKI if esp else ())
-    for name in names:
+    for name in ARTIFACTS:
         (directory / name).write_bytes(f"{name} of a fake image\n".encode())
+    fake_disk(directory / DISK)
     (directory / "build.json").write_text(f'{{"cmdline": "{cmdline}"}}\n')
-    sign_into(directory, manifest_for(directory, names, cmdline=cmdline,
-                                      boot="uki" if esp else "direct"), key)
+    sign_into(directory, manifest_for(directory, (*ARTIFACTS, DISK), cmdline=cmdline), key)
     return directory
 
 

@@ -1,5 +1,5 @@
 """PCR helpers: systemd-measure, pesign and osslsigncode as references for the predictions,
-and a real OVMF + swtpm boot of an ESP through the VM harness, read back over SSH."""
+and a real OVMF + swtpm boot of a disk through the VM harness, read back over SSH."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +114,9 @@ def read_evidence(text: str, seconds: float) -> BootEvidence:
     return BootEvidence(seconds, pcrs, tuple(phases), eventlog.parse(log))
 
 
-def boot_and_read(esp: Path, image: Path, identity: Path) -> BootEvidence:
-    """Boot `esp` through the VM harness, under OVMF with a vTPM and the image's disks
-    attached as the initramfs expects, and read PCRs, pcrphase results and the event log
+def boot_and_read(disk_image: Path, identity: Path) -> BootEvidence:
+    """Boot `disk_image` through the VM harness, under OVMF with a vTPM, from a copy under an
+    overlay as vm start stages a disk, and read PCRs, pcrphase results and the event log
     over SSH."""
     need("qemu-system-x86_64", "qemu-system-x86")
     need("swtpm", "swtpm")
@@ -126,11 +125,12 @@ def boot_and_read(esp: Path, image: Path, identity: Path) -> BootEvidence:
     vm.stop(VM_NAME, purge=True)
     inst = dataclasses.replace(vm.instance(VM_NAME), ssh_port=free_port())
     inst.directory.mkdir(mode=0o700, parents=True)
-    # The ESP is staged as vm start stages it: a writable copy in the instance's folder.
-    shutil.copyfile(esp, inst.esp)
+    run(["cp", "--sparse=always", disk_image, inst.base_disk])
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", inst.base_disk,
+         inst.disk])
     try:
         start = time.monotonic()
-        vm.boot_staged(inst, image, "", memory_mib=MEMORY_MIB, timeout=BOOT_TIMEOUT, tpm=True)
+        vm.boot_staged(inst, "", memory_mib=MEMORY_MIB, timeout=BOOT_TIMEOUT, tpm=True)
         seconds = time.monotonic() - start
         with connect(Target("root", "127.0.0.1", inst.ssh_port), known_hosts=inst.known_hosts,
                      identity=identity) as session:

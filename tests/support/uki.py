@@ -3,14 +3,17 @@ assembled from them, for the UKI and PCR tests."""
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from hardhost.builder import pe, uki
+from hardhost.builder import disk, pe, uki
 from hardhost.core.run import run
+from hardhost.image import layout
 from tests.support.tools import need
 
 CMDLINE = "root=/dev/mapper/root ro console=ttyS0 hardhost.roothash=" + "ab" * 32
@@ -72,3 +75,24 @@ def sign(image: Path, directory: Path) -> tuple[Path, Path]:
     signed = directory / "signed.efi"
     uki.sign_uki(image, signed, key=key, cert=cert)
     return signed, cert
+
+
+def disk_with_uki(original: Path, built_uki: Path, out: Path) -> Path:
+    """A copy of the disk image `original` whose ESP holds systemd-boot and `built_uki` as
+    its one boot entry, as the disk stage lays it out."""
+    table = json.loads(run(["sfdisk", "--json", original], capture=True).stdout)
+    esp = next(p for p in table["partitiontable"]["partitions"]
+               if p["name"] == layout.ESP_LABEL)
+    start, size = esp["start"] * 512, esp["size"] * 512
+    run(["cp", "--sparse=always", original, out])
+    fat = out.with_name(f"{out.name}.esp")
+    disk.make_fat(disk.esp_files(built_uki, disk.SYSTEMD_BOOT), fat, size=size,
+                  source_date_epoch=0)
+    fd = os.open(out, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(size), start)  # the old ESP's blocks go with it
+        disk.copy_into(fat, fd, start, size)
+    finally:
+        os.close(fd)
+        fat.unlink()
+    return out

@@ -26,6 +26,17 @@ _MISSING_PACKAGE = re.compile(r"Unable to locate package (\S+)|Package '?(\S+?)'
                               r"installation candidate")
 
 
+# What every image needs beyond its spec's packages, for updates: systemd-bless-boot (Debian
+# puts it in systemd-boot, not systemd), which marks an updated boot good or bad, and sfdisk
+# (fdisk), with which an update gives the idle slot the partition UUIDs of its new image.
+IMAGE_PACKAGES = ("fdisk", "systemd-boot")
+
+
+def packages(spec: Spec) -> list[str]:
+    """The packages mmdebstrap installs: the spec's, and `IMAGE_PACKAGES`."""
+    return sorted(set(spec.packages.include) | set(IMAGE_PACKAGES))
+
+
 def bootstrap_inputs(spec: Spec) -> dict[str, object]:
     """Everything mmdebstrap's result depends on that hardhost controls."""
     dist = spec.distribution
@@ -35,7 +46,7 @@ def bootstrap_inputs(spec: Spec) -> dict[str, object]:
         "mirror": dist.mirror,
         "architecture": dist.architecture,
         "variant": VARIANT,
-        "packages": sorted(spec.packages.include),
+        "packages": packages(spec),
     }
 
 
@@ -104,7 +115,7 @@ def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
         "mmdebstrap",
         f"--variant={VARIANT}",
         f"--architectures={dist.architecture}",
-        f"--include={','.join(spec.packages.include)}",
+        f"--include={','.join(packages(spec))}",
         "--aptopt=Acquire::Retries \"3\"",
         "--dpkgopt=force-unsafe-io",
         # Lay out merged /usr directly; otherwise bookworm installs the usrmerge converter

@@ -14,7 +14,7 @@ import jinja2
 
 from hardhost.builder.chroot import run_in_tree
 from hardhost.builder.context import BuildContext
-from hardhost.builder.spec import Boot, Spec
+from hardhost.builder.spec import Spec
 from hardhost.builder.stages import security
 from hardhost.core.errors import BuildError
 from hardhost.core.log import StepTiming
@@ -70,7 +70,7 @@ INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "dm_verity", "erofs", "squashfs
 INITRAMFS_CONFIG = "/etc/initramfs-tools"
 LOCALE = "# Rendered by hardhost: read by pam_env at login.\nLANG=C.UTF-8\n"
 
-ENABLED_UNITS = ("systemd-networkd.service",)
+ENABLED_UNITS = ("systemd-networkd.service", "hardhost-boot-deadline.timer")
 # binfmt_misc hands any file whose first bytes match a registered magic to an interpreter
 # of root's choosing, with the 'C' flag under that file's set-uid credentials: a way to
 # persist that runs nothing any profile names. A container host runs its own architecture's
@@ -90,10 +90,48 @@ MASKED_UNITS = ("systemd-networkd-wait-online.service", "apt-daily.timer",
 # unit runs whenever the boot settles, so a quote taken just after SSH answers could see PCR
 # 11 either way. Masking it makes PCR 11 one predictable value from SSH on.
 UKI_MASKED_UNITS = ("systemd-pcrphase.service",)
+# Only a passing attestation may bless a boot, never the host itself: systemd-boot's own
+# blessing service (and its generator, below) would mark any boot that reaches
+# boot-complete.target good. The host writes no random seed or system token into the ESP or
+# the firmware's variables, and never updates the systemd-boot on its ESP, which PCR 4
+# measures: only an update from the verifier changes the ESP.
+BOOT_MASKED_UNITS = ("systemd-bless-boot.service", "systemd-boot-system-token.service",
+                     "systemd-boot-update.service")
+# systemd-gpt-auto-generator would mount the ESP (and any partition of a discoverable type)
+# by itself, a mount the verifier must not find; the root comes from the command line.
+MASKED_GENERATORS = ("systemd-gpt-auto-generator", "systemd-bless-boot-generator")
+BOOT_DEADLINE_UNIT = "hardhost-boot-deadline"
+# systemd-boot's vendor GUID: LoaderBootCountPath exists while a boot is under assessment.
+_LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+BOOT_COUNT_VARIABLE = f"/sys/firmware/efi/efivars/LoaderBootCountPath-{_LOADER_GUID}"
 
 
 def masked_units(spec: Spec) -> tuple[str, ...]:
-    return MASKED_UNITS + (UKI_MASKED_UNITS if spec.image.boot is Boot.UKI else ())
+    return MASKED_UNITS + UKI_MASKED_UNITS + BOOT_MASKED_UNITS
+
+
+def boot_deadline_units(spec: Spec) -> list[RenderedFile]:
+    """A timer that reboots a boot under assessment (its UKI still has tries left) that the
+    verifier has not blessed within `boot.bless_timeout`: the reboot uses up a try, so a host
+    no verifier reaches falls back to its previous slot too. Blessing stops the timer."""
+    base = f"/etc/systemd/system/{BOOT_DEADLINE_UNIT}"
+    timer = (f"# Rendered by hardhost: reboot a boot under assessment left unblessed.\n"
+             f"[Unit]\nDescription=Deadline for blessing this boot\n"
+             f"ConditionPathExists={BOOT_COUNT_VARIABLE}\n\n"
+             f"[Timer]\nOnBootSec={spec.boot.bless_timeout}s\nAccuracySec=1s\n\n"
+             f"[Install]\nWantedBy=timers.target\n")
+    service = ("# Rendered by hardhost: the boot was not blessed in time; this reboot uses "
+               "up one of its tries.\n[Unit]\nDescription=Reboot an unblessed boot\n"
+               f"ConditionPathExists={BOOT_COUNT_VARIABLE}\n\n"
+               "[Service]\nType=oneshot\nExecStart=/usr/bin/systemctl --no-block reboot\n")
+    return [RenderedFile(f"{base}.timer", timer), RenderedFile(f"{base}.service", service)]
+
+
+def os_release(text: str, spec: Spec) -> str:
+    """os-release with the image's IMAGE_ID and IMAGE_VERSION (os-release(5)) added."""
+    lines = [line for line in text.splitlines()
+             if not line.startswith(("IMAGE_ID=", "IMAGE_VERSION="))]
+    return "\n".join([*lines, f"IMAGE_ID={spec.name}", f"IMAGE_VERSION={spec.version}"]) + "\n"
 
 
 
@@ -173,6 +211,7 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
         RenderedFile(f"{initramfs}/scripts/init-bottom/hardhost-overlay",
                      render("initramfs/overlay.j2"), 0o755),
         *runtime_files(spec),
+        *boot_deadline_units(spec),
     ]
 
 
@@ -290,6 +329,8 @@ def inputs(spec: Spec, epoch: int) -> dict[str, object]:
         "docker": has_docker(spec),
         "enabled": ENABLED_UNITS,
         "masked": masked_units(spec),
+        "generators": MASKED_GENERATORS,
+        "os_release": os_release("", spec),
         "epoch": epoch,  # useradd dates accounts from it
     }
 
@@ -306,8 +347,17 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
     no_user_pam_environment(tree)
     (tree / "etc/machine-id").write_text("")
+    release = tree / "usr/lib/os-release"
+    release.write_text(os_release(release.read_text(), ctx.spec))
+    # Where an update and the verifier mount the ESP; the root is read-only at run time.
+    (tree / layout.ESP_MOUNT.lstrip("/")).mkdir(mode=0o700, exist_ok=True)
     run(["systemctl", f"--root={tree}", "enable", *ENABLED_UNITS])
     mask_units(tree, ctx.spec)
+    generators = tree / "etc/systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for name in MASKED_GENERATORS:
+        (generators / name).unlink(missing_ok=True)
+        (generators / name).symlink_to("/dev/null")
     step.note = f"{len(files)} files"
 
 

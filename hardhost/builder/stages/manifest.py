@@ -10,8 +10,8 @@ from pathlib import Path
 from hardhost.builder import sbom
 from hardhost.builder.context import BuildContext
 from hardhost.builder.pcr import KNOWN_FIRMWARE
-from hardhost.builder.spec import Boot, Spec
-from hardhost.builder.stages import harden, security, uki
+from hardhost.builder.spec import Spec
+from hardhost.builder.stages import harden, security
 from hardhost.builder.stages.harden import effective_sysctls
 from hardhost.core.log import StepTiming
 from hardhost.core.run import output
@@ -20,13 +20,13 @@ from hardhost.image.manifest import MANIFEST_NAME, HostManifest, Subject, format
 
 SBOM_NAME = layout.SBOM
 # Signed artifacts, in the order a reproducibility check compares them.
-SUBJECTS = (layout.ROOT_IMAGE, layout.ROOT_VERITY, layout.KERNEL, layout.INITRD, SBOM_NAME)
-UKI_SUBJECTS = (uki.UKI_NAME, uki.ESP_NAME)
+SUBJECTS = (layout.ROOT_IMAGE, layout.ROOT_VERITY, layout.KERNEL, layout.INITRD, SBOM_NAME,
+            layout.UKI)
 
 
-def subjects(spec: Spec) -> tuple[str, ...]:
-    """The artifacts the manifest signs for an image of `spec`."""
-    return SUBJECTS + (UKI_SUBJECTS if spec.image.boot is Boot.UKI else ())
+def subjects(*, qcow2: bool = False) -> tuple[str, ...]:
+    """The artifacts the manifest signs: the disk image last, as raw or qcow2."""
+    return (*SUBJECTS, layout.DISK_QCOW2 if qcow2 else layout.DISK)
 
 
 def firmware_pcrs() -> dict[str, dict[str, str]]:
@@ -106,7 +106,8 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
     spec = ctx.spec
     return HostManifest(
         name=spec.name,
-        subjects=tuple(Subject(name, ctx.subjects[name]) for name in subjects(spec)),
+        subjects=tuple(Subject(name, ctx.subjects[name]) for name in subjects(qcow2=ctx.qcow2)),
+        version=spec.version,
         spec_digest=spec.digest(),
         package_list_digest=sbom.package_list_digest(packages),
         sbom_digest=sbom_digest,
@@ -125,14 +126,23 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         mutable_paths=MUTABLE_PATHS,
         created=format_time(now),
         expires=format_time(now + dt.timedelta(days=spec.manifest.validity_days)),
-        boot=str(spec.image.boot),
+        boot="uki",
         pcrs={str(index): value for index, value in sorted(ctx.pcrs.items())},
-        firmware_pcrs=firmware_pcrs() if spec.image.boot is Boot.UKI else {},
+        firmware_pcrs=firmware_pcrs(),
+        disk=disk_facts(spec),
         mounts=expected_mounts(spec),
         optional_mounts=layout.OPTIONAL_MOUNTS,
         runtime_mount_areas=layout.RUNTIME_MOUNT_AREAS + (
             layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()),
     )
+
+
+def disk_facts(spec: Spec) -> dict[str, str]:
+    """What an update of a host to this image needs: the slot it must fit, and how the new
+    boot is assessed."""
+    return {"slot_size_mib": str(spec.disk.slot_size_mib),
+            "boot_tries": str(spec.boot.tries),
+            "bless_timeout": str(spec.boot.bless_timeout)}
 
 
 def expected_mounts(spec: Spec) -> dict[str, str]:
@@ -147,7 +157,8 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     epoch = dt.datetime.fromtimestamp(ctx.source_date_epoch, dt.UTC)
     sbom.write(ctx.staging / SBOM_NAME, sbom.document(ctx.spec.name, packages,
                                                        format_time(epoch)))
-    ctx.subjects = {name: sha256_file(ctx.staging / name) for name in subjects(ctx.spec)}
+    ctx.subjects = {name: sha256_file(ctx.staging / name)
+                    for name in subjects(qcow2=ctx.qcow2)}
     manifest = build_manifest(ctx, packages, ctx.subjects[SBOM_NAME], dt.datetime.now(dt.UTC))
     (ctx.staging / MANIFEST_NAME).write_bytes(signing.sign(manifest.payload(), key))
     step.note = f"{len(packages)} packages, key {signing.key_id(key.public_key())[:16]}"
