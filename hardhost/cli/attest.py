@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from pathlib import Path
 
 from hardhost.cli.common import (
     Commands,
-    Handler,
     add_command,
     connection,
     connection_options,
+    json_errors,
     positive,
+    tpm_options,
+    tpm_policy,
 )
 from hardhost.core.durations import MAX_TIMEOUT
-from hardhost.core.errors import FAILED, OK, TRUST, HardhostError, UsageError
+from hardhost.core.errors import FAILED, OK, TRUST
 from hardhost.core.inputs import read_bytes
 
 
@@ -54,45 +55,17 @@ def register(commands: Commands) -> None:
     attest.add_argument("--reset-timeout", type=positive, default=300, metavar="SECONDS",
                         help="how long to wait for the host to return (default: 300, at most "
                              f"{MAX_TIMEOUT:g})")
-    attest.add_argument("--tpm", action="store_true",
-                        help="also verify a TPM quote against the manifest's predicted PCRs "
-                             "(every image predicts them); with --reset, the "
-                             "quote after the reboot must show a new TPM resetCount")
-    attest.add_argument("--tpm-ca", type=Path, metavar="FILE",
-                        help="PEM CA certificates the TPM's EK certificate must chain to; "
-                             "needed when a host's AK is enrolled (first --tpm attestation)")
-    attest.add_argument("--ak-registry", type=Path, metavar="FILE",
-                        help="enrolled attestation keys, one per host and SSH host key "
-                             "(default: ~/.local/state/hardhost/aks.json)")
-    attest.add_argument("--tpm-reenroll", action="store_true",
-                        help="replace the host's enrolled AK (after its TPM was cleared or "
-                             "replaced); needs --tpm-ca")
+    tpm_options(attest, "with --reset, the quote after the reboot must show a new TPM "
+                        "resetCount")
     attest.set_defaults(func=_cmd_attest)
 
 
-def _json_errors(command: Handler) -> Handler:
-    """With --json, a command that cannot attest still prints one JSON document on stdout
-    (host, status "error", error, exit_code), so a program reading stdout gets an answer; the
-    one-line error goes to stderr and the exit code is the same."""
-    @functools.wraps(command)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except Exception as exc:
-            if args.json:
-                code = exc.exit_code if isinstance(exc, HardhostError) else FAILED.code
-                print(json.dumps({"host": args.target, "status": "error", "error": str(exc),
-                                  "exit_code": code}, indent=2, sort_keys=True))
-            raise
-    return wrapper
-
-
-@_json_errors
+@json_errors
 def _cmd_attest(args: argparse.Namespace) -> int:
     from hardhost.image.manifest import read_verified
     from hardhost.image.signing import load_trusted_keys
     from hardhost.verifier.attestation import attest, attest_and_reset, manifest_digest
-    from hardhost.verifier.tpm_attest import TpmPolicy, default_registry, predictions
+    from hardhost.verifier.tpm_attest import predictions
     from hardhost.verifier.transport import Target
     from hardhost.verifier.verdict import render
 
@@ -101,13 +74,9 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     # The manifest is verified before the host is contacted: a bad one is exit 4, offline.
     manifest, _ = read_verified(args.manifest, load_trusted_keys(args.trust_key))
     digest = manifest_digest(args.manifest)
-    tpm = None
     if args.tpm:
         predictions(manifest, str(args.manifest))  # an image without PCRs fails offline
-        tpm = TpmPolicy(args.ak_registry or default_registry(), args.tpm_ca, args.tpm_reenroll)
-    elif args.tpm_ca or args.ak_registry or args.tpm_reenroll:
-        raise UsageError("--tpm-ca, --ak-registry and --tpm-reenroll need --tpm")
-    conn = connection(args, tpm)
+    conn = connection(args, tpm_policy(args))
     if args.reset:
         first, second = attest_and_reset(target, manifest, digest, conn, args.reset_timeout)
     else:

@@ -4,6 +4,8 @@ the argparse types for durations, counts and ports, and the SSH connection optio
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from hardhost.cli.help import EPILOG
 from hardhost.core.durations import MAX_TIMEOUT, duration
-from hardhost.core.errors import UsageError
+from hardhost.core.errors import FAILED, HardhostError, UsageError
 
 if TYPE_CHECKING:
     from hardhost.verifier.attestation import Connection
@@ -92,6 +94,32 @@ def connection_options(command: argparse.ArgumentParser) -> None:
                          help="bound on connecting and on collecting evidence (default: 30)")
 
 
+def tpm_options(command: argparse.ArgumentParser, extra: str = "") -> None:
+    """--tpm, --tpm-ca, --ak-registry and --tpm-reenroll, as attest and update take them."""
+    command.add_argument("--tpm", action="store_true",
+                         help="also verify a TPM quote against the manifest's predicted PCRs "
+                              "(every image predicts them)" + (f"; {extra}" if extra else ""))
+    command.add_argument("--tpm-ca", type=Path, metavar="FILE",
+                         help="PEM CA certificates the TPM's EK certificate must chain to; "
+                              "needed when a host's AK is enrolled (first --tpm attestation)")
+    command.add_argument("--ak-registry", type=Path, metavar="FILE",
+                         help="enrolled attestation keys, one per host and SSH host key "
+                              "(default: ~/.local/state/hardhost/aks.json)")
+    command.add_argument("--tpm-reenroll", action="store_true",
+                         help="replace the host's enrolled AK (after its TPM was cleared or "
+                              "replaced); needs --tpm-ca")
+
+
+def tpm_policy(args: argparse.Namespace) -> TpmPolicy | None:
+    from hardhost.verifier.tpm_attest import TpmPolicy, default_registry
+
+    if args.tpm:
+        return TpmPolicy(args.ak_registry or default_registry(), args.tpm_ca, args.tpm_reenroll)
+    if args.tpm_ca or args.ak_registry or args.tpm_reenroll:
+        raise UsageError("--tpm-ca, --ak-registry and --tpm-reenroll need --tpm")
+    return None
+
+
 def _ssh_config_path(value: str) -> Path | None:
     return None if value == "none" else Path(value)
 
@@ -106,3 +134,20 @@ def connection(args: argparse.Namespace, tpm: TpmPolicy | None = None) -> Connec
                   ssh_config=args.ssh_config, trust_on_first_use=args.trust_on_first_use)
     return Connection(args.known_hosts, args.identity, args.timeout, args.trust_on_first_use,
                       tpm, args.ssh_config)
+
+
+def json_errors(command: Handler) -> Handler:
+    """With --json, a command that cannot attest still prints one JSON document on stdout
+    (host, status "error", error, exit_code), so a program reading stdout gets an answer; the
+    one-line error goes to stderr and the exit code is the same."""
+    @functools.wraps(command)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except Exception as exc:
+            if args.json:
+                code = exc.exit_code if isinstance(exc, HardhostError) else FAILED.code
+                print(json.dumps({"host": args.target, "status": "error", "error": str(exc),
+                                  "exit_code": code}, indent=2, sort_keys=True))
+            raise
+    return wrapper

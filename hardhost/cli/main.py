@@ -14,7 +14,18 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from hardhost import __version__
-from hardhost.cli import attest, build, evidence, fleet, manifest, profile, spec, terraform, vm
+from hardhost.cli import (
+    attest,
+    build,
+    evidence,
+    fleet,
+    manifest,
+    profile,
+    spec,
+    terraform,
+    update,
+    vm,
+)
 from hardhost.cli.common import Commands, HelpFormatter
 from hardhost.cli.help import EPILOG
 from hardhost.core.errors import FAILED, INTERRUPTED, HardhostError
@@ -26,7 +37,7 @@ log = logging.getLogger("hardhost")
 # In the order `hardhost --help` lists them.
 _GROUPS: tuple[Callable[[Commands], None], ...] = (
     build.register, manifest.register, vm.register, evidence.register, profile.register,
-    attest.register, fleet.register, terraform.register, spec.register,
+    attest.register, update.register, fleet.register, terraform.register, spec.register,
 )
 
 

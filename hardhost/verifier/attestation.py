@@ -83,16 +83,23 @@ def _attest(target: Target, manifest: HostManifest, digest: str,
             evidence = _collect(session, manifest, conn)
         except HostOutputError as exc:
             return Verdict(str(target), "", now(), digest, (_malformed(exc),)), None
-        findings = compare(manifest, evidence)
-        clock = None
-        if conn.tpm is not None:
-            try:
-                tpm = attest_tpm(session, target, conn.known_hosts, manifest, "the manifest",
-                                 conn.tpm, timeout=max(conn.timeout, TPM_TIMEOUT))
-            except HostOutputError as exc:
-                tpm = TpmResult((Finding("tpm.quote.malformed", Severity.CRITICAL,
-                                         "a TPM quote", str(exc)),), None)
-            findings, clock = (*findings, *tpm.findings), tpm.clock
+        return judge(session, target, manifest, digest, evidence, conn)
+
+
+def judge(session: Session, target: Target, manifest: HostManifest, digest: str,
+          evidence: Evidence, conn: Connection) -> tuple[Verdict, ClockInfo | None]:
+    """The verdict on `evidence` (collected over `session`) against `manifest`, with the TPM
+    quote over the same session when `conn` asks for one."""
+    findings = compare(manifest, evidence)
+    clock = None
+    if conn.tpm is not None:
+        try:
+            tpm = attest_tpm(session, target, conn.known_hosts, manifest, "the manifest",
+                             conn.tpm, timeout=max(conn.timeout, TPM_TIMEOUT))
+        except HostOutputError as exc:
+            tpm = TpmResult((Finding("tpm.quote.malformed", Severity.CRITICAL,
+                                     "a TPM quote", str(exc)),), None)
+        findings, clock = (*findings, *tpm.findings), tpm.clock
     return Verdict(str(target), evidence.boot_id, now(), digest, tuple(findings)), clock
 
 

@@ -33,6 +33,15 @@ CREATE TABLE IF NOT EXISTS results (
     address TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS results_host ON results(host, time);
+CREATE TABLE IF NOT EXISTS updates (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    host TEXT NOT NULL,
+    time TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    from_version TEXT NOT NULL,
+    to_version TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 
@@ -85,6 +94,29 @@ def record(path: Path, started: str, inventory: str, verdicts: Sequence[Verdict]
     with _open(path) as db:
         run_id = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?)",
                             (started, inventory)).lastrowid
+    assert run_id is not None
+    record_results(path, run_id, verdicts)
+    return run_id
+
+
+def record_update(path: Path, started: str, label: str, host: str, outcome: str,
+                  from_version: str, to_version: str, reason: str,
+                  verdicts: Sequence[Verdict]) -> int:
+    """Store one host's update: its outcome, and each attestation it made (the running
+    image before, the new boot, the old image after a rollback) as results of one run."""
+    with _open(path) as db:
+        run_id = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?)",
+                            (started, label)).lastrowid
+        db.execute("INSERT INTO updates (run_id, host, time, outcome, from_version, "
+                   "to_version, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (run_id, host, started, outcome, from_version, to_version, reason))
+    assert run_id is not None
+    record_results(path, run_id, verdicts)
+    return run_id
+
+
+def record_results(path: Path, run_id: int, verdicts: Sequence[Verdict]) -> None:
+    with _open(path) as db:
         db.executemany(
             "INSERT INTO results (run_id, host, time, status, boot_id, manifest_digest, "
             "error, findings, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -92,8 +124,17 @@ def record(path: Path, started: str, inventory: str, verdicts: Sequence[Verdict]
               json.dumps([f.__dict__ for f in v.findings if f.counts()], default=str),
               v.address)
              for v in verdicts])
-    assert run_id is not None
-    return run_id
+
+
+def updates(path: Path, host: str | None = None) -> list[tuple[str, str, str, str, str, str]]:
+    """Recorded updates, oldest first: host, time, outcome, from, to, reason."""
+    with _open(path, read_only=True) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if "updates" not in tables:
+            return []
+        query = ("SELECT host, time, outcome, from_version, to_version, reason FROM updates"
+                 + (" WHERE host = ?" if host else "") + " ORDER BY time, rowid")
+        return list(db.execute(query, (host,) if host else ()))
 
 
 @dataclass(frozen=True)

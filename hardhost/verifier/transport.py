@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import BinaryIO, Protocol, cast
 
 import paramiko
 from paramiko.pkey import UnknownKeyType
@@ -172,6 +172,18 @@ def _reason(exc: BaseException | None) -> str:
 _PEER_FAULTS = (Exception,)
 
 
+_STREAM_CHUNK = 1 << 20
+
+
+def _chunks(stdin: bytes | BinaryIO) -> Iterator[bytes]:
+    if isinstance(stdin, bytes):
+        if stdin:
+            yield stdin
+        return
+    while chunk := stdin.read(_STREAM_CHUNK):
+        yield chunk
+
+
 class Session:
     """A connected, authenticated SSH session."""
 
@@ -192,7 +204,16 @@ class Session:
         command = shlex.join(["/bin/sh", "-s", "--", *args]) if args else "/bin/sh -s"
         return self._exec(command, script.encode(), timeout or self.timeout, limit)
 
-    def _exec(self, command: str, stdin: bytes, timeout: float, limit: int) -> ExecResult:
+    def stream(self, argv: Sequence[str], source: BinaryIO, *, timeout: float,
+               limit: int = DEFAULT_OUTPUT_LIMIT,
+               progress: Callable[[int], None] | None = None) -> ExecResult:
+        """Run `argv` (each item quoted) with everything `source` holds as its stdin, sent
+        as it is read, and return its status and capped output. `timeout` bounds the whole
+        transfer; `progress` hears the bytes sent so far."""
+        return self._exec(shlex.join(argv), source, timeout, limit, progress)
+
+    def _exec(self, command: str, stdin: bytes | BinaryIO, timeout: float, limit: int,
+              progress: Callable[[int], None] | None = None) -> ExecResult:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise Unreachable(f"{self.target}: the SSH connection was closed")
@@ -201,7 +222,7 @@ class Session:
         with _Watchdog(timeout) as watchdog:
             watchdog.guard(transport)
             try:
-                result = self._talk(transport, command, stdin, watchdog, limit)
+                result = self._talk(transport, command, stdin, watchdog, limit, progress)
             except HardhostError:
                 raise
             except TimeoutError:
@@ -216,19 +237,28 @@ class Session:
                 raise self._too_slow(timeout)
             return result
 
-    def _talk(self, transport: paramiko.Transport, command: str, stdin: bytes,
-              watchdog: _Watchdog, limit: int) -> ExecResult:
+    def _talk(self, transport: paramiko.Transport, command: str, stdin: bytes | BinaryIO,
+              watchdog: _Watchdog, limit: int,
+              progress: Callable[[int], None] | None = None) -> ExecResult:
         channel = transport.open_session(timeout=watchdog.remaining())
         with channel:
             channel.exec_command(command)  # waits for the host's reply; the watchdog bounds it
-            while stdin:
-                # A host that never opens its window would hold sendall() for ever.
-                channel.settimeout(max(0.001, watchdog.remaining()))
-                sent = channel.send(stdin)
-                if sent <= 0:
-                    raise Unreachable(f"{self.target}: the host closed the channel before "
-                                      "reading its input")
-                stdin = stdin[sent:]
+            total = 0
+            for chunk in _chunks(stdin):
+                view = memoryview(chunk)
+                while view:
+                    # A host that never opens its window would hold sendall() for ever.
+                    channel.settimeout(max(0.001, watchdog.remaining()))
+                    # paramiko slices and copies what it sends; a memoryview spares the
+                    # copy of the rest of the chunk at each packet.
+                    sent = channel.send(cast(bytes, view))
+                    if sent <= 0:
+                        raise Unreachable(f"{self.target}: the host closed the channel "
+                                          "before reading its input")
+                    view = view[sent:]
+                total += len(chunk)
+                if progress is not None:
+                    progress(total)
             channel.shutdown_write()
             out, err = bytearray(), bytearray()
             # Wait on the channel's pipe, which paramiko sets on output, stderr, EOF and
