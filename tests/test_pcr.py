@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hardhost.builder import eventlog, pcr, pe
+from hardhost.builder import disk, eventlog, pcr, pe
 from hardhost.core.run import run
 from tests.support.pcr import PHASE_CASES, pesign_digest, signed_digest, systemd_measure
 from tests.support.tools import need
@@ -100,6 +100,33 @@ def test_pcr4_events(tmp_path: Path) -> None:
     assert events[1].digest == hashlib.sha256(bytes(4)).hexdigest()
     assert events[2].digest == pesign_digest(image)
     assert events[3].digest == pesign_digest(inputs.linux)
+
+
+def test_systemd_boot_adds_its_own_image_to_pcr4_and_the_load_options_twice_to_pcr12(
+        tmp_path: Path) -> None:
+    need("objcopy", "binutils")
+    if not disk.SYSTEMD_BOOT.is_file():
+        pytest.fail(f"{disk.SYSTEMD_BOOT} not found: apt-get install systemd-boot-efi")
+    inputs = make_inputs(tmp_path / "in")
+    image = build_uki(tmp_path, inputs)
+    alone = pcr.predict_pcrs(image)
+    started = pcr.predict_pcrs(image, loader=disk.SYSTEMD_BOOT)
+    events = started[4].events
+    assert [e.description for e in events] == [
+        "Calling EFI Application from Boot Option", "separator", "systemd-boot", "UKI",
+        "kernel (.linux section)"]
+    assert events[2].digest == pesign_digest(disk.SYSTEMD_BOOT)
+    assert events[3:] == alone[4].events[2:]
+    # The command line as UTF-16 with its NUL, measured by systemd-boot and by the stub.
+    uki = pe.read(image)
+    section = uki.section(".cmdline")
+    assert section is not None
+    options = (uki.memory_contents(section).split(b"\0")[0].decode() + "\0").encode(
+        "utf-16-le")
+    assert [e.digest for e in started[12].events] == [hashlib.sha256(options).hexdigest()] * 2
+    assert alone[12].value == pcr.ZERO and started[12].value != pcr.ZERO
+    for index in (9, 11, 13):
+        assert started[index] == alone[index]
 
 
 def test_pcr9_events(tmp_path: Path) -> None:

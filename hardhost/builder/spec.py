@@ -436,8 +436,8 @@ class Disk:
         "room for later images: an update writes into the slot the disk already has", _mib(
             64, 65536), schema={"minimum": 64, "maximum": 65536}))
     esp_size_mib: int = field(default=256, metadata=_help(
-        "size of the ESP, which holds systemd-boot and the UKIs of both slots", _mib(
-            32, 4096), schema={"minimum": 32, "maximum": 4096}))
+        "size of the ESP (FAT32, so at least 64), which holds systemd-boot and the UKIs of "
+        "both slots", _mib(64, 4096), schema={"minimum": 64, "maximum": 4096}))
     state_size_mib: int = field(default=64, metadata=_help(
         "size of the state partition (the SSH host key and machine-id, kept across boots and "
         "updates)", _mib(16, 65536), schema={"minimum": 16, "maximum": 65536}))

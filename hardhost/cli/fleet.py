@@ -4,6 +4,7 @@ each from earlier runs."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -17,10 +18,12 @@ from hardhost.cli.common import (
     connection_options,
     positive,
     positive_int,
+    tpm_options,
+    tpm_policy,
 )
 from hardhost.core.durations import MAX_TIMEOUT
 from hardhost.core.errors import FAILED, INTERRUPTED, OK, TRUST, UNREACHABLE, USAGE, HardhostError
-from hardhost.core.outputs import check_output_file, printable
+from hardhost.core.outputs import check_output_file, printable, write_atomic
 
 if TYPE_CHECKING:
     from hardhost.verifier.verdict import Verdict
@@ -80,6 +83,51 @@ def register(commands: Commands) -> None:
     fleet.add_argument("--junit", type=Path, metavar="FILE",
                        help="write JUnit XML for CI, a test case per host (replaced whole)")
     fleet.set_defaults(func=_cmd_fleet)
+
+    rollout = add_command(
+        commands, "fleet-update", help="update an inventory's hosts in waves (also spelled "
+        "`fleet update`)",
+        description="Update the hosts of INVENTORY to the image in --image, as `hardhost "
+                    "update` updates one host, in waves: --waves lists how far each wave "
+                    "reaches, as host counts or percentages of the fleet (default "
+                    "1,10%,50%,100%: one host first, then up to a tenth, half, all). A "
+                    "wave's hosts are updated at most --forks at a time, and the next wave "
+                    "starts when each has an outcome. A host fails when it is rolled back or "
+                    "cannot be updated; when a wave has more failures than --max-failures, "
+                    "the rollout stops and the hosts after it are only attested, to report "
+                    "the version they run. Prints each host's outcome and version; exit "
+                    f"{OK.code} when every host runs the new image, {FAILED.code} when any "
+                    "was rolled back or left alone, else the worst host's error code.")
+    rollout.prog = "hardhost fleet update"
+    rollout.add_argument("inventory", type=Path, metavar="INVENTORY",
+                         help="Ansible inventory: an INI or YAML file, or a folder of them")
+    rollout.add_argument("--image", type=Path, required=True, metavar="DIR",
+                         help="the new image: a build's OUTDIR/NAME")
+    rollout.add_argument("--manifests", type=Path, required=True, metavar="STORE",
+                         help="the manifest store, as for `hardhost update`")
+    rollout.add_argument("--trust-key", type=Path, required=True, metavar="PUB",
+                         help="trusted manifest signing key (PEM), or a folder of *.pub keys")
+    rollout.add_argument("--waves", default="1,10%,50%,100%", metavar="LIST",
+                         help="cumulative reach of each wave (default: 1,10%%,50%%,100%%); "
+                              "the last must be 100%%")
+    rollout.add_argument("--max-failures", default="0", metavar="N|P%",
+                         help="failures a wave may have before the rollout stops: a count "
+                              "or a percentage of the wave (default: 0)")
+    rollout.add_argument("--forks", type=positive_int, default=10, metavar="N",
+                         help="hosts of a wave updated at once (default: 10)")
+    rollout.add_argument("--allow-downgrade", action="store_true",
+                         help="install a version older than a host's running one")
+    rollout.add_argument("--reboot-timeout", type=positive, default=900, metavar="SECONDS",
+                         help="how long to wait for each reboot (default: 900, at most "
+                              f"{MAX_TIMEOUT:g})")
+    rollout.add_argument("--limit", metavar="PATTERN", help="Ansible host pattern")
+    rollout.add_argument("--allow-executable-inventory", action="store_true",
+                         help="let Ansible run an executable inventory as a program")
+    rollout.add_argument("--json", type=Path, metavar="FILE",
+                         help="write each host's outcome and version as JSON (replaced whole)")
+    connection_options(rollout)
+    tpm_options(rollout, "each host's attestations quote its TPM")
+    rollout.set_defaults(func=_cmd_fleet_update, trust_on_first_use=False)
 
     history = add_command(
         commands, "history", help="show the last verdicts and when each host last passed",
@@ -141,6 +189,37 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     return fleet.exit_code(verdicts)
 
 
+def _cmd_fleet_update(args: argparse.Namespace) -> int:
+    from hardhost.image.signing import load_trusted_keys
+    from hardhost.verifier import inventory, rollout
+    from hardhost.verifier.update import load_image, load_store
+
+    if args.json is not None:
+        check_output_file(args.json, what="JSON outcomes")
+    waves = rollout.parse_waves(args.waves)
+    rollout.parse_max_failures(args.max_failures, 1)
+    trusted = load_trusted_keys(args.trust_key)
+    new = load_image(args.image, trusted)
+    store = load_store(args.manifests, trusted)
+    hosts = inventory.load(args.inventory, limit=args.limit,
+                           allow_executable=args.allow_executable_inventory)
+    conn = connection(args, tpm_policy(args))
+    results = rollout.rollout(hosts, new, store, conn, waves=waves,
+                              max_failures=args.max_failures, forks=args.forks,
+                              reboot_timeout=args.reboot_timeout,
+                              allow_downgrade=args.allow_downgrade)
+    if args.json is not None:
+        write_atomic(args.json, (json.dumps([r.to_dict() for r in results], indent=2,
+                                            sort_keys=True) + "\n").encode())
+    names = [printable(r.host) for r in results]
+    width = max(map(len, names), default=4)
+    for name, result in zip(names, results, strict=True):
+        wave = str(result.wave) if result.wave else "-"
+        print(f"{name.ljust(width)}  wave {wave:<3}  {result.outcome:<11}  "
+              f"{printable(result.version) or '?':<12}  {printable(result.reason)[:200]}")
+    return rollout.exit_code(results)
+
+
 def _write_fleet_outputs(args: argparse.Namespace, history_path: Path, started: str,
                          verdicts: list[Verdict], *, interrupted: bool = False) -> None:
     """The history, --json and --junit, each attempted even when another fails. After an
@@ -172,13 +251,16 @@ def _print_fleet(verdicts: Sequence[Verdict]) -> None:
     escaped: names and findings come from inventories and hosts."""
     names = [printable(v.host) for v in verdicts]
     addresses = [printable(v.address or "-") for v in verdicts]
+    versions = [printable(v.image_version or "-") for v in verdicts]
     width, address_width = max(map(len, names)), max(map(len, addresses))
-    for name, address, verdict in zip(names, addresses, verdicts, strict=True):
+    version_width = max(map(len, versions))
+    for name, address, version, verdict in zip(names, addresses, versions, verdicts,
+                                               strict=True):
         drift = [printable(f.id) for f in verdict.findings if f.counts()]
         detail = (printable(verdict.error) if verdict.error
                   else ", ".join(drift[:4]) + (" …" if len(drift) > 4 else ""))
-        print(f"{name.ljust(width)}  {address.ljust(address_width)}  {verdict.status:<6}  "
-              f"{detail}")
+        print(f"{name.ljust(width)}  {address.ljust(address_width)}  "
+              f"{version.ljust(version_width)}  {verdict.status:<6}  {detail}")
 
 
 def _cmd_history(args: argparse.Namespace) -> int:

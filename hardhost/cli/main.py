@@ -62,8 +62,18 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _two_words(argv: Sequence[str]) -> list[str]:
+    """`fleet update ...` is the `fleet-update` command: `fleet` itself takes an inventory
+    where a subcommand would go (an inventory named `update` is given as `./update`)."""
+    words = list(argv)
+    first = next((i for i, word in enumerate(words) if not word.startswith("-")), None)
+    if first is not None and words[first:first + 2] == ["fleet", "update"]:
+        words[first:first + 2] = ["fleet-update"]
+    return words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_two_words(sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbose)
     signal.signal(signal.SIGTERM, _terminate)
     try:

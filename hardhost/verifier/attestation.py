@@ -100,7 +100,8 @@ def judge(session: Session, target: Target, manifest: HostManifest, digest: str,
             tpm = TpmResult((Finding("tpm.quote.malformed", Severity.CRITICAL,
                                      "a TPM quote", str(exc)),), None)
         findings, clock = (*findings, *tpm.findings), tpm.clock
-    return Verdict(str(target), evidence.boot_id, now(), digest, tuple(findings)), clock
+    return Verdict(str(target), evidence.boot_id, now(), digest, tuple(findings),
+                   image_version=manifest.version), clock
 
 
 def attest_and_reset(target: Target, manifest: HostManifest, digest: str, conn: Connection,

@@ -228,6 +228,13 @@ def _attest_now(target: Target, store: Mapping[str, Image], conn: Connection,
     return verdict, image, running
 
 
+def running_version(target: Target, store: Mapping[str, Image], conn: Connection) -> str:
+    """The version of the image `target` runs, by the root hash it reports ("" when no
+    manifest in `store` signs it)."""
+    _, image, _ = _attest_now(target, store, conn)
+    return image.manifest.version if image is not None else ""
+
+
 def update(target: Target, new: Image, store: Mapping[str, Image], conn: Connection, *,
            allow_downgrade: bool = False, reboot_timeout: float = 600.0,
            open_payload: Callable[[Path], BinaryIO] | None = None) -> UpdateResult:
@@ -367,4 +374,4 @@ def describe(result: UpdateResult) -> str:
 
 
 __all__ = ["Image", "Outcome", "UpdateError", "UpdateResult", "describe", "load_image",
-           "load_store", "update"]
+           "load_store", "running_version", "update"]

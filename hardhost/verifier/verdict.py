@@ -41,6 +41,9 @@ class Verdict:
     # How the host was reached (user@address:port), when `host` is a name of its own, such as
     # an inventory name: ten hosts behind one address stay apart by name.
     address: str = ""
+    # The version of the image the host was attested against ("" for an error, or an image
+    # built before images had versions): on a pass, the version the host runs.
+    image_version: str = ""
 
     @property
     def status(self) -> str:

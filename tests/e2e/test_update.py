@@ -1,0 +1,315 @@
+"""A/B updates of a booted disk under OVMF: a good update blessed after `attest --tpm`-grade
+checks and kept across a reboot; a downgrade refused; a payload changed in flight caught
+before the switch; a VM killed mid-write still booting its old image; an image that panics
+falling back by boot counting alone; and an image whose boot fails attestation rolled back
+by the verifier.
+
+Two guests: one with a vTPM for the paths that attest with the TPM, and one without for the
+paths that reboot without an orderly shutdown (a panic, a kill), which a DA-protected TPM
+would count against its lockout."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from hardhost.builder import pe, uki
+from hardhost.builder.build import build
+from hardhost.image.manifest import MANIFEST_NAME, HostManifest, read_verified
+from hardhost.image.signing import load_trusted_keys
+from hardhost.verifier.attestation import Connection
+from hardhost.verifier.reset import reboot
+from hardhost.verifier.tpm_attest import TpmPolicy
+from hardhost.verifier.transport import Target, connect
+from hardhost.verifier.update import UpdateError, load_image, load_store, update
+from hardhost.vm import harness as vm
+from tests.support.images import sign_into
+from tests.support.keys import KeyPair, SigningKeys
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.vms import BOOT_TIMEOUT, BuiltImage, start_vm
+
+pytestmark = pytest.mark.e2e
+
+REBOOT_TIMEOUT = 900  # three panicking tries and the fallback boot, under TCG
+
+
+@dataclass(frozen=True)
+class Guest:
+    instance: vm.Instance
+    target: Target
+    identity: Path
+    store: Path
+    keys: SigningKeys
+    registry: Path | None  # the AK registry, for a guest with a vTPM
+
+    def ssh(self, script: str) -> str:
+        with connect(self.target, known_hosts=self.instance.known_hosts,
+                     identity=self.identity, timeout=30) as session:
+            result = session.run_script(script, timeout=120)
+        assert result.exit_status == 0, result.stderr.decode()
+        return result.stdout.decode()
+
+    def entries(self) -> list[str]:
+        """The boot entries on the ESP."""
+        return self.ssh("mount /dev/disk/by-partlabel/hardhost-esp /efi && "
+                        "ls /efi/EFI/Linux; umount /efi").split()
+
+    def version(self) -> str:
+        for line in self.ssh("cat /etc/os-release").splitlines():
+            if line.startswith("IMAGE_VERSION="):
+                return line.partition("=")[2]
+        return ""
+
+    def tpm_args(self) -> list[str]:
+        if self.registry is None:
+            return []
+        return ["--tpm", "--tpm-ca", str(self.instance.tpm_ca), "--ak-registry",
+                str(self.registry)]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hardhost", *args, str(self.target), "--trust-key",
+             str(self.keys.public), "--known-hosts", str(self.instance.known_hosts),
+             "--identity", str(self.identity), *self.tpm_args()],
+            cwd=REPO, capture_output=True, text=True, timeout=2400)
+
+    def update(self, image: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("update", "--image", str(image), "--manifests", str(self.store),
+                        "--reboot-timeout", str(REBOOT_TIMEOUT), "--json",
+                        "--history", str(self.store.parent / "history.db"), *extra)
+
+    def attest(self, image: Path) -> subprocess.CompletedProcess[str]:
+        return self.cli("attest", "--manifest", str(image / MANIFEST_NAME), "--json")
+
+    def connection(self) -> Connection:
+        tpm = None if self.registry is None else TpmPolicy(self.registry,
+                                                           self.instance.tpm_ca, False)
+        return Connection(self.instance.known_hosts, self.identity, 30.0, tpm=tpm)
+
+
+def manifest_of(image: Path, keys: SigningKeys) -> HostManifest:
+    return read_verified(image / MANIFEST_NAME, load_trusted_keys(keys.public))[0]
+
+
+def variant(base: Path, out: Path, keys: SigningKeys, *, version: str,
+            cmdline_extra: str = "", sysctls: dict[str, str] | None = None) -> Path:
+    """An image made from `base`'s root, signed by the same key: another version, a UKI whose
+    command line has `cmdline_extra` added, or a manifest expecting other sysctls than the
+    root sets (an image that boots but cannot pass attestation)."""
+    out.mkdir()
+    for name in ("root.img", "root.verity", "vmlinuz", "initrd.img"):
+        os.link(base / name, out / name)
+    manifest = manifest_of(base, keys)
+    if cmdline_extra:
+        built = pe.read(base / "uki.efi")
+        osrel = built.section(".osrel")
+        assert osrel is not None
+        (out / "os-release").write_bytes(built.memory_contents(osrel))
+        uki.assemble_uki(uki.STUB, linux=base / "vmlinuz", initrd=base / "initrd.img",
+                         cmdline=f"{manifest.cmdline} {cmdline_extra}",
+                         osrel=out / "os-release", out=out / "uki.efi")
+    else:
+        os.link(base / "uki.efi", out / "uki.efi")
+    digest = hashlib.sha256((out / "uki.efi").read_bytes()).hexdigest()
+    subjects = tuple(dataclasses.replace(s, sha256=digest) if s.name == "uki.efi" else s
+                     for s in manifest.subjects if s.name != "disk.img")
+    sign_into(out, dataclasses.replace(
+        manifest, version=version, subjects=subjects,
+        sysctls={**manifest.sysctls, **(sysctls or {})}), keys.key)
+    return out
+
+
+@pytest.fixture(scope="module")
+def version_2(container_host: BuiltImage, signing_keys: SigningKeys,
+              tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """container-host at version 2: the same spec, so only os-release (and with it the root
+    and the UKI) differs."""
+    spec = dataclasses.replace(container_host.spec, version="2")
+    out = tmp_path_factory.mktemp("version-2")
+    return BuiltImage(spec, build(spec, out, key=signing_keys.key), signing_keys.public)
+
+
+def _store(tmp: Path, *images: Path) -> Path:
+    store = tmp / "store"
+    store.mkdir()
+    for index, image in enumerate(images):
+        os.link(image / MANIFEST_NAME, store / f"image-{index}.dsse.json")
+    return store
+
+
+def _guest(name: str, image: BuiltImage, client_key: KeyPair, keys: SigningKeys,
+           store: Path, *, tpm: bool) -> Iterator[Guest]:
+    vm.stop(name, purge=True)
+    port = free_port()
+    instance = start_vm(image.directory, trust_key=image.trust_key, name=name, port=port,
+                        tpm=tpm, firmware=True)
+    try:
+        yield Guest(instance, Target("root", "127.0.0.1", port), client_key.private, store,
+                    keys, store.parent / "aks.json" if tpm else None)
+    finally:
+        vm.stop(name, purge=True)
+
+
+# --- with a vTPM: the good update, a downgrade, a changed payload, a kill mid-write ---------
+
+
+@pytest.fixture(scope="module")
+def tpm_guest(container_host: BuiltImage, version_2: BuiltImage, client_key: KeyPair,
+              signing_keys: SigningKeys,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+    store = _store(tmp_path_factory.mktemp("tpm-update"), container_host.directory,
+                   version_2.directory)
+    yield from _guest("e2e-update-tpm", container_host, client_key, signing_keys, store,
+                      tpm=True)
+
+
+def test_a_good_update_is_blessed_and_kept_across_a_reboot(
+        tpm_guest: Guest, container_host: BuiltImage, version_2: BuiltImage) -> None:
+    assert tpm_guest.entries() == ["hardhost-1.efi"] and tpm_guest.version() == "1"
+    result = tpm_guest.update(version_2.directory)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = json.loads(result.stdout)
+    assert (outcome["outcome"], outcome["from_version"], outcome["version"]) == (
+        "updated", "1", "2")
+    assert outcome["new_boot"]["status"] == "pass"
+    # Blessed: the counter is gone from the entry's name, and the old slot's entry remains
+    # for the next update to replace.
+    assert tpm_guest.entries() == ["hardhost-1.efi", "hardhost-2.efi"]
+    reboot(tpm_guest.target, known_hosts=tpm_guest.instance.known_hosts,
+           identity=tpm_guest.identity, timeout=BOOT_TIMEOUT)
+    assert tpm_guest.version() == "2"
+    again = tpm_guest.attest(version_2.directory)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["status"] == "pass"
+
+
+def test_a_downgrade_is_refused_and_the_host_untouched(
+        tpm_guest: Guest, container_host: BuiltImage) -> None:
+    before = tpm_guest.entries()
+    result = tpm_guest.update(container_host.directory)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "older: pass --allow-downgrade" in result.stderr.splitlines()[-1]
+    assert tpm_guest.entries() == before
+
+
+def test_a_payload_changed_in_flight_is_caught_before_the_switch(
+        tpm_guest: Guest, container_host: BuiltImage, signing_keys: SigningKeys) -> None:
+    """FAKE: a byte of root.img changed between the verifier's check and the host. SSH's own
+    integrity makes such a change impossible to cause for real on the wire; the opener
+    stands for a file changed after it was checked, or a disk that corrupts a write."""
+    running = tpm_guest.version()
+
+    def flipped(path: Path) -> BinaryIO:
+        data = bytearray(path.read_bytes())
+        if path.name == "root.img":
+            data[len(data) // 2] ^= 0x01
+        return BytesIO(bytes(data))
+
+    trusted = load_trusted_keys(signing_keys.public)
+    with pytest.raises(UpdateError, match=r"root\.img arrived with sha256 .* nothing was "
+                                          r"switched, the host still boots its running image"):
+        update(tpm_guest.target, load_image(container_host.directory, trusted),
+               load_store(tpm_guest.store, trusted), tpm_guest.connection(),
+               allow_downgrade=True, open_payload=flipped)
+    assert all("+" not in entry for entry in tpm_guest.entries())
+    reboot(tpm_guest.target, known_hosts=tpm_guest.instance.known_hosts,
+           identity=tpm_guest.identity, timeout=BOOT_TIMEOUT)
+    assert tpm_guest.version() == running
+
+
+def test_a_vm_killed_while_the_slot_is_written_boots_its_old_image(
+        tpm_guest: Guest, container_host: BuiltImage, version_2: BuiltImage) -> None:
+    running = tpm_guest.version()
+    update_run = subprocess.Popen(
+        [sys.executable, "-m", "hardhost", "update", str(tpm_guest.target), "--image",
+         str(container_host.directory), "--manifests", str(tpm_guest.store),
+         "--allow-downgrade", "--trust-key", str(tpm_guest.keys.public), "--known-hosts",
+         str(tpm_guest.instance.known_hosts), "--identity", str(tpm_guest.identity),
+         "--history", str(tpm_guest.store.parent / "history.db"), *tpm_guest.tpm_args()],
+        cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert update_run.stderr is not None
+    try:
+        for line in update_run.stderr:
+            sent = re.search(r"root\.img -> hardhost-root-[ab]\s+([0-9]+)%", line)
+            if sent and int(sent.group(1)) >= 20:
+                break  # a fifth of the root is on its way
+        pid = tpm_guest.instance.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert update_run.wait(timeout=120) != 0
+    finally:
+        update_run.kill()
+    time.sleep(1)
+    instance = vm.start(version_2.directory, trust_key=version_2.trust_key,
+                        name=tpm_guest.instance.name, ssh_port=tpm_guest.target.port,
+                        timeout=BOOT_TIMEOUT, tpm=True, keep_disk=True)
+    assert instance.pid() is not None
+    assert tpm_guest.version() == running
+    assert all("+" not in entry for entry in tpm_guest.entries())
+    again = tpm_guest.attest(version_2.directory)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+# --- without a TPM: boot counting alone, and the verifier's rollback -------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_guest(container_host: BuiltImage, version_2: BuiltImage, client_key: KeyPair,
+                signing_keys: SigningKeys,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+    tmp = tmp_path_factory.mktemp("plain-update")
+    store = _store(tmp, container_host.directory, version_2.directory)
+    yield from _guest("e2e-update", container_host, client_key, signing_keys, store, tpm=False)
+
+
+def test_an_image_that_panics_falls_back_by_boot_counting_alone(
+        plain_guest: Guest, version_2: BuiltImage, signing_keys: SigningKeys,
+        tmp_path: Path) -> None:
+    panics = variant(version_2.directory, tmp_path / "panics", signing_keys, version="3",
+                     cmdline_extra="panic=5 init=/bin/false")
+    result = plain_guest.update(panics)
+    assert result.returncode == 1, result.stdout + result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["outcome"] == "rolled-back" and outcome["version"] == "1"
+    assert outcome["new_boot"] is None  # the verifier never saw the new image boot
+    assert "used up its tries" in outcome["reason"]
+    assert plain_guest.version() == "1"
+    # systemd-boot marked it bad by itself (+0-3); the next update removes it.
+    assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-3.efi"]
+
+
+def test_a_boot_that_fails_attestation_is_rolled_back_by_the_verifier(
+        plain_guest: Guest, container_host: BuiltImage, version_2: BuiltImage,
+        signing_keys: SigningKeys, tmp_path: Path) -> None:
+    """The new image boots, but not as its signed manifest says (its manifest expects
+    kernel.sysrq = 1, the root sets 0): the verifier marks the boot bad and the host returns
+    to its old slot, where it passes."""
+    drifted = variant(version_2.directory, tmp_path / "drifted", signing_keys, version="4",
+                      sysctls={"kernel.sysrq": "1"})
+    result = plain_guest.update(drifted)
+    assert result.returncode == 1, result.stdout + result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["outcome"] == "rolled-back" and outcome["version"] == "1"
+    failed = {f["id"] for f in outcome["new_boot"]["findings"] if f["severity"] != "info"}
+    assert "sysctl.kernel.sysrq" in failed
+    assert outcome["after"]["status"] == "pass"
+    assert plain_guest.version() == "1"
+    # Marked bad by the verifier on its first try: no tries left, one done.
+    assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-1.efi"]
+    attested = plain_guest.attest(container_host.directory)
+    assert attested.returncode == 0, attested.stdout + attested.stderr
