@@ -36,7 +36,7 @@ def test_trailing_zeros_do_not_make_a_version_newer() -> None:
     assert version_key("2") == version_key("2.0.0") and not is_older("2.0", "2")
 
 
-@pytest.mark.parametrize("text", ["", "01", "1.", "v1", "1..2", "1.-2", "1 2", "１"])
+@pytest.mark.parametrize("text", ["", "01", "1.", "v1", "1..2", "1.-2", "1 2", "\uff11"])
 def test_what_is_not_a_version_is_refused(text: str) -> None:
     with pytest.raises(VersionError):
         version_key(text)
@@ -124,7 +124,7 @@ def test_a_store_with_a_manifest_by_another_key_is_refused(tmp_path: Path,
     other.mkdir()
     sign_into(other, manifest, load_private_key(private))
     (store / "forged.dsse.json").write_bytes((other / MANIFEST_NAME).read_bytes())
-    with pytest.raises(TrustError, match="forged.dsse.json"):
+    with pytest.raises(TrustError, match=r"forged\.dsse\.json"):
         load_store(store, trusted)
 
 
