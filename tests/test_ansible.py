@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,8 +14,11 @@ from typing import Any
 
 import pytest
 
+from hardhost.image.manifest import MANIFEST_NAME, read_verified
+from hardhost.image.signing import load_trusted_keys
 from tests.support.ansible import BIN, COLLECTIONS, ansible
 from tests.support.fake_image_host import ImageHost, image_host, recorded_manifest
+from tests.support.images import fake_image, sign_into
 from tests.support.keys import KeyPair, SigningKeys
 from tests.support.manifests import sample_manifest, write_signed
 from tests.support.net import free_port
@@ -30,6 +34,42 @@ def test_ansible_doc_shows_the_modules(module: str, tmp_path: Path) -> None:
     for option in ("manifest", "trust_key", "known_hosts", "timeout", "fail_on_drift"):
         assert option in result.stdout
     assert "RETURN VALUES" in result.stdout
+
+
+def test_ansible_doc_shows_the_update_module(tmp_path: Path) -> None:
+    result = ansible("ansible-doc", "hardhost.host.update", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for option in ("image", "manifests", "trust_key", "known_hosts", "reboot_timeout",
+                   "allow_downgrade", "fail_on_rollback", "RETURN VALUES"):
+        assert option in result.stdout
+
+
+@pytest.mark.e2e
+def test_update_tasks_refuse_a_tampered_image_and_report_a_dead_host_unreachable(
+        tmp_path: Path, signing_keys: SigningKeys, client_key: KeyPair) -> None:
+    good = updatable_image(tmp_path / "good", signing_keys)
+    bad = updatable_image(tmp_path / "bad", signing_keys)
+    (bad / "uki.efi").write_bytes(b"a UKI nobody signed")
+    store = tmp_path / "store"
+    store.mkdir()
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("".join(
+        f"{name} ansible_host=127.0.0.1 ansible_port={free_port()} ansible_user=root "
+        f"ansible_ssh_private_key_file={client_key.private} image={image}\n"
+        for name, image in (("h0", good), ("h1", bad))))  # h0 has no sshd, h1 a changed UKI
+    play = tmp_path / "update.yml"
+    play.write_text(json.dumps([{"hosts": "all", "gather_facts": False, "tasks": [
+        {"hardhost.host.update": {"image": "{{ image }}", "manifests": str(store),
+                                  "trust_key": str(signing_keys.public),
+                                  "known_hosts": str(known), "timeout": 5}}]}]))
+    result = ansible("ansible-playbook", "-i", str(inventory), str(play), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    summary = recap(result.stdout)
+    assert summary["h0"]["unreachable"] == 1, output
+    assert summary["h1"]["failed"] == 1 and summary["h1"]["unreachable"] == 0, output
+    assert "uki.efi" in result.stdout and "Traceback" not in output
 
 
 @pytest.mark.parametrize("readme", [COLLECTIONS / "ansible_collections/hardhost/host/README.md",
@@ -100,6 +140,16 @@ def test_drift_can_be_recorded_without_failing(tmp_path: Path, hosts: list[Runni
     assert result.returncode == 0, result.stdout + result.stderr
     assert all(s["failed"] == 0 and s["ok"] == 2 for s in recap(result.stdout).values())
     assert result.stdout.count("STATUS=drift") == 3
+
+
+def updatable_image(directory: Path, keys: SigningKeys) -> Path:
+    """A fake image folder whose manifest has a version and a disk layout, as an update
+    needs."""
+    image = fake_image(directory, keys.key)
+    manifest, _ = read_verified(image / MANIFEST_NAME, load_trusted_keys(keys.public))
+    sign_into(image, dataclasses.replace(manifest, version="2", disk={
+        "slot_size_mib": "1024", "boot_tries": "3", "bless_timeout": "900"}), keys.key)
+    return image
 
 
 def dead_end_playbook(tmp_path: Path, keys: SigningKeys, identity: Path) -> Path:

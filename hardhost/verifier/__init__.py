@@ -13,10 +13,20 @@ from hardhost.verifier.attestation import (
 )
 from hardhost.verifier.comparison import Check, Examination
 from hardhost.verifier.transport import Target
+from hardhost.verifier.update import (
+    Image,
+    Outcome,
+    UpdateResult,
+    load_image,
+    load_store,
+    running_version,
+    update,
+)
 from hardhost.verifier.verdict import Finding, Severity, Verdict
 
 __all__ = [
-    "Check", "Connection", "Examination", "Finding", "HostManifest", "Severity", "Target",
-    "Verdict", "attest", "attest_and_reset", "examine_host", "load_trusted_keys",
-    "manifest_digest", "read_verified",
+    "Check", "Connection", "Examination", "Finding", "HostManifest", "Image", "Outcome",
+    "Severity", "Target", "UpdateResult", "Verdict", "attest", "attest_and_reset",
+    "examine_host", "load_image", "load_store", "load_trusted_keys", "manifest_digest",
+    "read_verified", "running_version", "update",
 ]

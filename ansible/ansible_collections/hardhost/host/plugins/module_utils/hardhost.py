@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARGS = {"manifest", "trust_key", "known_hosts", "timeout", "fail_on_drift", "reset_timeout"}
+REQUIRED = ("manifest", "trust_key", "known_hosts")
 
 
 def not_installed(exc: ImportError) -> str:
@@ -57,19 +58,23 @@ def target_of(task_vars: dict[str, Any], inventory_hostname: str) -> Target:
     return Target(user, host.strip("[]"), int(text))
 
 
-def prepare(args: dict[str, Any], task_vars: dict[str, Any],
-            inventory_hostname: str) -> tuple[Target, HostManifest, str, Connection]:
-    unknown = set(args) - ARGS
+def prepare(args: dict[str, Any], task_vars: dict[str, Any], inventory_hostname: str, *,
+            known: set[str] = ARGS, required: tuple[str, ...] = REQUIRED,
+            manifest_file: str = "") -> tuple[Target, HostManifest, str, Connection]:
+    """The host's target, its verified manifest (the `manifest` argument, or the path
+    `manifest_file`) and the connection. Raises `UsageError` for a wrong argument."""
+    unknown = set(args) - known
     if unknown:
         raise UsageError(f"unsupported arguments: {', '.join(sorted(unknown))}")
-    for required in ("manifest", "trust_key", "known_hosts"):
-        if not args.get(required):
-            raise UsageError(f"the argument {required} is required")
+    for name in required:
+        if not args.get(name):
+            raise UsageError(f"the argument {name} is required")
     timeout = duration(args.get("timeout", 30), what="timeout")
-    if "reset_timeout" in args:
-        duration(args["reset_timeout"], what="reset_timeout")
+    for name in ("reset_timeout", "reboot_timeout"):
+        if name in args:
+            duration(args[name], what=name)
     target = target_of(task_vars, inventory_hostname)
-    manifest_path = Path(str(args["manifest"])).expanduser()
+    manifest_path = Path(manifest_file or str(args["manifest"])).expanduser()
     read_bytes(manifest_path, what="manifest")  # missing: a typo (exit 2), not trust (4)
     manifest, _ = read_verified(manifest_path,
                                 load_trusted_keys(Path(str(args["trust_key"])).expanduser()))
@@ -93,6 +98,10 @@ class HardhostAction(ActionBase):  # type: ignore[misc]  # ansible-core ships no
     TRANSFERS_FILES = False
     _requires_connection = False  # the controller connects with hardhost's own SSH client
 
+    def prepare(self, args: dict[str, Any], task_vars: dict[str, Any]
+                ) -> tuple[Target, HostManifest, str, Connection]:
+        return prepare(args, task_vars, task_vars.get("inventory_hostname", ""))
+
     def act(self, target: Target, manifest: HostManifest, digest: str, conn: Connection,
             args: dict[str, Any], result: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -105,8 +114,7 @@ class HardhostAction(ActionBase):  # type: ignore[misc]  # ansible-core ships no
         task_vars = task_vars or {}
         args = dict(self._task.args)
         try:
-            target, manifest, digest, conn = prepare(args, task_vars,
-                                                     task_vars.get("inventory_hostname", ""))
+            target, manifest, digest, conn = self.prepare(args, task_vars)
             self.act(target, manifest, digest, conn, args, result)
         except Unreachable as exc:
             result.update(unreachable=True, msg=str(exc), exit_code=exc.exit_code)
