@@ -20,13 +20,13 @@ from hardhost.verifier.update import (
     load_image,
     load_store,
     running_version,
-    update,
 )
+from hardhost.verifier.update import update as update_host
 from hardhost.verifier.verdict import Finding, Severity, Verdict
 
 __all__ = [
     "Check", "Connection", "Examination", "Finding", "HostManifest", "Image", "Outcome",
     "Severity", "Target", "UpdateResult", "Verdict", "attest", "attest_and_reset",
     "examine_host", "load_image", "load_store", "load_trusted_keys", "manifest_digest",
-    "read_verified", "running_version", "update",
+    "read_verified", "running_version", "update_host",
 ]

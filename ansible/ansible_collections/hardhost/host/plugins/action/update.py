@@ -35,7 +35,7 @@ class ActionModule(HardhostAction):
             load_store,
             load_trusted_keys,
             running_version,
-            update,
+            update_host,
         )
 
         trusted = load_trusted_keys(Path(str(args["trust_key"])).expanduser())
@@ -49,7 +49,7 @@ class ActionModule(HardhostAction):
                 result.update(msg=f"{target}: would update {running or 'an unknown image'} "
                                   f"-> {new.manifest.version}")
             return
-        outcome = update(target, new, store, conn,
+        outcome = update_host(target, new, store, conn,
                          allow_downgrade=bool(args.get("allow_downgrade", False)),
                          reboot_timeout=duration(args.get("reboot_timeout", 900),
                                                  what="reboot_timeout"))
