@@ -293,21 +293,53 @@ def test_an_image_that_panics_falls_back_by_boot_counting_alone(
     assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-3.efi"]
 
 
-def test_a_boot_that_fails_attestation_is_rolled_back_by_the_verifier(
-        plain_guest: Guest, container_host: BuiltImage, version_2: BuiltImage,
-        signing_keys: SigningKeys, tmp_path: Path) -> None:
-    """The new image boots, but not as its signed manifest says (its manifest expects
-    kernel.sysrq = 1, the root sets 0): the verifier marks the boot bad and the host returns
-    to its old slot, where it passes."""
+@pytest.fixture
+def bystander(container_host: BuiltImage) -> Iterator[tuple[vm.Instance, Target]]:
+    """A second host of the fleet, on the old image (booted directly: it is only attested)."""
+    name = "e2e-update-bystander"
+    vm.stop(name, purge=True)
+    port = free_port()
+    instance = start_vm(container_host.directory, trust_key=container_host.trust_key,
+                        name=name, port=port)
+    try:
+        yield instance, Target("root", "127.0.0.1", port)
+    finally:
+        vm.stop(name, purge=True)
+
+
+def test_a_fleet_update_stops_after_a_wave_whose_boot_failed_attestation(
+        plain_guest: Guest, bystander: tuple[vm.Instance, Target],
+        container_host: BuiltImage, version_2: BuiltImage, signing_keys: SigningKeys,
+        tmp_path: Path) -> None:
+    """The new image boots on the first wave's host, but not as its signed manifest says (the
+    manifest expects kernel.sysrq = 1, the root sets 0): the verifier marks the boot bad, the
+    host returns to its old slot and passes there, and the second wave never starts."""
     drifted = variant(version_2.directory, tmp_path / "drifted", signing_keys, version="4",
                       sysctls={"kernel.sysrq": "1"})
-    result = plain_guest.update(drifted)
+    other, other_target = bystander
+    known = tmp_path / "known_hosts"
+    known.write_text(plain_guest.instance.known_hosts.read_text()
+                     + other.known_hosts.read_text())
+    inventory = tmp_path / "fleet.ini"
+    inventory.write_text("".join(
+        f"{name} ansible_host=127.0.0.1 ansible_port={target.port} ansible_user=root\n"
+        for name, target in (("first", plain_guest.target), ("second", other_target))))
+    report = tmp_path / "fleet.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "hardhost", "fleet", "update", str(inventory), "--image",
+         str(drifted), "--manifests", str(plain_guest.store), "--trust-key",
+         str(signing_keys.public), "--known-hosts", str(known), "--identity",
+         str(plain_guest.identity), "--waves", "1,100%", "--reboot-timeout",
+         str(REBOOT_TIMEOUT), "--json", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 1, result.stdout + result.stderr
-    outcome = json.loads(result.stdout)
-    assert outcome["outcome"] == "rolled-back" and outcome["version"] == "1"
-    failed = {f["id"] for f in outcome["new_boot"]["findings"] if f["severity"] != "info"}
-    assert "sysctl.kernel.sysrq" in failed
-    assert outcome["after"]["status"] == "pass"
+    first, second = json.loads(report.read_text())
+    assert (first["host"], first["wave"], first["outcome"], first["version"]) == (
+        "first", 1, "rolled-back", "1")
+    assert "sysctl.kernel.sysrq" in first["reason"]
+    assert (second["host"], second["wave"], second["outcome"], second["version"]) == (
+        "second", 0, "skipped", "1")
+    assert "Wave 1: 1 failed, more than the 0 allowed; stopping" in result.stderr
     assert plain_guest.version() == "1"
     # Marked bad by the verifier on its first try: no tries left, one done.
     assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-1.efi"]
