@@ -128,3 +128,25 @@ def test_rebuilds_reuse_exactly_the_unchanged_stages(container_host: BuiltImage,
     assert not notes["rootfs"].endswith("cached")
     assert json.loads((second / "build.json").read_text())["root_hash"] \
         != json.loads((base / "build.json").read_text())["root_hash"]
+
+
+def test_the_disk_as_qcow2_is_a_sane_image_of_the_same_disk(
+        container_host: BuiltImage, signing_keys: SigningKeys, tmp_path: Path) -> None:
+    """--format qcow2: the manifest signs disk.qcow2 instead of disk.img, and qemu-img reads
+    it as the same disk: same size, same bytes, no errors."""
+    qcow2 = build(container_host.spec, tmp_path, key=signing_keys.key, qcow2=True)
+    assert not (qcow2 / "disk.img").exists()
+    manifest, _ = read_verified(qcow2 / MANIFEST_NAME, load_trusted_keys(signing_keys.public))
+    assert {s.name for s in manifest.subjects} == set(subjects(qcow2=True))
+    assert "disk.qcow2" in {s.name for s in manifest.subjects}
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json",
+                                      str(qcow2 / "disk.qcow2")], capture_output=True,
+                                     text=True, check=True).stdout)
+    raw = container_host.directory / "disk.img"
+    assert info["format"] == "qcow2" and info["virtual-size"] == raw.stat().st_size
+    assert "backing-filename" not in info
+    subprocess.run(["qemu-img", "check", str(qcow2 / "disk.qcow2")], check=True,
+                   capture_output=True)
+    same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw",
+                           str(qcow2 / "disk.qcow2"), str(raw)], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
