@@ -1,4 +1,4 @@
-# The options hardhost.host.attest and hardhost.host.reset share.
+# The options the hardhost.host modules share.
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ from __future__ import annotations
 class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
-  manifest:
-    description: The image's signed C(manifest.dsse.json), on the controller.
-    type: path
-    required: true
   trust_key:
     description: Trusted manifest signing key (PEM), or a folder of C(*.pub) keys.
     type: path

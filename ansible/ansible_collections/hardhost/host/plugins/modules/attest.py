@@ -20,6 +20,10 @@ author: hardhost developers
 extends_documentation_fragment:
   - hardhost.host.connection
 options:
+  manifest:
+    description: The image's signed C(manifest.dsse.json), on the controller.
+    type: path
+    required: true
   fail_on_drift:
     description: Fail the task when the host has drifted from its manifest.
     type: bool

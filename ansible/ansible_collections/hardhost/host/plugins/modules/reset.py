@@ -17,6 +17,10 @@ author: hardhost developers
 extends_documentation_fragment:
   - hardhost.host.connection
 options:
+  manifest:
+    description: The image's signed C(manifest.dsse.json), on the controller.
+    type: path
+    required: true
   reset_timeout:
     description:
       - Seconds to wait for the host to come back after the reboot.

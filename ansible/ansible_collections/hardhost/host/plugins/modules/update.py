@@ -17,6 +17,8 @@ description:
   - In check mode it reports the running and the new version and changes nothing.
 version_added: "0.2.0"
 author: hardhost developers
+extends_documentation_fragment:
+  - hardhost.host.connection
 options:
   image:
     description: The new image, a build's C(OUTDIR/NAME) folder, on the controller.
@@ -26,18 +28,6 @@ options:
     description: The manifest store, a folder of image folders or C(*.dsse.json) manifests.
     type: path
     required: true
-  trust_key:
-    description: Trusted manifest signing key (PEM), or a folder of C(*.pub) keys.
-    type: path
-    required: true
-  known_hosts:
-    description: known_hosts file holding the hosts' keys; unknown or changed keys fail.
-    type: path
-    required: true
-  timeout:
-    description: Seconds allowed for connecting and for each step on the host (at most 3600).
-    type: float
-    default: 30
   reboot_timeout:
     description: Seconds to wait for each reboot, boot-counting fallbacks included.
     type: float
@@ -50,8 +40,6 @@ options:
     description: Fail the task when the host was rolled back to its old image.
     type: bool
     default: true
-requirements:
-  - hardhost installed in the controller's Python; without it the task fails saying so
 attributes:
   check_mode:
     support: full
