@@ -321,7 +321,7 @@ def file_digests(files: list[RenderedFile]) -> dict[str, str]:
 def inputs(spec: Spec, epoch: int) -> dict[str, object]:
     """What the stage writes or runs, so its key changes exactly when its effect can."""
     return {
-        "version": 1,
+        "version": 2,
         "files": file_digests(render_layer(spec)),
         "user": spec.access.user,
         "authorized_keys": list(spec.access.authorized_keys),
@@ -374,5 +374,17 @@ def no_user_pam_environment(tree: Path) -> None:
             path.write_text(changed)
 
 
+# systemd-pcrphase 252 dlopen()s the TPM2 libraries (libtss2, from tpm2-tools' dependencies);
+# an image without them cannot measure a boot phase, and its sysinit unit would fail at every
+# boot with a TPM. Such an image masks it, and its PCR 11 is predicted without the phase.
+TSS2_LIBRARY = "usr/lib/x86_64-linux-gnu/libtss2-esys.so.0"
+PCRPHASE_SYSINIT = "systemd-pcrphase-sysinit.service"
+
+
+def measures_phases(tree: Path) -> bool:
+    return (tree / TSS2_LIBRARY).exists()
+
+
 def mask_units(tree: Path, spec: Spec) -> None:
-    run(["systemctl", f"--root={tree}", "mask", *masked_units(spec)])
+    extra = () if measures_phases(tree) else (PCRPHASE_SYSINIT,)
+    run(["systemctl", f"--root={tree}", "mask", *masked_units(spec), *extra])

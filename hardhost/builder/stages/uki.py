@@ -9,6 +9,7 @@ from pathlib import Path
 from hardhost.builder import disk, pcr, uki
 from hardhost.builder.context import BuildContext
 from hardhost.builder.spec import Spec, spec_relative
+from hardhost.builder.stages.harden import measures_phases
 from hardhost.core.errors import SpecError, ToolMissing
 from hardhost.core.log import StepTiming
 from hardhost.image import layout
@@ -67,7 +68,8 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
         uki.sign_uki(disk.SYSTEMD_BOOT, loader, key=key, cert=cert)
     else:
         shutil.copyfile(disk.SYSTEMD_BOOT, loader)
-    predicted = pcr.predict_pcrs(out, loader=loader, phases=MEASURED_PHASES)
+    phases = MEASURED_PHASES if measures_phases(ctx.tree) else ()
+    predicted = pcr.predict_pcrs(out, loader=loader, phases=phases)
     ctx.pcrs = {index: value.value for index, value in predicted.items()}
     step.note = f"PCR 11 {ctx.pcrs[11][:16]}…" + (", signed" if spec.image.secure_boot_key
                                                  else "")
