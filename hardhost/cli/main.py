@@ -45,8 +45,10 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="hardhost",
         description="Build immutable, hardened container-host images (a read-only erofs or "
-                    "squashfs root under dm-verity, /etc and /var reset at every boot), boot "
-                    "them under qemu, and check them over SSH.",
+                    "squashfs root under dm-verity, /etc and /var reset at every boot) as A/B "
+                    "disk images, boot them under qemu, attest them over SSH and with a TPM "
+                    "quote, and update them to new images kept only when the new boot "
+                    "passes attestation.",
         epilog=EPILOG, formatter_class=HelpFormatter)
     top.add_argument("-v", "--verbose", action="store_true", help="log every command run")
     top.add_argument("--version", action="version", version=f"hardhost {__version__}",
