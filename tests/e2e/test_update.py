@@ -226,9 +226,9 @@ def test_a_payload_changed_in_flight_is_caught_before_the_switch(
         update(tpm_guest.target, load_image(container_host.directory, trusted),
                load_store(tpm_guest.store, trusted), tpm_guest.connection(),
                allow_downgrade=True, open_payload=flipped)
+    # No boot entry was added: the next boot is the running image's (the test after this one
+    # boots a disk left in the middle of a write, and finds it so).
     assert all("+" not in entry for entry in tpm_guest.entries())
-    reboot(tpm_guest.target, known_hosts=tpm_guest.instance.known_hosts,
-           identity=tpm_guest.identity, timeout=BOOT_TIMEOUT)
     assert tpm_guest.version() == running
 
 
