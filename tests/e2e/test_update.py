@@ -190,9 +190,19 @@ def test_a_good_update_is_blessed_and_kept_across_a_reboot(
     # Blessed: the counter is gone from the entry's name, and the old slot's entry remains
     # for the next update to replace.
     assert tpm_guest.entries() == ["hardhost-1.efi", "hardhost-2.efi"]
+    # The boot under assessment armed its deadline (the boot counter's variable was there),
+    # and the bless stopped it before it fired.
+    deadline = tpm_guest.ssh("journalctl -b -o cat -u hardhost-boot-deadline.timer; "
+                             "systemctl is-active hardhost-boot-deadline.timer || true")
+    assert "Started hardhost-boot-deadline.timer" in deadline, deadline
+    assert "Stopped hardhost-boot-deadline.timer" in deadline, deadline
+    assert deadline.splitlines()[-1] == "inactive"
     reboot(tpm_guest.target, known_hosts=tpm_guest.instance.known_hosts,
            identity=tpm_guest.identity, timeout=BOOT_TIMEOUT)
     assert tpm_guest.version() == "2"
+    # A blessed entry boots without a counter: nothing arms the deadline.
+    assert tpm_guest.ssh("systemctl show -p ConditionResult --value "
+                         "hardhost-boot-deadline.timer").strip() == "no"
     again = tpm_guest.attest(version_2.directory)
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads(again.stdout)["status"] == "pass"
