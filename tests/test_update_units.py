@@ -128,6 +128,13 @@ def test_a_store_with_a_manifest_by_another_key_is_refused(tmp_path: Path,
         load_store(store, trusted)
 
 
+def test_an_empty_store_is_a_usage_error(tmp_path: Path, signing_keys: SigningKeys) -> None:
+    with pytest.raises(UsageError, match="holds no manifest"):
+        load_store(tmp_path, load_trusted_keys(signing_keys.public))
+    with pytest.raises(UsageError, match="not a folder"):
+        load_store(tmp_path / "absent", load_trusted_keys(signing_keys.public))
+
+
 def hardhost(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hardhost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)

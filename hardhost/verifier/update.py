@@ -130,6 +130,9 @@ def load_store(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> dict[str, 
     paths = sorted(folder.glob("*.dsse.json")) + sorted(folder.glob(f"*/{MANIFEST_NAME}"))
     if len(paths) > _STORE_LIMIT:
         raise UsageError(f"{folder}: more than {_STORE_LIMIT} manifests")
+    if not paths:
+        raise UsageError(f"{folder}: the manifest store holds no manifest (NAME/"
+                         f"{MANIFEST_NAME} or *.dsse.json); add the running image's")
     store: dict[str, Image] = {}
     for path in paths:
         manifest, _ = read_verified(path, trusted)
