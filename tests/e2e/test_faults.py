@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hardhost.builder import disk
+from hardhost.image import layout
 from hardhost.image.manifest import MANIFEST_NAME, read_verified
 from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier.transport import connect
@@ -44,18 +46,21 @@ def corrupted(container_host: BuiltImage, client_key: KeyPair, signing_keys: Sig
     copy = tmp_path_factory.mktemp("corrupted") / "container-host"
     shutil.copytree(container_host.directory, copy)
     start, end = first_extent(copy / "root.img", VICTIM)
-    offset = start + (end - start) // 2
-    with (copy / "root.img").open("r+b") as image:
+    manifest, _ = read_verified(copy / MANIFEST_NAME, load_trusted_keys(signing_keys.public))
+    # The byte as the boot reads it: inside slot A's root partition of the disk.
+    slot = next(p for p in disk.partition_table(container_host.spec.disk, manifest.root_hash)
+                if p.label == layout.root_label("a"))
+    offset = slot.start + start + (end - start) // 2
+    with (copy / "disk.img").open("r+b") as image:
         image.seek(offset)
         original = image.read(1)
         image.seek(offset)
         image.write(bytes([original[0] ^ 0xFF]))
-    # vm start refuses a root.img whose digest the manifest does not sign. This is the disk
+    # vm start refuses a disk.img whose digest the manifest does not sign. This is the disk
     # changing after that check, or a host booted by other means: the manifest is signed
     # again for the flipped byte, and dm-verity, holding the disk to the root hash on the
     # command line, must still never serve it.
-    manifest, _ = read_verified(copy / MANIFEST_NAME, load_trusted_keys(signing_keys.public))
-    resign(copy, manifest, signing_keys.key, ("root.img",))
+    resign(copy, manifest, signing_keys.key, ("disk.img",))
     yield from boot(BuiltImage(container_host.spec, copy, container_host.trust_key),
                     "e2e-corrupt", client_key.private)
 
