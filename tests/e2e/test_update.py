@@ -242,6 +242,27 @@ def test_a_payload_changed_in_flight_is_caught_before_the_switch(
     assert tpm_guest.version() == running
 
 
+def test_a_full_esp_stops_the_update_before_anything_is_written(
+        tpm_guest: Guest, container_host: BuiltImage) -> None:
+    running = tpm_guest.version()
+    # Everything but 4 MiB of the ESP taken by a file that is no boot entry, once the old
+    # slot's entry is gone (the update would remove it first).
+    tpm_guest.ssh("mount /dev/disk/by-partlabel/hardhost-esp /efi && "
+                  "rm -f /efi/EFI/Linux/hardhost-1.efi && "
+                  "free=$(df -P -B1 /efi | awk 'NR == 2 { print $4 }') && "
+                  "head -c $((free - 4194304)) /dev/zero > /efi/filler; umount /efi")
+    try:
+        result = tpm_guest.update(container_host.directory, "--allow-downgrade")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "the ESP has" in result.stderr.splitlines()[-1]
+        assert "root.img ->" not in result.stderr  # refused before the slot was written
+        assert tpm_guest.version() == running
+        assert tpm_guest.entries() == ["hardhost-2.efi"]
+    finally:
+        tpm_guest.ssh("mount /dev/disk/by-partlabel/hardhost-esp /efi && rm -f /efi/filler; "
+                      "umount /efi")
+
+
 def test_a_vm_killed_while_the_slot_is_written_boots_its_old_image(
         tpm_guest: Guest, container_host: BuiltImage, version_2: BuiltImage) -> None:
     running = tpm_guest.version()
