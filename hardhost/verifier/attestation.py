@@ -43,7 +43,8 @@ def manifest_digest(path: Path) -> str:
 
 
 @contextmanager
-def _session(target: Target, conn: Connection) -> Iterator[Session]:
+def session_for(target: Target, conn: Connection) -> Iterator[Session]:
+    """An SSH session to `target` with the connection options of `conn`."""
     with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
                  timeout=conn.timeout, trust_on_first_use=conn.trust_on_first_use,
                  ssh_config=conn.ssh_config) as session:
@@ -62,7 +63,7 @@ def examine_host(target: Target, manifest: HostManifest, conn: Connection) -> Ex
     """Every check `attest` makes of `target`, passing ones too, on the same evidence
     (without the TPM quote). Raises `Unreachable` or `TrustError`; malformed evidence is the
     one failed check `evidence.invalid`."""
-    with _session(target, conn) as session:
+    with session_for(target, conn) as session:
         try:
             evidence = _collect(session, manifest, conn)
         except HostOutputError as exc:
@@ -78,7 +79,7 @@ def attest(target: Target, manifest: HostManifest, digest: str, conn: Connection
 
 def _attest(target: Target, manifest: HostManifest, digest: str,
             conn: Connection) -> tuple[Verdict, ClockInfo | None]:
-    with _session(target, conn) as session:
+    with session_for(target, conn) as session:
         try:
             evidence = _collect(session, manifest, conn)
         except HostOutputError as exc:

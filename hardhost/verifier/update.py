@@ -36,9 +36,9 @@ from hardhost.image.manifest import (
 )
 from hardhost.image.version import is_older
 from hardhost.verifier import reset
-from hardhost.verifier.attestation import Connection, judge, manifest_digest
+from hardhost.verifier.attestation import Connection, judge, manifest_digest, session_for
 from hardhost.verifier.evidence import Evidence, collect
-from hardhost.verifier.transport import HostOutputError, Session, Target, connect
+from hardhost.verifier.transport import HostOutputError, Session, Target
 from hardhost.verifier.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,7 @@ def _attest_now(target: Target, store: Mapping[str, Image], conn: Connection,
     """Attest `target` against the manifest of the image it runs, found in `store` (or
     `expect`) by the root hash it reports. Returns the verdict, that image (None when
     neither has it) and the root hash."""
-    with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                 timeout=conn.timeout, ssh_config=conn.ssh_config) as session:
+    with session_for(target, conn) as session:
         images = dict(store)
         if expect is not None:
             images[expect.manifest.root_hash] = expect
@@ -308,8 +307,7 @@ def _install(target: Target, new: Image, running_hash: str, conn: Connection,
     sizes = {name: (new.directory / name).stat().st_size for name in PAYLOAD}
     digests = {s.name: s.sha256 for s in manifest.subjects}
     tries = int(manifest.disk.get("boot_tries", "3"))
-    with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                 timeout=conn.timeout, ssh_config=conn.ssh_config) as session:
+    with session_for(target, conn) as session:
         host = _Host(session, target, max(conn.timeout, 60.0))
         slots = host.run("slots", running_hash)
         if any(key == "assessing" for key, _ in slots):
@@ -362,8 +360,7 @@ def _check_digest(target: Target, name: str, found: str, expected: str) -> None:
 
 
 def _bless(target: Target, conn: Connection, verdict: str) -> None:
-    with connect(target, known_hosts=conn.known_hosts, identity=conn.identity,
-                 timeout=conn.timeout, ssh_config=conn.ssh_config) as session:
+    with session_for(target, conn) as session:
         _Host(session, target, BLESS_TIMEOUT).run("bless", verdict)
 
 
