@@ -52,6 +52,7 @@ def test_update_tasks_refuse_a_tampered_image_and_report_a_dead_host_unreachable
     (bad / "uki.efi").write_bytes(b"a UKI nobody signed")
     store = tmp_path / "store"
     store.mkdir()
+    (store / "good.dsse.json").write_bytes((good / MANIFEST_NAME).read_bytes())
     known = tmp_path / "known_hosts"
     known.write_text("")
     inventory = tmp_path / "inventory.ini"
