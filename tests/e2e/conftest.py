@@ -3,15 +3,36 @@ behind them are in tests/support/vms.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 
 import pytest
 
 from hardhost.builder.build import build
 from hardhost.builder.spec import load_spec, with_authorized_keys
+from hardhost.vm import harness as vm
 from tests.support.keys import KeyPair, SigningKeys
 from tests.support.paths import IMAGES
 from tests.support.vms import BootedHost, BuiltImage, boot
+
+CONSOLE_TAIL = 3000  # characters of each guest's console shown with a failed test
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """A failed e2e test shows the end of the console of each guest that wrote to it during
+    the test: a guest that stalled in CI can be told apart from a product fault only so."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed or report.when == "teardown":
+        return
+    since = time.time() - report.duration - 1
+    root = vm.state_root()
+    for serial in sorted(root.glob("*/serial.log")) if root.is_dir() else ():
+        if serial.stat().st_mtime >= since:
+            tail = serial.read_bytes()[-CONSOLE_TAIL:].decode(errors="replace")
+            report.sections.append((f"console of vm {serial.parent.name}", tail))
 
 
 @pytest.fixture(scope="session")
