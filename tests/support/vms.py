@@ -76,7 +76,7 @@ def start_vm(image_dir: Path, *, trust_key: Path, name: str, port: int,
 
 
 def ensure_answering(instance: vm.Instance, image_dir: Path, *, trust_key: Path,
-                     tpm: bool = False) -> None:
+                     tpm: bool = False, firmware: bool = False) -> None:
     """Before each test of a module that shares one guest: a guest that stalled in an earlier
     test (or is still rebooting from it) answers again, so one stall fails one test only."""
     key = public_key_from_line(instance.host_public_key.read_text())
@@ -87,7 +87,7 @@ def ensure_answering(instance: vm.Instance, image_dir: Path, *, trust_key: Path,
         report_stall(instance.name, error)
         vm.stop(instance.name)
         start_vm(image_dir, trust_key=trust_key, name=instance.name, port=instance.ssh_port,
-                 tpm=tpm)
+                 tpm=tpm, firmware=firmware)
 
 
 def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
