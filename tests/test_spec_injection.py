@@ -233,6 +233,8 @@ def test_console_accepts_kernel_console_syntax(console: str) -> None:
     # The LSM whose profiles the manifest records.
     "apparmor=0", "security=selinux", "lsm=landlock", "selinux=1", "enforcing=0",
     "apparmor.enabled=0", "apparmor.mode=complain",
+    # A failed boot that never restarts never uses up its try.
+    "panic=0", "panic=-1",
 ])
 def test_cmdline_refuses_what_decides_the_boot(arg: str) -> None:
     error = refused(dict(VALID, **{"kernel.cmdline": [arg]}))
@@ -271,6 +273,13 @@ def test_the_command_line_carries_one_root_and_one_root_hash() -> None:
     for name in ("root", "hardhost.roothash", "hardhost.data", "hardhost.hash", "console"):
         assert names.count(name) == 1
     assert "init" not in names
+
+
+def test_a_failed_boot_restarts_the_machine() -> None:
+    """A panic, or a root the initramfs cannot open, restarts after a few seconds (so the
+    boot uses up a try) rather than halting or opening a shell on the console."""
+    panics = [token for token in tokens(parse(VALID)) if token.startswith("panic=")]
+    assert len(panics) == 1 and int(panics[0].partition("=")[2]) > 0
 
 
 # --- other rendered values ------------------------------------------------------------------

@@ -215,13 +215,15 @@ def _authorized_keys(value: Any) -> tuple[str, ...]:
 # shell before or instead of the system (break= in initramfs-tools, systemd's debug and
 # crash shells, systemd.setenv=SYSTEMD_SULOGIN_FORCE=1, systemd.run=, a boot target or
 # runlevel), or switch off AppArmor, whose profiles the manifest records (apparmor=0, and
-# its module parameters apparmor.enabled=0 and apparmor.mode=complain). sysctl.* (Linux
-# 5.8+) belongs in [sysctl], where the manifest records it. The kernel and systemd read '-'
+# its module parameters apparmor.enabled=0 and apparmor.mode=complain), or keep a failed
+# boot from using up its try (panic=0 halts a panic, and initramfs-tools then opens a shell
+# instead of rebooting). sysctl.* (Linux 5.8+) belongs in [sysctl], where the manifest
+# records it. The kernel and systemd read '-'
 # and '_' in a name as the same character, so names are compared with '_'.
 _RESERVED_ARGS = frozenset({
     "root", "rootfstype", "rootflags", "roothash", "usrhash", "ro", "rw", "init", "rdinit",
     "initrd", "nfsroot", "dm_mod.create", "break", "apparmor", "security", "lsm", "selinux",
-    "enforcing", "single", "emergency", "rescue", "s", "1", "2", "3", "4", "5",
+    "enforcing", "single", "emergency", "rescue", "s", "1", "2", "3", "4", "5", "panic",
 })
 _RESERVED_PREFIXES = ("hardhost.", "apparmor.")
 # systemd.* arguments: only logging, status output and the cgroup layout. The others
@@ -461,7 +463,8 @@ class BootOptions:
 
     tries: int = field(default=3, metadata=_help(
         "boots a new image gets (its UKI is installed as `NAME+TRIES.efi`); when a boot that "
-        "panics or hangs has used the last one, systemd-boot starts the previous slot",
+        "panics or is not blessed in time has used the last one, systemd-boot starts the "
+        "previous slot",
         _tries, schema={"minimum": 1, "maximum": 9}))
     bless_timeout: int = field(default=900, metadata=_help(
         "seconds a boot under assessment waits to be blessed (after its attestation "
