@@ -110,6 +110,24 @@ def test_a_changed_payload_is_refused_before_any_host(tmp_path: Path,
         load_image(image, load_trusted_keys(signing_keys.public))
 
 
+@pytest.mark.parametrize("name", ["root.img", "uki.efi"])
+def test_a_missing_payload_is_named_and_unsigned_is_refused(tmp_path: Path,
+                                                            signing_keys: SigningKeys,
+                                                            name: str) -> None:
+    image = _image(tmp_path, signing_keys)
+    trusted = load_trusted_keys(signing_keys.public)
+    (image / name).rename(tmp_path / name)
+    with pytest.raises(TrustError, match=rf"{name}: artifact missing; restore it$"):
+        load_image(image, trusted)
+    (tmp_path / name).rename(image / name)
+    manifest, _ = read_verified(image / MANIFEST_NAME, trusted)
+    sign_into(image, dataclasses.replace(manifest, subjects=tuple(
+        s for s in manifest.subjects if s.name != name)), signing_keys.key)
+    with pytest.raises(TrustError, match=rf"signs no digest for {name}, which an update "
+                                         "writes"):
+        load_image(image, trusted)
+
+
 def test_a_store_with_a_manifest_by_another_key_is_refused(tmp_path: Path,
                                                            signing_keys: SigningKeys) -> None:
     store = tmp_path / "store"

@@ -44,6 +44,7 @@ def register(commands: Commands) -> None:
 
 
 def _cmd_manifest_verify(args: argparse.Namespace) -> int:
+    from hardhost.core.errors import TrustError
     from hardhost.image.manifest import check_artifacts, read_verified
     from hardhost.image.signing import load_trusted_keys
 
@@ -53,7 +54,13 @@ def _cmd_manifest_verify(args: argparse.Namespace) -> int:
         print(f"{args.file}: good signature by {keyid[:16]}, {name}, expires "
               f"{manifest.expires}; artifacts not checked (--no-artifacts)")
         return 0
-    checked = check_artifacts(manifest, args.file.parent)
+    try:
+        checked = check_artifacts(manifest, args.file.parent)
+    except TrustError as error:
+        if not str(error).endswith("artifact missing; restore it"):
+            raise
+        raise TrustError(f"{error}, or pass --no-artifacts to check the signature "
+                         "alone") from None
     print(f"{args.file}: good signature by {keyid[:16]}, {name}, expires "
           f"{manifest.expires}; all {len(checked)} artifacts match")
     return 0

@@ -14,8 +14,8 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +318,27 @@ def check_artifacts(manifest: HostManifest, directory: Path) -> list[str]:
     return [subject.name for subject in manifest.subjects]
 
 
+def require_subjects(manifest: HostManifest, path: Path, names: Collection[str],
+                     reader: str) -> None:
+    """`TrustError` unless the manifest at `path` signs a digest for each of `names`, the
+    files that `reader` (say "the boot reads") would otherwise take on trust."""
+    signed = {subject.name for subject in manifest.subjects}
+    unsigned = [name for name in names if name not in signed]
+    if unsigned:
+        raise TrustError(f"{path}: signs no digest for {', '.join(unsigned)}, which {reader}; "
+                         "rebuild the image")
+
+
+def check_named_artifacts(manifest: HostManifest, directory: Path,
+                          names: Collection[str]) -> None:
+    """`check_artifacts` for the subjects in `names` only (each must be one)."""
+    chosen = tuple(subject for subject in manifest.subjects if subject.name in names)
+    if len(chosen) != len(set(names)):
+        raise TrustError(f"{directory}: the manifest signs no digest for one of "
+                         f"{', '.join(sorted(names))}")
+    check_artifacts(replace(manifest, subjects=chosen), directory)
+
+
 def _hash_artifact(folder: int, directory: Path, name: str) -> str:
     path = directory / name
     try:
@@ -326,8 +347,7 @@ def _hash_artifact(folder: int, directory: Path, name: str) -> str:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                      | os.O_NOCTTY, dir_fd=folder)
     except FileNotFoundError:
-        raise TrustError(f"{path}: artifact missing; restore it, or pass --no-artifacts to "
-                         "check the signature alone") from None
+        raise TrustError(f"{path}: artifact missing; restore it") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise TrustError(f"{path}: artifact is a symbolic link; the manifest names "

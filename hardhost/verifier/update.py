@@ -31,8 +31,9 @@ from hardhost.image import layout
 from hardhost.image.manifest import (
     MANIFEST_NAME,
     HostManifest,
-    check_artifacts,
+    check_named_artifacts,
     read_verified,
+    require_subjects,
 )
 from hardhost.image.version import is_older
 from hardhost.verifier import reset
@@ -104,17 +105,8 @@ def load_image(directory: Path, trusted: dict[str, Ed25519PublicKey]) -> Image:
     update sends matching it. `TrustError` otherwise: the host is never contacted."""
     path = directory / MANIFEST_NAME
     manifest, _ = read_verified(path, trusted)
-    signed = {s.name for s in manifest.subjects}
-    missing = [name for name in PAYLOAD if name not in signed]
-    if missing:
-        raise TrustError(f"{path}: signs no digest for {', '.join(missing)}, which an update "
-                         "writes; rebuild the image")
-    only = dataclasses.replace(manifest, subjects=tuple(
-        s for s in manifest.subjects if s.name in PAYLOAD))
-    checked = check_artifacts(only, directory)
-    unread = [name for name in PAYLOAD if name not in checked]
-    if unread:
-        raise TrustError(f"{directory / unread[0]}: missing or not a regular file")
+    require_subjects(manifest, path, PAYLOAD, "an update writes")
+    check_named_artifacts(manifest, directory, PAYLOAD)
     if not manifest.version or not manifest.disk:
         raise TrustError(f"{path}: the image has no version or disk layout; rebuild it with "
                          "this hardhost")

@@ -55,7 +55,13 @@ from hardhost.core.inputs import decode_json
 from hardhost.core.log import complete_step
 from hardhost.core.run import process_cmdline, run, which
 from hardhost.image import layout
-from hardhost.image.manifest import MANIFEST_NAME, HostManifest, check_artifacts, read_verified
+from hardhost.image.manifest import (
+    MANIFEST_NAME,
+    HostManifest,
+    check_named_artifacts,
+    read_verified,
+    require_subjects,
+)
 from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier.transport import fingerprint, public_key_from_line, wait_for_host_key
 from hardhost.vm import qmp, vtpm
@@ -235,28 +241,8 @@ def verified_manifest(image_dir: Path, trust_key: Path, *, direct: bool = False
         raise UsageError(f"{image_dir}: not a built image (missing {', '.join(missing)})")
     path = image_dir / MANIFEST_NAME
     manifest, _key_id = read_verified(path, trusted)
-    signed = {subject.name for subject in manifest.subjects}
-    unsigned = [name for name in booted if name not in signed]
-    if unsigned:
-        raise TrustError(f"{path}: signs no digest for {', '.join(unsigned)}, which the boot "
-                         "reads; rebuild the image")
+    require_subjects(manifest, path, booted, "the boot reads")
     return manifest
-
-
-def _only(manifest: HostManifest, names: tuple[str, ...]) -> HostManifest:
-    return dataclasses.replace(manifest, subjects=tuple(
-        subject for subject in manifest.subjects if subject.name in names))
-
-
-def _check(manifest: HostManifest, directory: Path, names: tuple[str, ...]) -> None:
-    """Each of `names` in `directory` matches its signed digest (`TrustError` if not)."""
-    checked = check_artifacts(_only(manifest, names), directory)
-    # check_artifacts passes over a file that is not there or not a regular file: here
-    # each one must have been read.
-    unread = sorted(set(names) - set(checked))
-    if unread:
-        raise TrustError(f"{directory / unread[0]}: not a regular file; the boot reads only "
-                         "files whose digests the manifest signs")
 
 
 def _copy_boot_file(source: Path, target: Path, limit: int = MAX_BOOT_FILE) -> None:
@@ -312,7 +298,8 @@ def stage_boot_files(inst: Instance, image_dir: Path, manifest: HostManifest, *,
             limit = MAX_DISK_FILE if name == layout.DISK else MAX_BOOT_FILE
             _copy_boot_file(image_dir / name, target, limit)
             try:
-                _check(_renamed(manifest, name, target.name), inst.directory, (target.name,))
+                check_named_artifacts(_renamed(manifest, name, target.name), inst.directory,
+                                      (target.name,))
             except TrustError as exc:
                 # Name the image's file, which the user can act on, not the copy.
                 raise TrustError(f"{image_dir / name}: its sha256 does not match the signed "
