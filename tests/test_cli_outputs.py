@@ -283,6 +283,34 @@ def test_history_keeps_names_and_addresses_and_escapes_them(tmp_path: Path) -> N
     assert "root@127.0.0.1:22" in shown.stdout
 
 
+def test_history_shows_updates_as_a_table_and_as_json(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    history.prepare(db)
+    assert "no updates recorded" in hardhost("history", "--db", str(db), "--updates").stdout
+    history.record_update(db, "2026-01-01T00:00:00Z", "update", "edge1", "updated", "1", "2",
+                          "", [Verdict("edge1", "b", "t", "m")])
+    history.record_update(db, "2026-01-02T00:00:00Z", "update", f"web{HOSTILE}",
+                          "rolled-back", "2", "3", f"sysctl.kernel.sysrq{HOSTILE}", [])
+    shown = hardhost("history", "--db", str(db), "--updates")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    # Names and reasons from hosts are shown escaped, never as terminal controls.
+    assert len(lines) == 3 and "\x1b" not in shown.stdout
+    assert lines[2].startswith("web\\x1b[2K\\x0dpwned")
+    assert lines[1].split()[:4] == ["edge1", "2026-01-01T00:00:00Z", "updated", "1"]
+    assert "rolled-back" in lines[2] and "2 -> 3" in lines[2]
+    only = json.loads(hardhost("history", "--db", str(db), "--updates", "--json", "--host",
+                               "edge1").stdout)
+    assert only == [{"host": "edge1", "time": "2026-01-01T00:00:00Z", "outcome": "updated",
+                     "from_version": "1", "to_version": "2", "reason": ""}]
+    # An update's attestations are verdicts too: the summary knows the host.
+    (summary,) = json.loads(hardhost("history", "--db", str(db), "--json").stdout)
+    assert (summary["host"], summary["last_status"]) == ("edge1", "pass")
+    assert one_line(hardhost("history", "--db", str(tmp_path / "typo.db"), "--updates"),
+                    2).endswith("no history database here (hardhost fleet --history "
+                                "writes one)")
+
+
 def test_history_written_before_addresses_is_migrated(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as old:

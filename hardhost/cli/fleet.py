@@ -4,6 +4,7 @@ each from earlier runs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ from hardhost.core.errors import FAILED, INTERRUPTED, OK, TRUST, UNREACHABLE, US
 from hardhost.core.outputs import check_output_file, printable, write_atomic
 
 if TYPE_CHECKING:
+    from hardhost.verifier.history import HostHistory, UpdateRecord
     from hardhost.verifier.verdict import Verdict
 
 log = logging.getLogger("hardhost")
@@ -132,11 +134,18 @@ def register(commands: Commands) -> None:
     history = add_command(
         commands, "history", help="show the last verdicts and when each host last passed",
         description="Read the fleet history: each host's last verdict, its address, and "
-                    "when it last passed. The database is only read: a --db that does not "
+                    "when it last passed; with --updates, the outcome of each update. The "
+                    "database is only read: a --db that does not "
                     f"exist is exit {USAGE.code}.")
     history.add_argument("--host", help="only this host (its inventory name, as shown)")
     history.add_argument("--db", type=Path, default=None, metavar="DB",
-                         help=f"SQLite history written by fleet (default: {default_path()})")
+                         help="SQLite history written by fleet and update (default: "
+                              f"{default_path()})")
+    history.add_argument("--updates", action="store_true",
+                         help="show the recorded updates instead, oldest first: each host's "
+                              "outcome, versions and reason")
+    history.add_argument("--json", action="store_true",
+                         help="print a JSON array of objects instead of a table")
     history.set_defaults(func=_cmd_history)
 
 
@@ -268,13 +277,30 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     path = args.db or history.default_path()
     if args.db is None and not path.exists():
-        print(f"{path}: no fleet run recorded yet")
+        print("[]" if args.json else f"{path}: no fleet run recorded yet")
         return 0
+    if args.updates:
+        updates = history.updates(path, args.host)
+        return _show_history(args, path, "updates", [dataclasses.asdict(u) for u in updates],
+                             lambda: _print_updates(updates))
     rows = history.summary(path, args.host)
-    if not rows:
-        print(f"{path}: no verdicts recorded" + (f" for {printable(args.host)}"
-                                                 if args.host else ""))
-        return 0
+    return _show_history(args, path, "verdicts", [dataclasses.asdict(r) for r in rows],
+                         lambda: _print_summary(rows))
+
+
+def _show_history(args: argparse.Namespace, path: Path, what: str,
+                  records: list[dict[str, str]], table: Callable[[], None]) -> int:
+    if args.json:
+        print(json.dumps(records, indent=2))
+    elif not records:
+        print(f"{path}: no {what} recorded"
+              + (f" for {printable(args.host)}" if args.host else ""))
+    else:
+        table()
+    return 0
+
+
+def _print_summary(rows: Sequence[HostHistory]) -> None:
     hosts = [printable(r.host) for r in rows]
     addresses = [printable(r.address or "-") for r in rows]
     width, address_width = max(map(len, hosts)), max(map(len, addresses))
@@ -284,4 +310,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
         print(f"{host.ljust(width)}  {address.ljust(address_width)}  "
               f"{printable(row.last_status):<8}  {printable(row.last_time)}  "
               f"{printable(row.last_pass) or 'never'}")
-    return 0
+
+
+def _print_updates(rows: Sequence[UpdateRecord]) -> None:
+    hosts = [printable(r.host) for r in rows]
+    width = max(map(len, hosts))
+    print(f"{'host'.ljust(width)}  at                    outcome      from -> to  reason")
+    for host, row in zip(hosts, rows, strict=True):
+        versions = f"{printable(row.from_version) or '?'} -> {printable(row.to_version)}"
+        print(f"{host.ljust(width)}  {printable(row.time):<20}  {printable(row.outcome):<11}  "
+              f"{versions:<10}  {printable(row.reason) or '-'}")

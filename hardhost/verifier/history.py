@@ -126,15 +126,40 @@ def record_results(path: Path, run_id: int, verdicts: Sequence[Verdict]) -> None
              for v in verdicts])
 
 
-def updates(path: Path, host: str | None = None) -> list[tuple[str, str, str, str, str, str]]:
-    """Recorded updates, oldest first: host, time, outcome, from, to, reason."""
+@dataclass(frozen=True)
+class UpdateRecord:
+    host: str
+    time: str
+    outcome: str
+    from_version: str
+    to_version: str
+    reason: str
+
+
+def updates(path: Path, host: str | None = None) -> list[UpdateRecord]:
+    """Recorded updates, oldest first. Reads, never creates (see `summary`)."""
+    _require_database(path)
     with _open(path, read_only=True) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         if "updates" not in tables:
             return []
-        query = ("SELECT host, time, outcome, from_version, to_version, reason FROM updates"
-                 + (" WHERE host = ?" if host else "") + " ORDER BY time, rowid")
-        return list(db.execute(query, (host,) if host else ()))
+        rows = db.execute("SELECT host, time, outcome, from_version, to_version, reason "
+                          "FROM updates WHERE (? IS NULL OR host = ?) ORDER BY time, rowid",
+                          (host, host)).fetchall()
+    return [UpdateRecord(*row) for row in rows]
+
+
+def _require_database(path: Path) -> None:
+    """A missing file, or one that is not a regular file, is a `UsageError`."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no history database here (hardhost fleet --history "
+                         "writes one)") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the history database: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{path}: the history database is not a regular file")
 
 
 @dataclass(frozen=True)
@@ -149,15 +174,7 @@ class HostHistory:
 def summary(path: Path, host: str | None = None) -> list[HostHistory]:
     """Each host's last verdict and when it last passed. Reads, never creates: a missing
     file, or one that is not a regular file, is a `UsageError`."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no history database here (hardhost fleet --history "
-                         "writes one)") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the history database: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"{path}: the history database is not a regular file")
+    _require_database(path)
     with _open(path, read_only=True) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
         address = "r.address" if "address" in columns else "''"
