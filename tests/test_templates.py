@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import shutil
@@ -14,6 +15,8 @@ from hardhost.builder.spec import Spec, load_spec, with_authorized_keys
 from hardhost.builder.stages.harden import (
     BASELINE_SYSCTLS,
     BINFMT_UNITS,
+    BOOT_COUNT_VARIABLE,
+    BOOT_DEADLINE_UNIT,
     RenderedFile,
     lock_passwords,
     mask_units,
@@ -198,3 +201,21 @@ def test_logins_do_not_read_a_users_pam_environment(tmp_path: Path) -> None:
         "# session  required     pam_env.so user_readenv=1 (a comment stays as written)"]
     assert len(lines) == len(DEBIAN_SSHD_PAM.splitlines())
     assert (pam / "other").read_text() == "@include common-auth\n"
+
+
+def test_the_boot_deadline_carries_the_specs_timeout(tmp_path: Path) -> None:
+    """The timer that reboots an unblessed boot fires boot.bless_timeout after boot (the e2e
+    update test brings it forward rather than wait), and systemd accepts both units."""
+    base = spec("container-host")
+    custom = dataclasses.replace(base, boot=dataclasses.replace(base.boot, bless_timeout=600))
+    files = by_path(render_layer(custom))
+    for kind in ("timer", "service"):
+        rendered = files[f"/etc/systemd/system/{BOOT_DEADLINE_UNIT}.{kind}"]
+        (tmp_path / f"{BOOT_DEADLINE_UNIT}.{kind}").write_text(rendered.content)
+    timer = (tmp_path / f"{BOOT_DEADLINE_UNIT}.timer").read_text().splitlines()
+    assert "OnBootSec=600s" in timer
+    assert f"ConditionPathExists={BOOT_COUNT_VARIABLE}" in timer
+    verified = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                               str(tmp_path / f"{BOOT_DEADLINE_UNIT}.timer")],
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stderr

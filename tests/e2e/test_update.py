@@ -1,8 +1,8 @@
 """A/B updates of a booted disk under OVMF: a good update blessed after `attest --tpm`-grade
 checks and kept across a reboot; a downgrade refused; a payload changed in flight caught
 before the switch; a VM killed mid-write still booting its old image; an image that panics
-falling back by boot counting alone; and an image whose boot fails attestation rolled back
-by the verifier.
+falling back by boot counting alone; an image whose boot fails attestation rolled back by
+the verifier; and a boot nobody blesses rebooted by its deadline into the old image.
 
 Two guests: one with a vTPM for the paths that attest with the TPM, and one without for the
 paths that reboot without an orderly shutdown (a panic, a kill), which a DA-protected TPM
@@ -10,6 +10,7 @@ would count against its lockout."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,11 +30,12 @@ import pytest
 
 from hardhost.builder import pe, uki
 from hardhost.builder.build import build
+from hardhost.core.errors import Unreachable
 from hardhost.image.layout import CMDLINE_ROOTHASH
 from hardhost.image.manifest import MANIFEST_NAME, HostManifest, read_verified
 from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier.attestation import Connection
-from hardhost.verifier.reset import reboot
+from hardhost.verifier.reset import boot_id, reboot
 from hardhost.verifier.tpm_attest import TpmPolicy
 from hardhost.verifier.transport import Target, connect
 from hardhost.verifier.update import UpdateError, load_image, load_store, update
@@ -79,6 +81,21 @@ class Guest:
         return self.ssh("mount /dev/disk/by-partlabel/hardhost-esp /efi && "
                         "ls /efi/EFI/Linux; umount /efi").split()
 
+    def boot_id(self) -> str:
+        return self.ssh("cat /proc/sys/kernel/random/boot_id").strip()
+
+    def next_boot(self, after: str) -> str:
+        """Wait for the guest to answer with a boot_id other than `after`; return it."""
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            with contextlib.suppress(Unreachable):
+                now = boot_id(self.target, known_hosts=self.instance.known_hosts,
+                              identity=self.identity, timeout=15)
+                if now != after:
+                    return now
+        raise AssertionError(f"the guest did not come back from boot {after}")
+
     def version(self) -> str:
         for line in self.ssh("cat /etc/os-release").splitlines():
             if line.startswith("IMAGE_VERSION="):
@@ -118,10 +135,11 @@ def manifest_of(image: Path, keys: SigningKeys) -> HostManifest:
 
 
 def variant(base: Path, out: Path, keys: SigningKeys, *, version: str,
-            cmdline_extra: str = "", sysctls: dict[str, str] | None = None) -> Path:
+            cmdline_extra: str = "", sysctls: dict[str, str] | None = None,
+            boot_tries: int | None = None) -> Path:
     """An image made from `base`'s root, signed by the same key: another version, a UKI whose
-    command line has `cmdline_extra` added, or a manifest expecting other sysctls than the
-    root sets (an image that boots but cannot pass attestation)."""
+    command line has `cmdline_extra` added, a manifest expecting other sysctls than the
+    root sets (an image that boots but cannot pass attestation), or other boot tries."""
     out.mkdir()
     for name in ("root.img", "root.verity", "vmlinuz", "initrd.img"):
         os.link(base / name, out / name)
@@ -139,8 +157,10 @@ def variant(base: Path, out: Path, keys: SigningKeys, *, version: str,
     digest = hashlib.sha256((out / "uki.efi").read_bytes()).hexdigest()
     subjects = tuple(dataclasses.replace(s, sha256=digest) if s.name == "uki.efi" else s
                      for s in manifest.subjects if s.name != "disk.img")
+    disk = manifest.disk if boot_tries is None else {**manifest.disk,
+                                                     "boot_tries": str(boot_tries)}
     sign_into(out, dataclasses.replace(
-        manifest, version=version, subjects=subjects,
+        manifest, version=version, subjects=subjects, disk=disk,
         sysctls={**manifest.sysctls, **(sysctls or {})}), keys.key)
     return out
 
@@ -346,7 +366,7 @@ def test_an_image_that_panics_falls_back_by_boot_counting_alone(
     the initramfs, whose panic restarts the machine (the image's panic= argument) instead of
     opening a shell, so each boot uses up a try."""
     panics = variant(version_2.directory, tmp_path / "panics", signing_keys, version="3",
-                     cmdline_extra=f"{CMDLINE_ROOTHASH}={'0' * 64}")
+                     cmdline_extra=f"{CMDLINE_ROOTHASH}={'0' * 64}", boot_tries=2)
     result = plain_guest.update(panics, reboot_timeout=FALLBACK_TIMEOUT)
     assert result.returncode == 1, result.stdout + result.stderr
     outcome = json.loads(result.stdout)
@@ -354,8 +374,9 @@ def test_an_image_that_panics_falls_back_by_boot_counting_alone(
     assert outcome["new_boot"] is None  # the verifier never saw the new image boot
     assert "used up its tries" in outcome["reason"]
     assert plain_guest.version() == "1"
-    # systemd-boot marked it bad by itself (+0-3); the next update removes it.
-    assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-3.efi"]
+    # Both tries used, and the entry left as systemd-boot renamed it (+0-2); the next update
+    # removes it.
+    assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-2.efi"]
 
 
 @pytest.fixture
@@ -407,6 +428,35 @@ def test_a_fleet_update_stops_after_a_wave_whose_boot_failed_attestation(
     assert "Wave 1: 1 failed, more than the 0 allowed; stopping" in result.stderr
     assert plain_guest.version() == "1"
     # Marked bad by the verifier on its first try: no tries left, one done.
+    assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-1.efi"]
+    attested = plain_guest.attest(container_host.directory)
+    assert attested.returncode == 0, attested.stdout + attested.stderr
+
+
+def test_a_boot_nobody_blesses_reboots_at_its_deadline_and_falls_back(
+        plain_guest: Guest, container_host: BuiltImage, version_2: BuiltImage,
+        signing_keys: SigningKeys, tmp_path: Path) -> None:
+    """The verifier gives up on the new boot (as one that cannot reach the host would), so
+    nobody blesses it. The image's deadline timer reboots it, which uses up its one try, and
+    systemd-boot starts the old slot. The deadline is brought forward on the host (a runtime
+    drop-in) so the test does not wait boot.bless_timeout; that the image's timer carries
+    that value is checked in tests/test_templates.py."""
+    once = variant(version_2.directory, tmp_path / "once", signing_keys, version="5",
+                   boot_tries=1)
+    before = plain_guest.boot_id()
+    result = plain_guest.update(once, reboot_timeout=1)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "did not come back with a new boot_id" in result.stderr.splitlines()[-1]
+    trial = plain_guest.next_boot(before)
+    # The new image, under assessment: its one try used, its deadline armed.
+    assert plain_guest.version() == "2"
+    assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-1.efi"]
+    assert plain_guest.ssh("systemctl is-active hardhost-boot-deadline.timer").strip() == "active"
+    plain_guest.ssh("d=/run/systemd/system/hardhost-boot-deadline.timer.d && mkdir -p $d && "
+                    "printf '[Timer]\\nOnBootSec=\\nOnActiveSec=5s\\n' > $d/soon.conf && "
+                    "systemctl daemon-reload && systemctl restart hardhost-boot-deadline.timer")
+    plain_guest.next_boot(trial)  # nobody here asked for this reboot
+    assert plain_guest.version() == "1"
     assert plain_guest.entries() == ["hardhost-1.efi", "hardhost-2+0-1.efi"]
     attested = plain_guest.attest(container_host.directory)
     assert attested.returncode == 0, attested.stdout + attested.stderr
