@@ -148,3 +148,50 @@ def test_interrupted_run_writes_what_it_checked(tmp_path: Path, pair: Pair,
     assert {h["status"] for h in data["hosts"]} == {"drift"}
     assert len(ET.parse(tmp_path / "fleet.xml").getroot().findall("testcase")) == 2
     assert {r.host for r in history.summary(tmp_path / "history.db")} == {"live0", "live1"}
+
+
+def test_shards_check_every_host_once_between_them(tmp_path: Path, pair: Pair,
+                                                   signing_keys: SigningKeys,
+                                                   client_key: KeyPair) -> None:
+    """Three jobs of `--shard K/3` over five names (two sshd behind them) check each host in
+    exactly one job; a fourth shard of eight has no host and still writes its outputs."""
+    inventory = tmp_path / "inventory.ini"
+    names = ["e", "a", "d", "b", "c"]  # the inventory's order is not the shards' order
+    inventory.write_text("".join(
+        f"{name} ansible_host=127.0.0.1 ansible_port={pair.ports[i % 2]}\n"
+        for i, name in enumerate(names)) + "[all:vars]\nansible_user=root\n")
+    seen: list[list[str]] = []
+    for index in (1, 2, 3):
+        out = tmp_path / f"shard{index}"
+        out.mkdir()
+        result = subprocess.run(fleet(inventory, pair, signing_keys, client_key.private, out,
+                                      "--shard", f"{index}/3"),
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr  # drift: this machine is no image
+        assert f"Shard {index}/3:" in result.stderr
+        seen.append(sorted(h["host"] for h in
+                           json.loads((out / "fleet.json").read_text())["hosts"]))
+    assert seen == [["a", "d"], ["b", "e"], ["c"]]
+    empty = tmp_path / "shard8"
+    empty.mkdir()
+    result = subprocess.run(fleet(inventory, pair, signing_keys, client_key.private, empty,
+                                  "--shard", "8/8"),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((empty / "fleet.json").read_text())["hosts"] == []
+    assert ET.parse(empty / "fleet.xml").getroot().findall("testcase") == []
+
+
+@pytest.mark.parametrize("shard", ["0/3", "4/3", "1/0", "1", "a/b", "1/3/4", "+1/3", " 1/3",
+                                   "1/1000000"])
+def test_a_bad_shard_is_refused_before_any_host(tmp_path: Path, pair: Pair,
+                                                signing_keys: SigningKeys,
+                                                client_key: KeyPair, shard: str) -> None:
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"a ansible_host=127.0.0.1 ansible_port={pair.ports[0]}\n")
+    result = subprocess.run(fleet(inventory, pair, signing_keys, client_key.private, tmp_path,
+                                  "--shard", shard),
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"hardhost: --shard {shard!r}:")
+    assert not (tmp_path / "fleet.json").exists()

@@ -69,6 +69,12 @@ def register(commands: Commands) -> None:
     fleet.add_argument("--forks", type=positive_int, default=50, metavar="N",
                        help="hosts checked at once (default: 50)")
     fleet.add_argument("--limit", metavar="PATTERN", help="Ansible host pattern to select hosts")
+    fleet.add_argument("--shard", metavar="K/N",
+                       help="check only slice K of N (from 1) of the hosts, sorted by name: "
+                            "the N jobs of an AWX slice or a Kubernetes indexed job (pass "
+                            "$((JOB_COMPLETION_INDEX + 1))/N) check every host once between "
+                            "them; a shard with no hosts writes empty outputs and exits "
+                            f"{OK.code}")
     fleet.add_argument("--history", type=Path, default=None, metavar="DB",
                        help="SQLite history, created if absent; its folder must exist "
                             f"(default: {default_path()}, folder made as needed)")
@@ -159,12 +165,16 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "JSON verdicts"), (args.junit, "JUnit XML")):
         if path is not None:
             check_output_file(path, what=what)
+    shard = inventory.parse_shard(args.shard) if args.shard else None
     history_path = args.history or history.default_path()
     history.prepare(history_path, create_folder=args.history is None)
     started = now()
     trusted = load_trusted_keys(args.trust_key)
     hosts = inventory.load(args.inventory, limit=args.limit,
                            allow_executable=args.allow_executable_inventory)
+    if shard is not None:
+        total, hosts = len(hosts), inventory.shard_hosts(hosts, shard)
+        log.info("Shard %s: %d of the %d hosts", shard, len(hosts), total)
     manifests = fleet.Manifests(args.manifest, trusted)
     manifests.check(hosts)
     conn = connection(args)
@@ -235,8 +245,8 @@ def _write_fleet_outputs(args: argparse.Namespace, history_path: Path, started: 
     interruption a failure is only reported: the interruption is what the user hears of."""
     from hardhost.verifier import fleet, history
 
-    if not verdicts:
-        return
+    if not verdicts and interrupted:
+        return  # nothing was checked; outputs of an earlier run stay as they were
     writers: list[Callable[[], object]] = [
         lambda: history.record(history_path, started, str(args.inventory), verdicts)]
     if args.json:
@@ -258,6 +268,8 @@ def _write_fleet_outputs(args: argparse.Namespace, history_path: Path, started: 
 def _print_fleet(verdicts: Sequence[Verdict]) -> None:
     """One line per host: name, address, status, and the first findings or the error, all
     escaped: names and findings come from inventories and hosts."""
+    if not verdicts:
+        return
     names = [printable(v.host) for v in verdicts]
     addresses = [printable(v.address or "-") for v in verdicts]
     versions = [printable(v.image_version or "-") for v in verdicts]

@@ -11,9 +11,38 @@ from pathlib import Path
 from hardhost.core.errors import UsageError
 from hardhost.verifier.transport import Target
 
+_SHARD = re.compile(r"^([1-9][0-9]{0,5})/([1-9][0-9]{0,5})$")
+
 # What may stand as an address or a user in `user@address:port`: no whitespace, no control
 # characters, none of the separators.
 _WORD = re.compile(r"^[^\s@\x00-\x1f\x7f]+$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Slice `index` (from 1) of `count`: each job of an AWX slice or a Kubernetes indexed
+    job checks one, and together they check every host exactly once."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    match = _SHARD.fullmatch(text)
+    if not match or int(match.group(1)) > int(match.group(2)):
+        raise UsageError(f"--shard {text!r}: expected K/N with 1 <= K <= N, such as 2/4 "
+                         "(a Kubernetes indexed job passes $((JOB_COMPLETION_INDEX + 1))/N)")
+    return Shard(int(match.group(1)), int(match.group(2)))
+
+
+def shard_hosts(hosts: list[FleetHost], shard: Shard) -> list[FleetHost]:
+    """The hosts of `shard`: sorted by inventory name, every count-th from the index-th, so
+    shards differ in size by at most one whatever order the inventory sources gave."""
+    ordered = sorted(hosts, key=lambda host: host.name)
+    return ordered[shard.index - 1::shard.count]
 
 
 @dataclass(frozen=True)
