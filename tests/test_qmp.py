@@ -1,4 +1,4 @@
-"""The QMP power button, against a real qemu (paused before its firmware runs, so nothing
+"""The QMP power and reset buttons, against a real qemu (paused before its firmware runs, so nothing
 boots); and against a fake for the one fault a real qemu does not make: garbage."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hardhost.vm.qmp import QmpError, power_down
+from hardhost.vm.qmp import QmpError, power_down, reset
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ def qemu(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.e2e  # a real qemu (qemu-system-x86)
 def test_the_power_button_is_pressed_through_qemus_own_socket(qemu: Path) -> None:
     power_down(qemu, timeout=10)  # qemu answers each command with {"return": {}}
+    reset(qemu, timeout=10)
 
 
 def test_no_socket_is_an_os_error(tmp_path: Path) -> None:

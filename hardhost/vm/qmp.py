@@ -1,4 +1,4 @@
-"""The two QMP commands hardhost sends to its own qemu: the handshake and the power button.
+"""The QMP commands hardhost sends to its own qemu: the handshake, the power button, reset.
 
 QMP is qemu's JSON control protocol on a Unix socket: a greeting, then one JSON object per
 line in each direction, with asynchronous events mixed among the replies.
@@ -23,16 +23,26 @@ class QmpError(HardhostError):
 
 def power_down(path: Path, *, timeout: float) -> None:
     """Press the guest's ACPI power button: the guest then shuts down as on real hardware."""
+    execute(path, "system_powerdown", timeout=timeout)
+
+
+def reset(path: Path, *, timeout: float) -> None:
+    """Press the machine's reset button: the firmware starts again, the guest is not asked."""
+    execute(path, "system_reset", timeout=timeout)
+
+
+def execute(path: Path, command: str, *, timeout: float) -> None:
+    """Connect, shake hands, and run one argument-less `command`."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
         stream = sock.makefile("rwb")
         if "QMP" not in _message(stream, path):
             raise QmpError(f"{path}: no QMP greeting")
-        for command in ("qmp_capabilities", "system_powerdown"):
-            stream.write(json.dumps({"execute": command}).encode() + b"\n")
+        for step in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": step}).encode() + b"\n")
             stream.flush()
-            _reply(stream, path, command)
+            _reply(stream, path, step)
 
 
 def _reply(stream: io.BufferedIOBase, path: Path, command: str) -> None:

@@ -4,6 +4,7 @@ behind them are in tests/support/vms.py)."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -13,7 +14,7 @@ from hardhost.builder.spec import load_spec, with_authorized_keys
 from hardhost.vm import harness as vm
 from tests.support.keys import KeyPair, SigningKeys
 from tests.support.paths import IMAGES
-from tests.support.vms import BootedHost, BuiltImage, boot
+from tests.support.vms import BootedHost, BuiltImage, FirmwareHangWatch, boot
 
 CONSOLE_TAIL = 3000  # characters of each guest's console shown with a failed test
 
@@ -33,6 +34,15 @@ def pytest_runtest_makereport(item: pytest.Item,
         if serial.stat().st_mtime >= since:
             tail = serial.read_bytes()[-CONSOLE_TAIL:].decode(errors="replace")
             report.sections.append((f"console of vm {serial.parent.name}", tail))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def firmware_hang_watch() -> Iterator[FirmwareHangWatch]:
+    with FirmwareHangWatch() as watch:
+        yield watch
+    if watch.pressed:
+        warnings.warn(f"reset pressed on hung firmware of: {', '.join(watch.pressed)}",
+                      stacklevel=1)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,9 @@ a guest that stalled under TCG (the fixtures are in tests/e2e/conftest.py)."""
 from __future__ import annotations
 
 import json
+import re
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from hardhost.builder.spec import Spec
 from hardhost.core.errors import Unreachable
 from hardhost.verifier.transport import Target, public_key_from_line, wait_for_host_key
 from hardhost.vm import harness as vm
+from hardhost.vm import qmp
 from tests.support.net import free_port
 
 BOOT_TIMEOUT = 400  # seconds; TCG boots take about 30 s, a loaded CI machine much longer
@@ -98,3 +102,65 @@ def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
         yield BootedHost(image, instance, Target("root", "127.0.0.1", port), identity)
     finally:
         vm.stop(name, purge=True)
+
+
+# OVMF under TCG on an overloaded machine has been seen to hang after a guest reboot: the
+# kernel prints "reboot: Restarting system", then the firmware's boot processor spins
+# forever waiting for a second vCPU to take its start-up IPI (edk2's WaitApWakeup() has no
+# timeout), and the serial console stays silent. A firmware that has printed nothing for
+# FIRMWARE_SILENCE seconds after a restart is hung (a good restart shows the boot manager
+# within seconds), and gets the machine's reset button. Each press is reported.
+FIRMWARE_SILENCE = 90.0
+_RESTARTING = re.compile(rb"(reboot: Restarting system|Rebooting in \d+ seconds\.\.)\s*$")
+
+
+def firmware_hangs(root: Path, now: float) -> list[vm.Instance]:
+    """The running OVMF instances under `root` whose console ends in a restart and has been
+    silent since for FIRMWARE_SILENCE seconds."""
+    hung = []
+    for serial in sorted(root.glob("*/serial.log")) if root.is_dir() else ():
+        inst = vm.instance(serial.parent.name)
+        pid = inst.pid()
+        if pid is None or now - serial.stat().st_mtime < FIRMWARE_SILENCE:
+            continue
+        try:
+            firmware = b"if=pflash" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            with serial.open("rb") as f:
+                f.seek(max(0, serial.stat().st_size - 200))
+                tail = f.read()
+        except OSError:
+            continue
+        if firmware and _RESTARTING.search(tail):
+            hung.append(inst)
+    return hung
+
+
+class FirmwareHangWatch:
+    """A thread that presses reset on each hung OVMF instance (see FIRMWARE_SILENCE)."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.pressed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="firmware-hang-watch",
+                                        daemon=True)
+
+    def __enter__(self) -> FirmwareHangWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            for inst in firmware_hangs(vm.state_root(), time.time()):
+                try:
+                    qmp.reset(inst.qmp_socket, timeout=10.0)
+                except (OSError, qmp.QmpError):
+                    continue
+                self.pressed.append(inst.name)
+                # The press is itself console output: the next look sees fresh output.
+                with inst.serial_log.open("ab") as f:
+                    f.write(b"\n[e2e: firmware silent after a restart; reset pressed]\n")

@@ -1,0 +1,59 @@
+"""The e2e suite's watch for OVMF hung after a guest restart (tests/support/vms.py): which
+instances it finds hung, on a state folder with FAKE qemu processes (a sleeping Python
+whose command line names the instance, as the harness's pid check reads it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.vms import FIRMWARE_SILENCE, firmware_hangs
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    root = tmp_path / "hardhost" / "vms"
+    root.mkdir(parents=True)
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def add(name: str, console: bytes, *, age: float, firmware: bool = True) -> None:
+        folder = root / name
+        folder.mkdir()
+        args = [sys.executable, "-c", "import time; time.sleep(120)", "qemu",
+                f"hardhost-{name}", *(["if=pflash"] if firmware else [])]
+        process = subprocess.Popen(args)
+        processes.append(process)
+        (folder / "qemu.pid").write_text(f"{process.pid}\n")
+        serial = folder / "serial.log"
+        serial.write_bytes(console)
+        os.utime(serial, (time.time() - age, time.time() - age))
+
+    old = FIRMWARE_SILENCE + 30
+    add("hung", b"login: [  121.9] reboot: Restarting system\n", age=old)
+    add("panicked", b"[    9.04] Rebooting in 5 seconds..\n", age=old)
+    add("restarting", b"[  121.9] reboot: Restarting system\n", age=5)
+    add("booted", b"reboot: Restarting system\nBdsDxe: starting Boot0001\nlogin: ", age=old)
+    add("direct", b"reboot: Restarting system\n", age=old, firmware=False)
+    add("named", b"login: reboot: Restarting system is what I typed", age=old)
+    (root / "stopped").mkdir()
+    (root / "stopped" / "serial.log").write_bytes(b"reboot: Restarting system\n")
+    try:
+        yield root
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def test_only_silent_firmware_after_a_restart_is_hung(state: Path) -> None:
+    hung = sorted(inst.name for inst in firmware_hangs(state, time.time()))
+    # Not: a restart seconds ago, a firmware that went on to boot, a direct boot (no OVMF),
+    # a line that only contains the words, an instance whose qemu is gone.
+    assert hung == ["hung", "panicked"]
