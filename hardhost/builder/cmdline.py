@@ -5,11 +5,6 @@ from __future__ import annotations
 from hardhost.builder.spec import Spec
 from hardhost.image import layout
 
-# Seconds before a failed boot restarts the machine: a kernel panic, and (initramfs-tools
-# reads the same argument) a root that cannot be opened or verified, which would otherwise
-# wait at a root shell on the console. Each restart uses up one of a new image's tries.
-PANIC_REBOOT_SECONDS = 10
-
 
 def kernel_cmdline(spec: Spec, root_hash: str) -> str:
     root_uuid, verity_uuid = layout.slot_uuids(root_hash)
@@ -19,7 +14,7 @@ def kernel_cmdline(spec: Spec, root_hash: str) -> str:
         "ro",
         "fsck.mode=skip",
         f"console={spec.kernel.console}",
-        f"panic={PANIC_REBOOT_SECONDS}",
+        f"panic={layout.PANIC_REBOOT_SECONDS}",
         "apparmor=1",
         "security=apparmor",
         f"{layout.CMDLINE_ROOTHASH}={root_hash}",

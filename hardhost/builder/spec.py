@@ -27,6 +27,7 @@ from typing import Any
 from hardhost.core.errors import SpecError
 from hardhost.core.inputs import read_text
 from hardhost.core.outputs import printable
+from hardhost.image import layout
 from hardhost.image.manifest import MAX_VALIDITY_DAYS
 from hardhost.image.version import IMAGE_VERSION_RE
 
@@ -481,7 +482,9 @@ class Kernel:
         "decides the root or its verification (`root`, `rootfstype`, `roothash`, `init`, "
         "`rdinit`, `initrd`, `ro`/`rw`, `dm-mod.create`, `hardhost.*`, …), shells and boot "
         "targets (`break`, `single`, `emergency`, `systemd.*` but logging, status and cgroup "
-        "layout), the LSM (`apparmor`, `security`, `lsm`, …) and `sysctl.*` (use `[sysctl]`)",
+        f"layout), `panic` (the builder sets `panic={layout.PANIC_REBOOT_SECONDS}`, so a "
+        "failed boot restarts and uses up its try), the LSM (`apparmor`, `security`, `lsm`, "
+        "…) and `sysctl.*` (use `[sysctl]`)",
         _cmdline, schema={"items": {"type": "string", **_pattern(_CMDLINE_ARG_RE)}}))
     console: str = field(default="ttyS0", metadata=_help(
         "kernel console: a device and its options (`ttyS0`, `ttyS0,115200n8`, "

@@ -94,6 +94,11 @@ CMDLINE_ROOTHASH = "hardhost.roothash"
 CMDLINE_DATA = "hardhost.data"
 CMDLINE_HASH = "hardhost.hash"
 CMDLINE_STATE = "hardhost.state"
+# panic=: seconds before a failed boot restarts the machine: a kernel panic, and (initramfs-
+# tools reads the same argument) a root that cannot be opened or verified, which would
+# otherwise wait at a root shell on the console. Each restart uses up one of a new image's
+# tries.
+PANIC_REBOOT_SECONDS = 10
 
 DATA_BLOCK_SIZE = 4096
 
