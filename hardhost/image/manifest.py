@@ -318,6 +318,10 @@ def check_artifacts(manifest: HostManifest, directory: Path) -> list[str]:
     return [subject.name for subject in manifest.subjects]
 
 
+class ArtifactMissing(TrustError):
+    """A file the manifest signs is not in the image folder."""
+
+
 def require_subjects(manifest: HostManifest, path: Path, names: Collection[str],
                      reader: str) -> None:
     """`TrustError` unless the manifest at `path` signs a digest for each of `names`, the
@@ -347,7 +351,7 @@ def _hash_artifact(folder: int, directory: Path, name: str) -> str:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                      | os.O_NOCTTY, dir_fd=folder)
     except FileNotFoundError:
-        raise TrustError(f"{path}: artifact missing; restore it") from None
+        raise ArtifactMissing(f"{path}: artifact missing; restore it") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise TrustError(f"{path}: artifact is a symbolic link; the manifest names "
