@@ -14,7 +14,13 @@ from hardhost.builder.spec import load_spec, with_authorized_keys
 from hardhost.vm import harness as vm
 from tests.support.keys import KeyPair, SigningKeys
 from tests.support.paths import IMAGES
-from tests.support.vms import BootedHost, BuiltImage, FirmwareHangWatch, boot
+from tests.support.vms import (
+    BootedHost,
+    BuiltImage,
+    FirmwareHangWatch,
+    boot,
+    console_tail,
+)
 
 CONSOLE_TAIL = 3000  # characters of each guest's console shown with a failed test
 
@@ -32,8 +38,8 @@ def pytest_runtest_makereport(item: pytest.Item,
     root = vm.state_root()
     for serial in sorted(root.glob("*/serial.log")) if root.is_dir() else ():
         if serial.stat().st_mtime >= since:
-            tail = serial.read_bytes()[-CONSOLE_TAIL:].decode(errors="replace")
-            report.sections.append((f"console of vm {serial.parent.name}", tail))
+            report.sections.append((f"console of vm {serial.parent.name}",
+                                    console_tail(serial, CONSOLE_TAIL)))
 
 
 @pytest.fixture(scope="session", autouse=True)

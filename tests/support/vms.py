@@ -56,10 +56,17 @@ class BootedHost:
         return self.instance.known_hosts
 
 
+def console_tail(serial: Path, size: int) -> str:
+    """The last `size` bytes of a guest's serial log, as text."""
+    with serial.open("rb") as f:
+        f.seek(max(0, serial.stat().st_size - size))
+        return f.read().decode(errors="replace")
+
+
 def report_stall(name: str, error: Exception) -> None:
     """Say, with the guest's last console output, that a stalled guest is being restarted."""
     serial = vm.instance(name).serial_log
-    tail = serial.read_text(errors="replace")[-1500:] if serial.exists() else "(no serial log)"
+    tail = console_tail(serial, 1500) if serial.exists() else "(no serial log)"
     warnings.warn(f"{error}; restarting vm {name} once. Its console ended with:\n{tail}",
                   stacklevel=2)
 
@@ -111,7 +118,7 @@ def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
 # FIRMWARE_SILENCE seconds after a restart is hung (a good restart shows the boot manager
 # within seconds), and gets the machine's reset button. Each press is reported.
 FIRMWARE_SILENCE = 90.0
-_RESTARTING = re.compile(rb"(reboot: Restarting system|Rebooting in \d+ seconds\.\.)\s*$")
+_RESTARTING = re.compile(r"(reboot: Restarting system|Rebooting in \d+ seconds\.\.)\s*$")
 
 
 def firmware_hangs(root: Path, now: float) -> list[vm.Instance]:
@@ -125,9 +132,7 @@ def firmware_hangs(root: Path, now: float) -> list[vm.Instance]:
             continue
         try:
             firmware = b"if=pflash" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            with serial.open("rb") as f:
-                f.seek(max(0, serial.stat().st_size - 200))
-                tail = f.read()
+            tail = console_tail(serial, 200)
         except OSError:
             continue
         if firmware and _RESTARTING.search(tail):
