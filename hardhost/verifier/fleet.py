@@ -150,9 +150,10 @@ def _each(items: Sequence[int], workers: int, work: Callable[[int], Verdict],
     def one(item: int) -> Verdict:
         verdict = work(item)
         if not stopping.is_set():
-            progress.update(verdict)
+            # Kept before it is counted: a run interrupted right after "[2/3]" has kept two.
             if on_done is not None:
                 on_done(verdict)
+            progress.update(verdict)
         return verdict
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
