@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hardhost.builder.spec import Spec
+from hardhost.core.settings import key_fields
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-# Fields of the dataclasses that are not keys of the file.
-_NOT_KEYS = frozenset({"source"})
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class Key:
 def keys(cls: type[Any] = Spec, prefix: str = "") -> Iterator[Key]:
     """Every key of the spec, sections first-to-last as declared, nested keys in order."""
     hints = typing.get_type_hints(cls)
-    for f in _fields(cls):
+    for f in key_fields(cls):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             yield from keys(typing.cast(type[Any], hint), f"{prefix}{f.name}.")
@@ -61,10 +60,6 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def _fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(cls) if f.name not in _NOT_KEYS]
-
-
 def _required(f: dataclasses.Field[Any]) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
@@ -72,7 +67,7 @@ def _required(f: dataclasses.Field[Any]) -> bool:
 def _object_schema(cls: type[Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     properties: dict[str, Any] = {}
-    for f in _fields(cls):
+    for f in key_fields(cls):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             properties[f.name] = _object_schema(typing.cast(type[Any], hint))
@@ -81,7 +76,7 @@ def _object_schema(cls: type[Any]) -> dict[str, Any]:
         properties[f.name] = {"description": f.metadata["help"], **schema}
         if not _required(f) and f.default is not None:
             properties[f.name]["default"] = _json(f.default, schema)
-    required = [f.name for f in _fields(cls) if _required(f)]
+    required = [f.name for f in key_fields(cls) if _required(f)]
     return {"type": "object", "description": _doc(cls), "properties": properties,
             **({"required": required} if required else {}), "additionalProperties": False}
 

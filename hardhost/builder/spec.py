@@ -15,8 +15,6 @@ import enum
 import hashlib
 import json
 import re
-import tomllib
-import types
 import typing
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -26,7 +24,15 @@ from typing import Any
 
 from hardhost.core.errors import SpecError
 from hardhost.core.inputs import read_text
-from hardhost.core.outputs import printable
+from hardhost.core.settings import CONTROL_RE as _CONTROL_RE
+from hardhost.core.settings import MAX_KEY_PARTS as _MAX_KEY_PARTS
+from hardhost.core.settings import Invalid as _Invalid
+from hardhost.core.settings import build, parse_toml
+from hardhost.core.settings import declare as _help
+from hardhost.core.settings import show as _show
+from hardhost.core.settings import str_list as _str_list
+from hardhost.core.settings import text as _text
+from hardhost.core.settings import tname as _tname
 from hardhost.image import layout
 from hardhost.image.manifest import MAX_VALIDITY_DAYS
 from hardhost.image.version import IMAGE_VERSION_RE
@@ -86,17 +92,7 @@ _CONSOLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(,[A-Za-z0-9_.:]+)*")
 _CMDLINE_ARG_RE = re.compile(r"[a-z0-9_][a-z0-9_.\-]*(=[A-Za-z0-9_.,:/@+%=\-]*)?")
 # An OpenSSH public key line: type, base64 blob, optional comment of printable characters.
 _KEY_BLOB_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _URL_RE = re.compile(r"(https?|file)://[!-~]+")
-# Parts of one dotted TOML key: tomllib spends memory quadratic in them (a 400 KB key of
-# 200,000 parts exhausts it), and no spec key has more than a sysctl name's few.
-_MAX_KEY_PARTS = 32
-# A match starts only where a key part can (not inside a word or after a quote), and each
-# part is atomic: the scan stays linear in the text, whatever the text.
-_DOTTED_KEY_RE = re.compile(
-    r"""(?<![A-Za-z0-9_\-"'])"""
-    r"""(?:(?>[A-Za-z0-9_\-]+|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')[ \t]*+\.[ \t]*+)"""
-    rf"{{{_MAX_KEY_PARTS}}}")
 # Specs are a few KiB; the bound keeps what tomllib is handed small.
 MAX_SPEC_BYTES = 256 << 10
 _KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -104,44 +100,11 @@ _KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
               "sk-ecdsa-sha2-nistp256@openssh.com")
 
 
-class _Invalid(Exception):
-    """Raised by a field parser; turned into a SpecError naming the key."""
-
-
-def _help(text: str, parse: Callable[[Any], Any] | None = None, *,
-          schema: Mapping[str, Any] | None = None, shown: str = "") -> dict[str, Any]:
-    """A setting's declaration beside its type and default: `text` is its help (Markdown:
-    `code` spans), `parse` its own parser, `schema` what the JSON Schema says beyond the type
-    (bounds, a pattern; with "type", the whole schema of a TOML value that the field's type
-    does not show), `shown` its default as the README gives it, where the value itself is
-    too long or depends on another setting."""
-    return {"help": text, "parse": parse, "schema": dict(schema or {}), "shown": shown}
-
-
 def _pattern(regex: re.Pattern[str]) -> dict[str, str]:
     """The JSON Schema pattern of a regex the parser uses with fullmatch. `(?![\\s\\S])`
     ends the match at the end of the text in both ECMA-262 and Python regexes; `$` would let a
     trailing newline through in Python."""
     return {"pattern": f"^(?:{regex.pattern})(?![\\s\\S])"}
-
-
-def _show(value: Any) -> str:
-    """A value for a one-line error: quoted, with control characters escaped, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:56]}...{text[-1]}"
-
-
-def _text(value: Any, what: str = "a string") -> str:
-    """A string that is exactly what it says: no control characters (a newline would split
-    the line it is rendered into), no spaces around it. Never stripped into something else."""
-    if not isinstance(value, str):
-        raise _Invalid(f"expected {what}, got {_tname(value)}")
-    if _CONTROL_RE.search(value):
-        raise _Invalid(f"{_show(value)}: control characters (a newline, a tab, an escape) "
-                       "are not allowed")
-    if value != value.strip():
-        raise _Invalid(f"{_show(value)}: remove the spaces around the value")
-    return value
 
 
 def _packages(value: Any) -> tuple[str, ...]:
@@ -361,17 +324,6 @@ def _files(value: Any) -> tuple[str, ...]:
             raise _Invalid("an empty path")
         _path(path)
     return tuple(paths)
-
-
-def _str_list(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Invalid(f"expected a list of strings, got {_tname(value)}")
-    return list(value)
-
-
-def _tname(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)
@@ -693,63 +645,6 @@ class Spec:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _convert(hint: Any, value: Any, key: str, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise SpecError(path, key, f"expected a table, got {_tname(value)}")
-        return _build(typing.cast(type[Any], hint), value, path, f"{key}.")
-    if origin in (types.UnionType, typing.Union):
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _convert(inner, value, key, path)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        allowed = [m.value for m in hint]
-        if value not in allowed:
-            raise SpecError(path, key, f"{_show(value)} is not one of {', '.join(allowed)}")
-        return hint(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SpecError(path, key, f"expected true or false, got {_tname(value)}")
-        return value
-    # A field without a parser of its own still gets no control characters or spaces.
-    try:
-        if hint is str:
-            return _text(value)
-        if origin is tuple:
-            return tuple(_text(item) for item in _str_list(value))
-    except _Invalid as exc:
-        raise SpecError(path, key, str(exc)) from None
-    raise TypeError(f"spec field {key} has no parser for {hint!r}")  # a bug, not user input
-
-
-def _build(cls: type[Any], table: dict[str, Any], path: str, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    for key in table:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise SpecError(path, printable(f"{prefix}{key}"[:80]),
-                            f"unknown key (known: {known})")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{prefix}{name}"
-        if name not in table:
-            required = (f.default is dataclasses.MISSING
-                        and f.default_factory is dataclasses.MISSING)
-            if required:
-                raise SpecError(path, key, "is required")
-            continue
-        parse = f.metadata.get("parse")
-        if parse is not None:
-            try:
-                kwargs[name] = parse(table[name])
-            except _Invalid as exc:
-                raise SpecError(path, key, str(exc)) from None
-        else:
-            kwargs[name] = _convert(hints[name], table[name], key, path)
-    return cls(**kwargs)
-
-
 def _validate(spec: Spec, path: str) -> None:
     allowed = COMPRESSIONS[spec.image.filesystem]
     if spec.image.compression is not None and spec.image.compression not in allowed:
@@ -773,24 +668,8 @@ def _validate(spec: Spec, path: str) -> None:
 
 def parse_spec(text: str, path: str) -> Spec:
     """Parse spec `text` (read from `path`, which names the file in errors)."""
-    if _DOTTED_KEY_RE.search(text):
-        raise SpecError(path, "TOML", f"a dotted key of more than {_MAX_KEY_PARTS} parts")
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib ends its message with "(at line L, column C)": lead with the line instead.
-        message = str(exc)
-        where = re.search(r"\(at line (\d+), column (\d+)\)$", message)
-        if where:
-            reason = message[: where.start()].strip()
-            raise SpecError(path, f"line {where.group(1)}", f"invalid TOML: {reason}") from None
-        raise SpecError(path, "TOML", f"invalid TOML: {message}") from None
-    except RecursionError:
-        raise SpecError(path, "TOML", "arrays or tables nested too deeply") from None
-    except ValueError as exc:
-        # tomllib lets int()'s own refusal through: an integer of more than 4300 digits.
-        raise SpecError(path, "TOML", f"invalid TOML: {str(exc)[:80]}") from None
-    spec = typing.cast(Spec, _build(Spec, table, path))
+    table = parse_toml(text, path)
+    spec = typing.cast(Spec, build(Spec, table, path))
     spec = dataclasses.replace(spec, source=path)
     _validate(spec, path)
     return spec

@@ -51,7 +51,7 @@ class UsageError(HardhostError):
 
 
 class SpecError(UsageError):
-    """A spec that does not parse or validate: `FILE: KEY: what is wrong`."""
+    """A spec or config file that does not parse or validate: `FILE: KEY: what is wrong`."""
 
     def __init__(self, path: str, key: str, problem: str) -> None:
         super().__init__(f"{path}: {key}: {problem}")
