@@ -21,6 +21,7 @@ from hardhost.cli import (
     fleet,
     manifest,
     profile,
+    serve,
     spec,
     terraform,
     update,
@@ -37,7 +38,8 @@ log = logging.getLogger("hardhost")
 # In the order `hardhost --help` lists them.
 _GROUPS: tuple[Callable[[Commands], None], ...] = (
     build.register, manifest.register, vm.register, evidence.register, profile.register,
-    attest.register, update.register, fleet.register, terraform.register, spec.register,
+    attest.register, update.register, fleet.register, serve.register, terraform.register,
+    spec.register,
 )
 
 

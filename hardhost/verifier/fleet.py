@@ -103,8 +103,10 @@ def _guarded(host: FleetHost, digest: str, work: Callable[[], Verdict]) -> Verdi
                        f"{type(exc).__name__}: {exc}", 1)
 
 
-def _check_one(host: FleetHost, loaded: dict[Path, Loaded | HardhostError],
+def check_host(host: FleetHost, loaded: dict[Path, Loaded | HardhostError],
                default: Path | None, conn: Connection) -> Verdict:
+    """Attest one inventory host against its manifest in `loaded`; every failure is the
+    host's error verdict."""
     if host.error or host.target is None:
         return _failed(host, "", host.error or f"{host.name}: no target", UsageError.exit_code)
     path = host.manifest or default
@@ -172,7 +174,7 @@ def run(hosts: Sequence[FleetHost], manifests: Manifests, conn: Connection, fork
     loaded = manifests.load_all(hosts)
 
     def check(index: int) -> Verdict:
-        return _check_one(hosts[index], loaded, manifests.default, conn)
+        return check_host(hosts[index], loaded, manifests.default, conn)
 
     return _each(range(len(hosts)), forks, check, Progress(len(hosts)), on_done)
 
@@ -234,23 +236,39 @@ def reset_drifted(hosts: Sequence[FleetHost], verdicts: Sequence[Verdict],
     log.info("Resetting %d drifted hosts, %d at a time", len(drifted), batch)
 
     def again(index: int) -> Verdict:
-        host = hosts[index]
-        path = host.manifest or manifests.default
-        # It drifted, so it had a target and a manifest that loaded.
-        assert path is not None and host.target is not None
-        entry = loaded[path]
-        assert isinstance(entry, Loaded)
-        target, per_host = host.target, _for_host(host, conn)
-
-        def reset_and_attest() -> Verdict:
-            before, after = attest_and_reset(target, entry.manifest, entry.digest, per_host,
-                                             reset_timeout)
-            return after or before
-
-        return _guarded(host, entry.digest, reset_and_attest)
+        before, after = reset_host(hosts[index], loaded, manifests.default, conn,
+                                   reset_timeout)
+        return after or before
 
     result = list(verdicts)
     again_all = _each(drifted, batch, again, Progress(len(drifted)), on_done)
     for index, verdict in zip(drifted, again_all, strict=True):
         result[index] = verdict
     return result
+
+
+def reset_host(host: FleetHost, loaded: dict[Path, Loaded | HardhostError],
+               default: Path | None, conn: Connection,
+               reset_timeout: float) -> tuple[Verdict, Verdict | None]:
+    """`attest_and_reset` on one inventory host that drifted: the verdict before, and the
+    one after its reboot (None when it passed before, so it was not reset). A failure on
+    the way (the host did not come back) is the host's error verdict, with None after."""
+    path = host.manifest or default
+    entry = loaded.get(path) if path is not None else None
+    if host.target is None or not isinstance(entry, Loaded):
+        return check_host(host, loaded, default, conn), None
+    target, per_host = host.target, _for_host(host, conn)
+    seen: list[Verdict | None] = []
+
+    def reset_and_attest() -> Verdict:
+        first, after = attest_and_reset(target, entry.manifest, entry.digest, per_host,
+                                        reset_timeout)
+        seen.extend((_named(host, first), after))
+        return after or first
+
+    last = _guarded(host, entry.digest, reset_and_attest)
+    if not seen:  # no verdict before the failure: the failure is the verdict before
+        return last, None
+    first = seen[0]
+    assert first is not None
+    return first, (None if seen[1] is None else last)

@@ -52,6 +52,7 @@ class FleetHost:
     identity: Path | None  # ansible_ssh_private_key_file, if set
     manifest: Path | None  # hardhost_manifest, if set
     error: str = ""  # a host variable that is wrong: this host is not checked, the rest are
+    groups: tuple[str, ...] = ()  # the inventory groups it is in, `all` left out
 
     @property
     def address(self) -> str:
@@ -108,8 +109,14 @@ def _host(name: str, hostvars: dict[str, object], default_user: str) -> FleetHos
                              "ansible_ssh_private_key_file")
         manifest = _optional_path(hostvars.get("hardhost_manifest"), "hardhost_manifest")
     except ValueError as exc:
-        return FleetHost(name, None, None, None, f"{name}: {exc}")
-    return FleetHost(name, Target(user, address.strip("[]"), port), key, manifest)
+        return FleetHost(name, None, None, None, f"{name}: {exc}", _groups(hostvars))
+    return FleetHost(name, Target(user, address.strip("[]"), port), key, manifest,
+                     groups=_groups(hostvars))
+
+
+def _groups(hostvars: dict[str, object]) -> tuple[str, ...]:
+    names = hostvars.get("group_names", [])
+    return tuple(sorted(str(n) for n in names)) if isinstance(names, list) else ()
 
 
 def _word(value: object, variable: str) -> str:

@@ -79,3 +79,90 @@ def image_host(directory: Path, client_key: KeyPair, *,
         yield ImageHost(running.host, log)
     finally:
         running.stop()
+
+
+# Run as root's forced command: argv[1] is the log, argv[2] the host's folder, which holds
+# the evidence it answers now, the pristine evidence a reboot restores, and its boot_id.
+REBOOTABLE_ANSWER = '''\
+import os, re, sys, time, uuid
+command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+folder = sys.argv[2]
+def path(name):
+    return os.path.join(folder, name)
+with open(sys.argv[1], "a") as log:
+    log.write(command.replace("\\n", " ") + "\\n")
+boot_id = open(path("boot_id")).read().strip()
+if command.startswith("/bin/sh -s"):
+    nonce = re.match(rb"nonce=([0-9a-f]{32})\\n", sys.stdin.buffer.read()).group(1)
+    recorded = open(path("evidence.raw"), "rb").read().replace(
+        open(path("recorded_boot_id"), "rb").read().strip(), boot_id.encode())
+    sys.stdout.buffer.write(re.sub(rb"^@@hardhost:([a-z_]+)@@$",
+                                   rb"@@hardhost:" + nonce + rb":\\1@@", recorded, flags=re.M))
+elif command == "cat /proc/sys/kernel/random/boot_id":
+    booted = os.stat(path("boot_id")).st_mtime
+    if time.time() < booted:  # still "rebooting": the new boot_id is not there yet
+        sys.exit(255)
+    print(boot_id)
+elif command == "systemctl reboot":
+    # A reboot: the pristine evidence again, and a new boot_id from `delay` seconds on.
+    with open(path("evidence.tmp"), "wb") as fresh:
+        fresh.write(open(path("pristine.raw"), "rb").read())
+    os.replace(path("evidence.tmp"), path("evidence.raw"))
+    with open(path("boot_id.tmp"), "w") as new:
+        new.write(str(uuid.uuid4()))
+    delay = float(open(path("delay")).read())
+    os.utime(path("boot_id.tmp"), (time.time() + delay, time.time() + delay))
+    os.replace(path("boot_id.tmp"), path("boot_id"))
+else:
+    sys.stderr.write("fake image host: only evidence, boot_id and reboot run here\\n")
+    sys.exit(1)
+'''
+
+
+@dataclass(frozen=True)
+class RebootableHost:
+    """The FAKE image host whose `systemctl reboot` restores the pristine evidence and a new
+    boot_id (after `delay` seconds), as a hardhost image's reboot resets /etc and /var. It
+    stands for a host that can drift and be reset, which this machine cannot be."""
+
+    host: LoopbackHost
+    log: Path
+    folder: Path
+
+    def drift(self, found: bytes = b"/proc/sys/kernel/kptr_restrict:2",
+              now: bytes = b"/proc/sys/kernel/kptr_restrict:0") -> None:
+        """Change what the host answers until its next reboot."""
+        evidence = (self.folder / "pristine.raw").read_bytes()
+        assert found in evidence, found
+        (self.folder / "evidence.tmp").write_bytes(evidence.replace(found, now))
+        (self.folder / "evidence.tmp").replace(self.folder / "evidence.raw")
+
+    def boot_id(self) -> str:
+        return (self.folder / "boot_id").read_text().strip()
+
+    def reboots(self) -> int:
+        return sum(1 for c in self.commands() if c == "systemctl reboot")
+
+    def commands(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+@contextmanager
+def rebootable_host(directory: Path, client_key: KeyPair, *,
+                    delay: float = 0.0) -> Iterator[RebootableHost]:
+    directory.mkdir(parents=True, exist_ok=True)
+    evidence = (DATA / "evidence-container-host.raw").read_bytes()
+    recorded_boot_id = evidence.split(b"@@hardhost:boot_id@@\n", 1)[1].split(b"\n", 1)[0]
+    (directory / "recorded_boot_id").write_bytes(recorded_boot_id)
+    (directory / "pristine.raw").write_bytes(evidence)
+    (directory / "evidence.raw").write_bytes(evidence)
+    (directory / "boot_id").write_text("00000000-0000-4000-8000-000000000001")
+    (directory / "delay").write_text(str(delay))
+    (directory / "answer.py").write_text(REBOOTABLE_ANSWER)
+    log = directory / "commands.log"
+    running = start_sshd(directory, client_key, extra_config=(
+        f"ForceCommand {sys.executable} {directory / 'answer.py'} {log} {directory}\n"))
+    try:
+        yield RebootableHost(running.host, log, directory)
+    finally:
+        running.stop()

@@ -1,0 +1,233 @@
+"""The verifier service's config: one TOML file, declared and read like an image spec.
+
+Relative paths are relative to the config file's folder. Secrets (the API token, webhook
+secrets) are named by file, never written inline, and their files must be private (0600).
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hardhost.core.durations import MAX_TIMEOUT, duration
+from hardhost.core.errors import SpecError, UsageError
+from hardhost.core.inputs import read_text
+from hardhost.core.settings import Invalid, build, parse_toml, show, text, tname
+from hardhost.core.settings import declare as _help
+
+MAX_CONFIG_BYTES = 256 << 10
+# A secret file holds a token or a key: a few hundred bytes.
+MAX_SECRET_BYTES = 4096
+_URL_RE = re.compile(r"https?://[!-~]+")
+
+
+def _seconds(low: float, high: float) -> typing.Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"expected seconds (a number), got {tname(value)}")
+        try:
+            number = duration(value, what="seconds", maximum=high)
+        except UsageError:
+            raise Invalid(f"{show(value)}: give seconds, from {low:g} to {high:g}") from None
+        if number < low:
+            raise Invalid(f"{show(value)}: give seconds, from {low:g} to {high:g}")
+        return number
+    return parse
+
+
+def _count(low: int, high: int) -> typing.Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise Invalid(f"{show(value)}: expected an integer from {low} to {high}")
+        return value
+    return parse
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 0.5:
+        raise Invalid(f"{show(value)}: expected a fraction of the interval, from 0 to 0.5")
+    return float(value)
+
+
+def _path(value: Any) -> str:
+    return text(value, "a path")
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise Invalid(f"expected a non-empty list of paths, got {tname(value)}")
+    return tuple(_path(item) for item in value)
+
+
+def _database(value: Any) -> str:
+    path = text(value, "a path")
+    if "://" in path:
+        # PostgreSQL, for several workers, is not supported yet.
+        raise Invalid(f"{show(value)}: expected the path of an SQLite file")
+    return path
+
+
+def _webhook_url(value: Any) -> str:
+    url = text(value, "an http(s) URL")
+    if not _URL_RE.fullmatch(url):
+        raise Invalid(f"{show(value)}: expected an http:// or https:// URL")
+    return url
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The hosts and what they must run."""
+
+    inventory: str = field(metadata=_help(
+        "Ansible inventory of the hosts (INI, YAML or a folder), read again each interval",
+        _path))
+    trust_keys: tuple[str, ...] = field(metadata=_help(
+        "Ed25519 public keys a manifest must be signed with", _paths))
+    manifest: str = field(default="", metadata=_help(
+        "signed manifest the hosts are attested against, unless a host sets "
+        "`hardhost_manifest`", _path))
+    allow_executable_inventory: bool = field(default=False, metadata=_help(
+        "let Ansible run an executable inventory (a dynamic inventory script)"))
+
+
+@dataclass(frozen=True)
+class SSH:
+    """How hosts are reached: the options of `hardhost attest`."""
+
+    known_hosts: str = field(metadata=_help("known_hosts holding the hosts' keys", _path))
+    identity: str = field(default="", metadata=_help(
+        "private key to log in with (else the ssh config's, or ssh-agent's)", _path))
+    ssh_config: str = field(default="", metadata=_help(
+        "OpenSSH client config (HostName, Port, User, IdentityFile, ProxyJump)", _path))
+    timeout: float = field(default=30.0, metadata=_help(
+        "bound on connecting and on collecting evidence, in seconds",
+        _seconds(1, MAX_TIMEOUT)))
+    tpm: bool = field(default=False, metadata=_help(
+        "also verify each host's TPM quote against the manifest's predicted PCRs"))
+    tpm_ca: str = field(default="", metadata=_help(
+        "PEM CA certificates a TPM's EK certificate must chain to (to enroll its AK)", _path))
+    ak_registry: str = field(default="", metadata=_help(
+        "enrolled attestation keys (default: ~/.local/state/hardhost/aks.json)", _path))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When hosts are attested."""
+
+    interval: float = field(default=60.0, metadata=_help(
+        "seconds between two attestations of a host", _seconds(1, 86400)))
+    jitter: float = field(default=0.1, metadata=_help(
+        "each host's attestation starts up to this fraction of the interval late, so hosts "
+        "are not all contacted at the same moment", _fraction))
+    parallelism: int = field(default=20, metadata=_help(
+        "hosts attested at once, per worker", _count(1, 1000)))
+
+
+@dataclass(frozen=True)
+class Remediation:
+    """Whether, and how often, a drifted host is reset by reboot."""
+
+    enabled: bool = field(default=False, metadata=_help(
+        "reset a drifted host by reboot and attest it again (never a host that failed "
+        "trust: that needs a person)"))
+    max_concurrent: int = field(default=1, metadata=_help(
+        "resets in progress at once, fleet-wide", _count(1, 1000)))
+    max_per_hour: int = field(default=10, metadata=_help(
+        "resets started in any hour, fleet-wide", _count(1, 100000)))
+    reset_timeout: float = field(default=300.0, metadata=_help(
+        "seconds a host has to come back from its reboot", _seconds(1, MAX_TIMEOUT)))
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One alert target."""
+
+    url: str = field(metadata=_help("where each state change is POSTed as JSON",
+                                    _webhook_url))
+    secret_file: str = field(metadata=_help(
+        "file (mode 0600) holding the HMAC-SHA256 key of the `X-Hub-Signature-256` header",
+        _path))
+    timeout: float = field(default=10.0, metadata=_help(
+        "seconds one delivery may take", _seconds(1, 300)))
+
+
+def _webhooks(value: Any) -> tuple[Webhook, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise Invalid(f"expected an array of tables ([[alerts.webhook]]), got {tname(value)}")
+    try:
+        return tuple(typing.cast(Webhook, build(Webhook, v, "", "")) for v in value)
+    except SpecError as exc:
+        raise Invalid(f"webhook {exc.key}: {exc.problem}") from None
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """Where state changes go."""
+
+    webhook: tuple[Webhook, ...] = field(default=(), metadata=_help(
+        "webhooks, each `[[alerts.webhook]]` with `url`, `secret_file` and `timeout`",
+        _webhooks))
+    syslog: bool = field(default=True, metadata=_help(
+        "also log each state change to syslog (the journal, under systemd)"))
+    max_attempts: int = field(default=20, metadata=_help(
+        "deliveries tried per event and webhook, with backoff, before it is dropped",
+        _count(1, 1000)))
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """A `hardhost serve` config."""
+
+    fleet: Fleet
+    ssh: SSH
+    database: str = field(default="hardhost.db", metadata=_help(
+        "SQLite file holding the hosts' states, every verdict and the alert outbox",
+        _database))
+    schedule: Schedule = field(default_factory=Schedule)
+    remediation: Remediation = field(default_factory=Remediation)
+    alerts: Alerts = field(default_factory=Alerts)
+    source: str = ""
+
+    def path(self, value: str) -> Path:
+        """A path of the config, relative to its folder."""
+        return Path(self.source).parent / Path(value).expanduser()
+
+    def optional_path(self, value: str) -> Path | None:
+        return self.path(value) if value else None
+
+
+def parse_config(source: str, path: str) -> ServiceConfig:
+    config = typing.cast(ServiceConfig, build(ServiceConfig, parse_toml(source, path), path))
+    config = ServiceConfig(**{**config.__dict__, "source": path})
+    return config
+
+
+def load_config(path: Path) -> ServiceConfig:
+    return parse_config(read_text(path, what="config", limit=MAX_CONFIG_BYTES), str(path))
+
+
+def read_secret(path: Path, what: str) -> bytes:
+    """A secret's bytes (surrounding whitespace dropped). The file must be a regular file
+    readable by its owner alone: a token others can read is no token."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    if stat.S_ISREG(mode) and mode & 0o077:
+        raise UsageError(f"{path}: the {what} is readable by others. Fix with: chmod 600 "
+                         f"{path}")
+    secret = read_text(path, what=what, limit=MAX_SECRET_BYTES).strip().encode()
+    if len(secret) < 16:
+        raise UsageError(f"{path}: the {what} is shorter than 16 bytes. Fix with: "
+                         f"head -c 32 /dev/urandom | base64 > {path}")
+    return secret
+
+
+def example() -> str:
+    """The commented example `hardhost serve --example-config` prints."""
+    return resources.files(__package__).joinpath("example.toml").read_text()

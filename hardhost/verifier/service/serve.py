@@ -1,0 +1,115 @@
+"""`hardhost serve`, put together: the config's files checked before anything starts, then
+the scheduler and the alert outbox run until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from hardhost.core.errors import UsageError
+from hardhost.core.outputs import check_output_file
+from hardhost.image.signing import load_trusted_keys
+from hardhost.verifier import fleet, inventory
+from hardhost.verifier.attestation import Connection
+from hardhost.verifier.inventory import FleetHost
+from hardhost.verifier.service.alerts import Notifier, Target, syslog_handler
+from hardhost.verifier.service.config import ServiceConfig, read_secret
+from hardhost.verifier.service.engine import Engine, Loaded, changes_log
+from hardhost.verifier.service.schedule import Scheduler
+from hardhost.verifier.service.store import Store
+from hardhost.verifier.tpm_attest import TpmPolicy, default_registry
+from hardhost.verifier.transport import check_options
+from hardhost.verifier.verdict import now
+
+log = logging.getLogger(__name__)
+SYSLOG_SOCKET = "/dev/log"
+
+
+@dataclass(frozen=True)
+class Service:
+    config: ServiceConfig
+    conn: Connection
+    manifests: fleet.Manifests
+    targets: dict[str, Target]
+
+    @property
+    def database(self) -> Path:
+        return self.config.path(self.config.database)
+
+    def load(self) -> tuple[Sequence[FleetHost], Loaded]:
+        """The inventory and the manifests its hosts need, read now."""
+        fleet_config = self.config.fleet
+        hosts = inventory.load(self.config.path(fleet_config.inventory),
+                               allow_executable=fleet_config.allow_executable_inventory)
+        return hosts, self.manifests.load_all(hosts)
+
+
+def _connection(config: ServiceConfig) -> Connection:
+    ssh = config.ssh
+    known_hosts, identity = config.path(ssh.known_hosts), config.optional_path(ssh.identity)
+    ssh_config = config.optional_path(ssh.ssh_config)
+    check_options(known_hosts=known_hosts, identity=identity, ssh_config=ssh_config)
+    tpm = None
+    if ssh.tpm:
+        tpm = TpmPolicy(config.optional_path(ssh.ak_registry) or default_registry(),
+                        config.optional_path(ssh.tpm_ca))
+    elif ssh.tpm_ca or ssh.ak_registry:
+        raise UsageError(f"{config.source}: ssh.tpm_ca and ssh.ak_registry need ssh.tpm = true")
+    return Connection(known_hosts, identity, ssh.timeout, False, tpm, ssh_config)
+
+
+def prepare(config: ServiceConfig) -> Service:
+    """Everything the config names, read and checked before any host is contacted: a typo
+    is exit 2 at once, a manifest that does not verify exit 4."""
+    conn = _connection(config)
+    trusted: dict[str, Ed25519PublicKey] = {}
+    for key in config.fleet.trust_keys:
+        trusted.update(load_trusted_keys(config.path(key)))
+    manifests = fleet.Manifests(config.optional_path(config.fleet.manifest), trusted)
+    targets = {w.url: Target(w.url, read_secret(config.path(w.secret_file), "webhook secret"),
+                             w.timeout)
+               for w in config.alerts.webhook}
+    service = Service(config, conn, manifests, targets)
+    check_output_file(service.database, what="service database")
+    hosts, _ = service.load()
+    manifests.check(hosts)
+    return service
+
+
+def serve(service: Service, stop: threading.Event) -> None:
+    """Attest the fleet every interval until `stop` is set; then finish what is in flight."""
+    config = service.config
+    if config.alerts.syslog:
+        if os.path.exists(SYSLOG_SOCKET):
+            changes_log.addHandler(syslog_handler(SYSLOG_SOCKET))
+        else:
+            log.warning("No syslog socket at %s: state changes are logged here only",
+                        SYSLOG_SOCKET)
+    store = Store(service.database)
+    run_id = store.start_run(now(), f"serve {config.source}")
+    notifier = Notifier(store, service.targets, config.alerts.max_attempts)
+    engine = Engine(store, run_id, service.conn, service.manifests.default,
+                    config.remediation, list(service.targets),
+                    announce=lambda change: notifier.wake.set())
+
+    def load() -> tuple[Sequence[FleetHost], Loaded]:
+        hosts, loaded = service.load()
+        store.sync_hosts(hosts)
+        return hosts, loaded
+
+    scheduler = Scheduler(engine, config.schedule, load,
+                          reset_workers=config.remediation.max_concurrent)
+    outbox = threading.Thread(target=notifier.run, args=(stop,), name="alerts", daemon=True)
+    outbox.start()
+    log.info("Serving: every %gs, %d hosts at a time, database %s", config.schedule.interval,
+             config.schedule.parallelism, store.path)
+    scheduler.run(stop)
+    notifier.deliver_due()  # what the last checks queued, once more before leaving
+    outbox.join(timeout=5)
+

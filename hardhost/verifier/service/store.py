@@ -1,0 +1,290 @@
+"""The service's database: each host's current state, every verdict, drift episodes, the
+reset budget and the alert outbox.
+
+SQLite is the embedded default. Verdicts go into the `runs` and `results` tables of the
+fleet's history, so `hardhost history --db` reads a service's database as it reads a fleet's.
+Every write that decides something (a state change and its event, a reset taken from the
+budget) is one transaction: two threads never send one change twice or overspend the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hardhost.core.errors import UsageError
+from hardhost.core.outputs import check_output_file
+from hardhost.verifier import history
+from hardhost.verifier.inventory import FleetHost
+from hardhost.verifier.service.state import Change, HostState, State, classify, transition
+from hardhost.verifier.verdict import Verdict
+
+SCHEMA = history.SCHEMA + """
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    state TEXT NOT NULL,
+    image_version TEXT NOT NULL,
+    last_time TEXT NOT NULL,
+    last_pass TEXT NOT NULL,
+    failing_since REAL,
+    reset_in_episode INTEGER NOT NULL DEFAULT 0,
+    findings TEXT NOT NULL,
+    error TEXT NOT NULL,
+    in_inventory INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS hosts_state ON hosts(state, name);
+CREATE TABLE IF NOT EXISTS resets (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    outcome TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS resets_started ON resets(started);
+CREATE TABLE IF NOT EXISTS remediations (
+    host TEXT NOT NULL,
+    failing_since REAL NOT NULL,
+    passed REAL NOT NULL,
+    seconds REAL NOT NULL,
+    reset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id INTEGER NOT NULL REFERENCES events(id),
+    target TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (event_id, target)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_try);
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    event_id: int
+    target: str
+    attempts: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Remediated:
+    host: str
+    seconds: float
+    reset: bool
+
+
+class Store:
+    """The SQLite database at `path`, its schema applied when it is opened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        check_output_file(path, what="service database")
+        try:
+            with closing(sqlite3.connect(path, timeout=30)) as db:
+                db.execute("PRAGMA journal_mode=WAL")  # the API reads while workers write
+                db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise UsageError(f"{path}: not a usable hardhost service database: {exc}. Fix "
+                             "with: database = naming another file") from None
+
+    @contextmanager
+    def _db(self, *, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection in one transaction, committed at the end. `immediate` takes the
+        write lock at once: what it reads cannot change before it writes."""
+        try:
+            with closing(sqlite3.connect(self.path, timeout=30,
+                                         isolation_level=None)) as db:
+                db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise UsageError(f"{self.path}: the service database failed: {exc}") from None
+
+    # Runs and hosts
+
+    def start_run(self, started: str, label: str) -> int:
+        with self._db() as db:
+            run_id = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?)",
+                                (started, label)).lastrowid
+        assert run_id is not None
+        return run_id
+
+    def sync_hosts(self, hosts: Sequence[FleetHost]) -> None:
+        """The inventory as it is now: new hosts added (state unknown), addresses and groups
+        kept current, hosts no longer listed marked so (their history stays)."""
+        with self._db(immediate=True) as db:
+            db.execute("UPDATE hosts SET in_inventory = 0")
+            db.executemany(
+                "INSERT INTO hosts (name, address, groups, state, image_version, last_time, "
+                "last_pass, findings, error) VALUES (?, ?, ?, 'unknown', '', '', '', '[]', '') "
+                "ON CONFLICT(name) DO UPDATE SET address = excluded.address, "
+                "groups = excluded.groups, in_inventory = 1",
+                [(h.name, h.address, json.dumps(list(h.groups))) for h in hosts])
+
+    def state(self, host: str) -> HostState:
+        with self._db() as db:
+            row = db.execute("SELECT state, failing_since, reset_in_episode FROM hosts "
+                             "WHERE name = ?", (host,)).fetchone()
+        if row is None:
+            return HostState(State.UNKNOWN, None, False)
+        return HostState(State(row[0]), row[1], bool(row[2]))
+
+    def record(self, run_id: int, verdict: Verdict, targets: Sequence[str], *,
+               after_reset: bool = False) -> Change | None:
+        """Store `verdict`, move the host to its new state, and, when the state changed,
+        queue one event for each of `targets`, all in one transaction. Returns the change."""
+        observed = time.time()
+        with self._db(immediate=True) as db:
+            row = db.execute("SELECT state, failing_since, reset_in_episode FROM hosts "
+                             "WHERE name = ?", (verdict.host,)).fetchone()
+            before = (HostState(State(row[0]), row[1], bool(row[2])) if row
+                      else HostState(State.UNKNOWN, None, False))
+            after, change = transition(before, classify(verdict), observed,
+                                       after_reset=after_reset)
+            findings = [f.__dict__ for f in verdict.findings if f.counts()]
+            db.execute(
+                "INSERT INTO results (run_id, host, time, status, boot_id, manifest_digest, "
+                "error, findings, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, verdict.host, verdict.time, verdict.status, verdict.boot_id,
+                 verdict.manifest_digest, verdict.error, json.dumps(findings, default=str),
+                 verdict.address))
+            db.execute(
+                "INSERT INTO hosts (name, address, groups, state, image_version, last_time, "
+                "last_pass, failing_since, reset_in_episode, findings, error) "
+                "VALUES (?, ?, '[]', ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET address = excluded.address, "
+                "state = excluded.state, image_version = excluded.image_version, "
+                "last_time = excluded.last_time, last_pass = CASE WHEN "
+                "excluded.last_pass = '' THEN hosts.last_pass ELSE excluded.last_pass END, "
+                "failing_since = excluded.failing_since, "
+                "reset_in_episode = excluded.reset_in_episode, "
+                "findings = excluded.findings, error = excluded.error",
+                (verdict.host, verdict.address, after.state.value,
+                 verdict.image_version, verdict.time,
+                 verdict.time if after.state is State.PASS else "", after.failing_since,
+                 int(after.reset_in_episode), json.dumps(findings, default=str),
+                 verdict.error))
+            if change is None:
+                return None
+            if change.remediation_seconds is not None:
+                assert before.failing_since is not None
+                db.execute("INSERT INTO remediations (host, failing_since, passed, seconds, "
+                           "reset) VALUES (?, ?, ?, ?, ?)",
+                           (verdict.host, before.failing_since, observed,
+                            change.remediation_seconds, int(before.reset_in_episode)))
+            body = json.dumps(change.event(verdict), sort_keys=True)
+            event_id = db.execute("INSERT INTO events (time, host, kind, body) "
+                                  "VALUES (?, ?, ?, ?)",
+                                  (verdict.time, verdict.host, change.kind, body)).lastrowid
+            db.executemany("INSERT INTO deliveries (event_id, target, next_try) "
+                           "VALUES (?, ?, ?)", [(event_id, t, observed) for t in targets])
+        return change
+
+    # The reset budget
+
+    def claim_reset(self, host: str, *, max_concurrent: int, max_per_hour: int,
+                    stale_after: float) -> int | None:
+        """Take one reset of `host` from the fleet-wide budget: at most `max_concurrent`
+        unfinished (a reset older than `stale_after` seconds counts as finished: its worker
+        died) and at most `max_per_hour` started in the last hour. Returns the reset's id, or
+        None when the budget is spent or the host is being reset already."""
+        now = time.time()
+        with self._db(immediate=True) as db:
+            running = db.execute(
+                "SELECT host FROM resets WHERE finished IS NULL AND started > ?",
+                (now - stale_after,)).fetchall()
+            if host in {r[0] for r in running} or len(running) >= max_concurrent:
+                return None
+            (hourly,) = db.execute("SELECT COUNT(*) FROM resets WHERE started > ?",
+                                   (now - 3600,)).fetchone()
+            if hourly >= max_per_hour:
+                return None
+            reset_id = db.execute("INSERT INTO resets (host, started) VALUES (?, ?)",
+                                  (host, now)).lastrowid
+            db.execute("UPDATE hosts SET reset_in_episode = 1 WHERE name = ?", (host,))
+        assert reset_id is not None
+        return reset_id
+
+    def finish_reset(self, reset_id: int, outcome: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE resets SET finished = ?, outcome = ? WHERE id = ?",
+                       (time.time(), outcome, reset_id))
+
+    def resetting(self) -> set[str]:
+        """Hosts whose reset has not finished (however old: the scheduler leaves them be)."""
+        with self._db() as db:
+            rows = db.execute("SELECT host FROM resets WHERE finished IS NULL").fetchall()
+        return {r[0] for r in rows}
+
+    # The alert outbox
+
+    def due(self, now: float, limit: int = 100) -> list[Delivery]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT d.event_id, d.target, d.attempts, e.body FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND "
+                "d.next_try <= ? ORDER BY d.event_id LIMIT ?", (now, limit)).fetchall()
+        return [Delivery(r[0], r[1], r[2], r[3].encode()) for r in rows]
+
+    def delivered(self, delivery: Delivery) -> None:
+        self._delivery(delivery, "delivered", 0, "")
+
+    def retry(self, delivery: Delivery, next_try: float, error: str, *, give_up: bool) -> None:
+        self._delivery(delivery, "dropped" if give_up else "pending", next_try, error)
+
+    def _delivery(self, delivery: Delivery, state: str, next_try: float, error: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, "
+                       "next_try = CASE WHEN ? > 0 THEN ? ELSE next_try END, last_error = ? "
+                       "WHERE event_id = ? AND target = ?",
+                       (state, next_try, next_try, error[:500], delivery.event_id,
+                        delivery.target))
+
+    # Reading, for the API and the tests
+
+    def events(self, host: str | None = None) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT body FROM events WHERE (? IS NULL OR host = ?) "
+                              "ORDER BY id", (host, host)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def remediations(self) -> list[Remediated]:
+        with self._db() as db:
+            rows = db.execute("SELECT host, seconds, reset FROM remediations "
+                              "ORDER BY passed").fetchall()
+        return [Remediated(r[0], r[1], bool(r[2])) for r in rows]
+
+    def results(self, host: str | None = None) -> list[tuple[str, str, str]]:
+        """(host, time, status) of every verdict, oldest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT host, time, status FROM results "
+                              "WHERE (? IS NULL OR host = ?) ORDER BY rowid",
+                              (host, host)).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def host_states(self) -> dict[str, State]:
+        with self._db() as db:
+            rows = db.execute("SELECT name, state FROM hosts WHERE in_inventory = 1")
+            return {r[0]: State(r[1]) for r in rows}
