@@ -6,166 +6,33 @@ reboot is tested on a booted image in tests/e2e."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.server
 import json
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from tests.support.fake_image_host import RebootableHost, rebootable_host, recorded_manifest
+from tests.support.fake_image_host import RebootableHost, rebootable_host
 from tests.support.keys import KeyPair, SigningKeys
-from tests.support.manifests import write_signed
 from tests.support.net import free_port
 from tests.support.paths import REPO
+from tests.support.serve import (
+    receiver,
+    rows,
+    serving,
+    signed_by_secret,
+    states,
+    stop,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
-
-SECRET = b"a webhook secret of 32 bytes...."
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver on loopback, recording each POST; `up` is False while it refuses."""
-
-    port: int
-    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-    def events(self) -> list[dict[str, object]]:
-        return [json.loads(body) for _, body in self.got]
-
-
-@contextmanager
-def receiver(port: int | None = None) -> Iterator[Receiver]:
-    found = Receiver(port or free_port())
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            found.got.append((dict(self.headers), body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", found.port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield found
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def signed_by_secret(headers: dict[str, str], body: bytes) -> bool:
-    expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(headers["X-Hub-Signature-256"], expected)
-
-
-@dataclass(frozen=True)
-class Setup:
-    config: Path
-    database: Path
-    hosts: dict[str, RebootableHost]
-
-
-def write_config(tmp_path: Path, hosts: dict[str, RebootableHost], keys: SigningKeys,
-                 client_key: KeyPair, webhook_port: int, *, remediation: str) -> Setup:
-    known = tmp_path / "known_hosts"
-    known.write_text("".join(h.host.known_hosts.read_text() for h in hosts.values()))
-    (tmp_path / "hosts.ini").write_text(
-        "[web]\n" + "".join(f"{name} ansible_host=127.0.0.1 ansible_port={h.host.port}\n"
-                            for name, h in hosts.items())
-        + "[all:vars]\nansible_user=root\n")
-    secret = tmp_path / "webhook.secret"
-    secret.write_bytes(SECRET)
-    secret.chmod(0o600)
-    write_signed(tmp_path, recorded_manifest(), keys.key)
-    config = tmp_path / "serve.toml"
-    config.write_text(f"""
-database = "service.db"
-[fleet]
-inventory = "hosts.ini"
-manifest = "manifest.dsse.json"
-trust_keys = ["{keys.public}"]
-[ssh]
-known_hosts = "known_hosts"
-identity = "{client_key.private}"
-timeout = 10
-[schedule]
-interval = 2
-jitter = 0.2
-parallelism = 4
-[remediation]
-{remediation}
-reset_timeout = 30
-[alerts]
-syslog = false
-[[alerts.webhook]]
-url = "http://127.0.0.1:{webhook_port}/hook"
-secret_file = "webhook.secret"
-timeout = 5
-""")
-    return Setup(config, tmp_path / "service.db", hosts)
-
-
-@contextmanager
-def serving(setup: Setup) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen([sys.executable, "-m", "hardhost", "serve", str(setup.config)],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        if process.stderr is not None and not process.stderr.closed:
-            _, stderr = process.communicate()
-            print(f"hardhost serve's stderr:\n{stderr[-3000:]}")  # shown when a test fails
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    return stderr
-
-
-def rows(database: Path, query: str, *args: object) -> list[tuple[object, ...]]:
-    with sqlite3.connect(database) as db:
-        return db.execute(query, args).fetchall()
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"waited {timeout:g}s for {what}")
-
-
-def states(database: Path) -> dict[str, str]:
-    try:
-        found = rows(database, "SELECT name, state FROM hosts") if database.exists() else []
-    except sqlite3.OperationalError:  # the service has not made its tables yet
-        return {}
-    return {str(n): str(s) for n, s in found}
-
 
 @pytest.fixture
 def two_hosts(tmp_path: Path, client_key: KeyPair) -> Iterator[dict[str, RebootableHost]]:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hardhost.cli.common import Commands, add_command
 from hardhost.core.errors import OK, TRUST, USAGE, UsageError
+
+if TYPE_CHECKING:
+    from hardhost.verifier.service.config import ServiceConfig
+    from hardhost.verifier.service.serve import Running, Service
 
 
 def register(commands: Commands) -> None:
@@ -36,6 +42,10 @@ def register(commands: Commands) -> None:
                        help="print a complete, commented config and exit")
     serve.add_argument("--check", action="store_true",
                        help="read and check the config and every file it names, then exit")
+    serve.add_argument("--login-link", action="store_true",
+                       help="print a link that signs a browser in to the dashboard for 12 "
+                            "hours; the link itself expires in 5 minutes and does not carry "
+                            "the token")
     serve.set_defaults(func=_cmd_serve)
 
 
@@ -48,12 +58,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return OK.code
     if args.config is None:
         raise UsageError("serve: name the CONFIG (hardhost serve --example-config prints one)")
-    service = prepare(service_config.load_config(args.config))
+    config = service_config.load_config(args.config)
+    if args.login_link:
+        return _print_login_link(config)
+    service = prepare(config)
     if args.check:
         print(f"{args.config}: the config and the files it names are good")
         return OK.code
     stop = threading.Event()
-    worker = threading.Thread(target=serve, args=(service, stop), name="serve")
+    worker = threading.Thread(target=serve, args=(service, stop, _faces(service)),
+                              name="serve")
     worker.start()
     try:
         while worker.is_alive():
@@ -63,4 +77,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         stop.set()
         worker.join()
+    return OK.code
+
+
+def _faces(service: Service) -> Callable[[Running], Callable[[], None]] | None:
+    """The HTTP API, metrics and dashboard, when the config gives a token: its socket bound
+    now, so that an address in use stops the service before it starts."""
+    from hardhost.faces import http_server
+
+    token, http = service.token, service.config.http
+    if token is None:
+        return None
+    sock = http_server.listen(http.host, http.port)
+
+    def start(running: Running) -> Callable[[], None]:
+        from hardhost.faces.service_api import make_app
+
+        app = make_app(running.store, running.scheduler, running.metrics.render, token,
+                       secure_cookie=bool(http.tls_cert))
+        return http_server.start(app, sock, tls_cert=service.config.optional_path(
+            http.tls_cert), tls_key=service.config.optional_path(http.tls_key))
+
+    return start
+
+
+def _print_login_link(config: ServiceConfig) -> int:
+    from hardhost.faces.service_api import login_query
+    from hardhost.verifier.service.config import read_secret
+
+    http = config.http
+    if not http.token_file:
+        raise UsageError(f"{config.source}: http.token_file is not set: the service has no "
+                         "dashboard")
+    token = read_secret(config.path(http.token_file), "API token")
+    scheme = "https" if http.tls_cert else "http"
+    print(f"{scheme}://{http.listen}/login?{login_query(token)}")
     return OK.code

@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hardhost.verifier.service.store import Delivery, Store
@@ -72,8 +72,10 @@ def post(target: Target, body: bytes) -> None:
 class Notifier:
     """Delivers the outbox in a thread of its own until `stop` is set."""
 
-    def __init__(self, store: Store, targets: Mapping[str, Target], max_attempts: int) -> None:
+    def __init__(self, store: Store, targets: Mapping[str, Target], max_attempts: int, *,
+                 failed: Callable[[], None] = lambda: None) -> None:
         self.store, self.targets, self.max_attempts = store, dict(targets), max_attempts
+        self.failed = failed
         self.wake = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -98,6 +100,7 @@ class Notifier:
         try:
             post(target, delivery.body)
         except (OSError, ValueError) as exc:
+            self.failed()
             attempts = delivery.attempts + 1
             give_up = attempts >= self.max_attempts
             log.warning("%s: event %d not delivered (try %d%s): %s", target.url,

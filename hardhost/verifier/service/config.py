@@ -24,6 +24,8 @@ MAX_CONFIG_BYTES = 256 << 10
 # A secret file holds a token or a key: a few hundred bytes.
 MAX_SECRET_BYTES = 4096
 _URL_RE = re.compile(r"https?://[!-~]+")
+_LISTEN_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):([0-9]{1,5})")
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _seconds(low: float, high: float) -> typing.Callable[[Any], float]:
@@ -62,6 +64,14 @@ def _paths(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise Invalid(f"expected a non-empty list of paths, got {tname(value)}")
     return tuple(_path(item) for item in value)
+
+
+def _listen(value: Any) -> str:
+    address = text(value, "HOST:PORT")
+    match = _LISTEN_RE.fullmatch(address)
+    if not match or not 1 <= int(match.group(2)) <= 65535:
+        raise Invalid(f"{show(value)}: expected HOST:PORT, e.g. 127.0.0.1:8787 or [::1]:8787")
+    return address
 
 
 def _database(value: Any) -> str:
@@ -144,6 +154,29 @@ class Remediation:
 
 
 @dataclass(frozen=True)
+class HTTP:
+    """The API, the metrics and the dashboard."""
+
+    listen: str = field(default="127.0.0.1:8787", metadata=_help(
+        "address to listen on: loopback unless another address is given, and then only "
+        "with TLS", _listen))
+    token_file: str = field(default="", metadata=_help(
+        "file (mode 0600) holding the bearer token every request must carry; empty: no "
+        "HTTP server", _path))
+    tls_cert: str = field(default="", metadata=_help("PEM certificate chain for HTTPS", _path))
+    tls_key: str = field(default="", metadata=_help(
+        "PEM private key for HTTPS (mode 0600)", _path))
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
 class Webhook:
     """One alert target."""
 
@@ -190,6 +223,7 @@ class ServiceConfig:
         _database))
     schedule: Schedule = field(default_factory=Schedule)
     remediation: Remediation = field(default_factory=Remediation)
+    http: HTTP = field(default_factory=HTTP)
     alerts: Alerts = field(default_factory=Alerts)
     source: str = ""
 
@@ -204,6 +238,13 @@ class ServiceConfig:
 def parse_config(source: str, path: str) -> ServiceConfig:
     config = typing.cast(ServiceConfig, build(ServiceConfig, parse_toml(source, path), path))
     config = ServiceConfig(**{**config.__dict__, "source": path})
+    http = config.http
+    if bool(http.tls_cert) != bool(http.tls_key):
+        raise SpecError(path, "http.tls_cert", "set both tls_cert and tls_key, or neither")
+    if http.host not in _LOOPBACK and not http.tls_cert:
+        # The bearer token would cross the network in clear text.
+        raise SpecError(path, "http.listen", f"{http.listen} is not loopback: set "
+                        "http.tls_cert and http.tls_key to listen there")
     return config
 
 
@@ -211,9 +252,8 @@ def load_config(path: Path) -> ServiceConfig:
     return parse_config(read_text(path, what="config", limit=MAX_CONFIG_BYTES), str(path))
 
 
-def read_secret(path: Path, what: str) -> bytes:
-    """A secret's bytes (surrounding whitespace dropped). The file must be a regular file
-    readable by its owner alone: a token others can read is no token."""
+def require_private(path: Path, what: str) -> None:
+    """`path` is readable by its owner alone: a key or token others can read is no secret."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
@@ -221,6 +261,11 @@ def read_secret(path: Path, what: str) -> bytes:
     if stat.S_ISREG(mode) and mode & 0o077:
         raise UsageError(f"{path}: the {what} is readable by others. Fix with: chmod 600 "
                          f"{path}")
+
+
+def read_secret(path: Path, what: str) -> bytes:
+    """A secret's bytes (surrounding whitespace dropped), from a private regular file."""
+    require_private(path, what)
     secret = read_text(path, what=what, limit=MAX_SECRET_BYTES).strip().encode()
     if len(secret) < 16:
         raise UsageError(f"{path}: the {what} is shorter than 16 bytes. Fix with: "

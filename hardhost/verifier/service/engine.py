@@ -13,6 +13,7 @@ from hardhost.verifier import fleet
 from hardhost.verifier.attestation import Connection
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.service.config import Remediation
+from hardhost.verifier.service.metrics import Metrics
 from hardhost.verifier.service.state import Change, State
 from hardhost.verifier.service.store import Store
 from hardhost.verifier.verdict import Verdict
@@ -27,9 +28,11 @@ Loaded = dict[Path, fleet.Loaded | HardhostError]
 class Engine:
     def __init__(self, store: Store, run_id: int, conn: Connection, default: Path | None,
                  remediation: Remediation, targets: Sequence[str], *,
+                 metrics: Metrics,
                  announce: Callable[[Change], None] = lambda change: None) -> None:
         self.store, self.run_id, self.conn, self.default = store, run_id, conn, default
         self.remediation, self.targets, self.announce = remediation, tuple(targets), announce
+        self.metrics = metrics
 
     def check(self, host: FleetHost, loaded: Loaded) -> Verdict:
         """Attest `host` once and record it."""
@@ -66,6 +69,7 @@ class Engine:
             return after or before
         finally:
             self.store.finish_reset(reset_id, outcome)
+            self.metrics.resets.labels(outcome=outcome).inc()
 
     def _record(self, verdict: Verdict, *, after_reset: bool = False) -> None:
         change = self.store.record(self.run_id, verdict, self.targets, after_reset=after_reset)
@@ -74,4 +78,7 @@ class Engine:
             changes_log.log(level, "%s: %s -> %s%s", printable(verdict.host),
                             change.previous, change.kind,
                             f" ({printable(verdict.error)})" if verdict.error else "")
+            if change.remediation_seconds is not None:
+                self.metrics.remediated(change.remediation_seconds,
+                                        reset=change.kind == "remediated")
             self.announce(change)

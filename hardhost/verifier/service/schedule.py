@@ -4,6 +4,7 @@ smaller pool of resets. A host is never checked while its last check or reset is
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import threading
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 
 
+class Request(enum.StrEnum):
+    QUEUED = "queued"
+    UNKNOWN = "unknown host"
+    BUSY = "a check or reset of the host is running"
+
+
 class Scheduler:
     def __init__(self, engine: Engine, schedule: Schedule,
                  load: Callable[[], tuple[Sequence[FleetHost], Loaded]], *,
@@ -38,11 +45,13 @@ class Scheduler:
         self.due: dict[str, float] = {}
         self.busy: set[str] = set()
         self.lock = threading.Lock()
+        self.resets: ThreadPoolExecutor | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; then what is in flight finishes, and nothing new starts."""
         checks = ThreadPoolExecutor(self.schedule.parallelism, thread_name_prefix="check")
         resets = ThreadPoolExecutor(self.reset_workers, thread_name_prefix="reset")
+        self.resets = resets
         next_load = 0.0
         try:
             while not stop.is_set():
@@ -57,6 +66,35 @@ class Scheduler:
             log.info("Stopping: waiting for the checks and resets in flight")
             checks.shutdown(wait=True, cancel_futures=True)
             resets.shutdown(wait=True, cancel_futures=True)
+
+    def attest_now(self, name: str) -> Request:
+        """Bring `name`'s next attestation forward to now."""
+        with self.lock:
+            if name not in self.hosts:
+                return Request.UNKNOWN
+            if name in self.busy:
+                return Request.BUSY
+            self.due[name] = time.monotonic()
+        return Request.QUEUED
+
+    def reset_now(self, name: str) -> Request:
+        """Reset `name` now (attested first: a passing host is not rebooted), within the
+        reset budget, whatever the remediation policy."""
+        with self.lock:
+            host, resets = self.hosts.get(name), self.resets
+            if host is None:
+                return Request.UNKNOWN
+            if name in self.busy or resets is None:
+                return Request.BUSY
+            self.busy.add(name)
+            loaded = self.loaded
+        try:
+            future = resets.submit(self._reset, host, loaded)
+        except RuntimeError:  # stopping
+            self._release(name)
+            return Request.BUSY
+        future.add_done_callback(lambda _: self._release(name))
+        return Request.QUEUED
 
     def _reload(self, now: float) -> None:
         try:

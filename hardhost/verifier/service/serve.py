@@ -6,21 +6,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hardhost.core.errors import UsageError
+from hardhost.core.inputs import read_bytes
 from hardhost.core.outputs import check_output_file
 from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier import fleet, inventory
 from hardhost.verifier.attestation import Connection
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.service.alerts import Notifier, Target, syslog_handler
-from hardhost.verifier.service.config import ServiceConfig, read_secret
+from hardhost.verifier.service.config import ServiceConfig, read_secret, require_private
 from hardhost.verifier.service.engine import Engine, Loaded, changes_log
+from hardhost.verifier.service.metrics import Metrics
 from hardhost.verifier.service.schedule import Scheduler
 from hardhost.verifier.service.store import Store
 from hardhost.verifier.tpm_attest import TpmPolicy, default_registry
@@ -37,6 +39,7 @@ class Service:
     conn: Connection
     manifests: fleet.Manifests
     targets: dict[str, Target]
+    token: bytes | None  # the API's bearer token; None: no HTTP server
 
     @property
     def database(self) -> Path:
@@ -75,15 +78,32 @@ def prepare(config: ServiceConfig) -> Service:
     targets = {w.url: Target(w.url, read_secret(config.path(w.secret_file), "webhook secret"),
                              w.timeout)
                for w in config.alerts.webhook}
-    service = Service(config, conn, manifests, targets)
+    http = config.http
+    token = read_secret(config.path(http.token_file), "API token") if http.token_file else None
+    if http.tls_key:
+        require_private(config.path(http.tls_key), "TLS key")
+        read_bytes(config.path(http.tls_key), what="TLS key")
+        read_bytes(config.path(http.tls_cert), what="TLS certificate")
+    service = Service(config, conn, manifests, targets, token)
     check_output_file(service.database, what="service database")
     hosts, _ = service.load()
     manifests.check(hosts)
     return service
 
 
-def serve(service: Service, stop: threading.Event) -> None:
-    """Attest the fleet every interval until `stop` is set; then finish what is in flight."""
+@dataclass(frozen=True)
+class Running:
+    """What a face (the HTTP API) needs of a running service."""
+
+    store: Store
+    scheduler: Scheduler
+    metrics: Metrics
+
+
+def serve(service: Service, stop: threading.Event,
+          faces: Callable[[Running], Callable[[], None]] | None = None) -> None:
+    """Attest the fleet every interval until `stop` is set; then finish what is in flight.
+    `faces` is started once the service runs, and the function it returns stops it."""
     config = service.config
     if config.alerts.syslog:
         if os.path.exists(SYSLOG_SOCKET):
@@ -92,10 +112,12 @@ def serve(service: Service, stop: threading.Event) -> None:
             log.warning("No syslog socket at %s: state changes are logged here only",
                         SYSLOG_SOCKET)
     store = Store(service.database)
+    metrics = Metrics(store.state_counts)
     run_id = store.start_run(now(), f"serve {config.source}")
-    notifier = Notifier(store, service.targets, config.alerts.max_attempts)
+    notifier = Notifier(store, service.targets, config.alerts.max_attempts,
+                        failed=metrics.alerts_failed.inc)
     engine = Engine(store, run_id, service.conn, service.manifests.default,
-                    config.remediation, list(service.targets),
+                    config.remediation, list(service.targets), metrics=metrics,
                     announce=lambda change: notifier.wake.set())
 
     def load() -> tuple[Sequence[FleetHost], Loaded]:
@@ -104,12 +126,17 @@ def serve(service: Service, stop: threading.Event) -> None:
         return hosts, loaded
 
     scheduler = Scheduler(engine, config.schedule, load,
-                          reset_workers=config.remediation.max_concurrent)
+                          reset_workers=config.remediation.max_concurrent,
+                          observe=metrics.attested)
     outbox = threading.Thread(target=notifier.run, args=(stop,), name="alerts", daemon=True)
     outbox.start()
+    stop_faces = faces(Running(store, scheduler, metrics)) if faces is not None else None
     log.info("Serving: every %gs, %d hosts at a time, database %s", config.schedule.interval,
              config.schedule.parallelism, store.path)
-    scheduler.run(stop)
-    notifier.deliver_due()  # what the last checks queued, once more before leaving
-    outbox.join(timeout=5)
-
+    try:
+        scheduler.run(stop)
+    finally:
+        if stop_faces is not None:
+            stop_faces()
+        notifier.deliver_due()  # what the last checks queued, once more before leaving
+        outbox.join(timeout=5)

@@ -85,6 +85,55 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class HostRecord:
+    """A host as the API and the dashboard show it."""
+
+    name: str
+    address: str
+    groups: tuple[str, ...]
+    state: str
+    image_version: str
+    last_time: str
+    last_pass: str
+    failing_since: float | None
+    findings: tuple[dict[str, str], ...]
+    error: str
+    last_remediation_seconds: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "groups": list(self.groups),
+                "state": self.state, "image_version": self.image_version,
+                "last_time": self.last_time, "last_pass": self.last_pass,
+                "failing_since": self.failing_since, "findings": list(self.findings),
+                "error": self.error, "last_remediation_seconds": self.last_remediation_seconds}
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """One recorded verdict of a host."""
+
+    time: str
+    status: str
+    boot_id: str
+    error: str
+    findings: tuple[dict[str, str], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "status": self.status, "boot_id": self.boot_id,
+                "error": self.error, "findings": list(self.findings)}
+
+
+_HOST_COLUMNS = ("name, address, groups, state, image_version, last_time, last_pass, "
+                 "failing_since, findings, error, (SELECT seconds FROM remediations r WHERE "
+                 "r.host = hosts.name ORDER BY r.passed DESC LIMIT 1)")
+
+
+def _host_record(row: Sequence[Any]) -> HostRecord:
+    return HostRecord(row[0], row[1], tuple(json.loads(row[2])), row[3], row[4], row[5],
+                      row[6], row[7], tuple(json.loads(row[8])), row[9], row[10])
+
+
+@dataclass(frozen=True)
 class Remediated:
     host: str
     seconds: float
@@ -283,6 +332,56 @@ class Store:
                               "WHERE (? IS NULL OR host = ?) ORDER BY rowid",
                               (host, host)).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
+
+    def state_counts(self) -> dict[str, int]:
+        with self._db() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM hosts WHERE in_inventory = 1 "
+                              "GROUP BY state").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def summary(self) -> dict[str, Any]:
+        with self._db() as db:
+            states = dict(db.execute("SELECT state, COUNT(*) FROM hosts WHERE in_inventory = 1 "
+                                     "GROUP BY state").fetchall())
+            versions = dict(db.execute("SELECT image_version, COUNT(*) FROM hosts WHERE "
+                                       "in_inventory = 1 GROUP BY image_version").fetchall())
+            (last,) = db.execute("SELECT MAX(last_time) FROM hosts").fetchone()
+            remediation = db.execute("SELECT COUNT(*), AVG(seconds), MAX(seconds) FROM "
+                                     "remediations").fetchone()
+        return {"hosts": sum(states.values()), "by_state": states,
+                "by_image_version": versions, "last_attestation": last or "",
+                "remediations": {"count": remediation[0], "mean_seconds": remediation[1],
+                                 "max_seconds": remediation[2]}}
+
+    def hosts(self, *, state: str | None = None, group: str | None = None,
+              image_version: str | None = None, after: str = "",
+              limit: int = 100) -> tuple[list[HostRecord], int]:
+        """A page of hosts by name, after the name `after`, and how many match in all.
+        Keyset pagination: a page costs the same at host 9,900 as at host 1."""
+        where = ("in_inventory = 1 AND (? IS NULL OR state = ?) AND (? IS NULL OR "
+                 "image_version = ?) AND (? IS NULL OR EXISTS (SELECT 1 FROM "
+                 "json_each(hosts.groups) g WHERE g.value = ?))")
+        args = (state, state, image_version, image_version, group, group)
+        with self._db() as db:
+            (total,) = db.execute(f"SELECT COUNT(*) FROM hosts WHERE {where}",
+                                  args).fetchone()
+            rows = db.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE {where} AND name > ? "
+                              "ORDER BY name LIMIT ?", (*args, after, limit)).fetchall()
+        return [_host_record(r) for r in rows], total
+
+    def host(self, name: str) -> HostRecord | None:
+        with self._db() as db:
+            row = db.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE name = ?",
+                             (name,)).fetchone()
+        return _host_record(row) if row else None
+
+    def history(self, name: str, limit: int = 100) -> list[Attestation]:
+        """The host's recorded verdicts, newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT time, status, boot_id, error, findings FROM results "
+                              "WHERE host = ? ORDER BY rowid DESC LIMIT ?",
+                              (name, limit)).fetchall()
+        return [Attestation(r[0], r[1], r[2], r[3], tuple(json.loads(r[4]))) for r in rows]
 
     def host_states(self) -> dict[str, State]:
         with self._db() as db:
