@@ -18,7 +18,8 @@ APT_PACKAGES := mmdebstrap erofs-utils squashfs-tools cryptsetup-bin qemu-system
 	e2fsprogs util-linux tar apparmor secilc runc strace openssh-server openssh-client \
 	python3 python3-venv ca-certificates swtpm swtpm-tools tpm2-tools busybox-static \
 	kmod binutils systemd-boot-efi dosfstools mtools sbsigntool ovmf openssl \
-	pesign osslsigncode golang-github-docker-docker-dev fdisk qemu-utils chromium
+	pesign osslsigncode golang-github-docker-docker-dev fdisk qemu-utils chromium \
+	postgresql-15
 
 .PHONY: help deps venv keys lint unit test demo demo-stop clean
 

@@ -91,7 +91,7 @@ def test_the_cli_prints_the_example() -> None:
     ("[alerts]\nwebhook = [{url = \"http://x\", secret_file = \"s\", retries = 3}]\n",
      "alerts.webhook", "unknown key"),
     ("[fleet.extra]\n", "fleet.extra", "unknown key"),
-    ("database = \"postgresql://db/hardhost\"\n", "database", "SQLite"),
+    ("database = \"mysql://db/hardhost\"\n", "database", "postgresql:// URL"),
 ])
 def test_a_bad_config_names_its_key(extra: str, key: str, problem: str) -> None:
     # Top-level keys go before the first table.
@@ -174,7 +174,7 @@ def test_state_changes_are_announced_once_and_remediation_is_timed() -> None:
 
 
 def test_the_reset_budget_holds_under_racing_threads(tmp_path: Path) -> None:
-    store = Store(tmp_path / "service.db")
+    store = Store(str(tmp_path / "service.db"))
     barrier = threading.Barrier(12)
     won: list[int] = []
 
@@ -203,3 +203,22 @@ def test_the_reset_budget_holds_under_racing_threads(tmp_path: Path) -> None:
     # A reset whose worker died no longer holds a slot once it is stale.
     assert store.claim_reset("host3", max_concurrent=2, max_per_hour=50,
                              stale_after=0.0) is not None
+
+
+@pytest.mark.parametrize("seconds", [1, 5, 10, 15, 20, 30, 60, 300, 900, 3600, 7200, 86400])
+def test_an_interval_becomes_a_cron_that_croniter_steps_by_it(seconds: int) -> None:
+    import croniter  # type: ignore[import-untyped]  # procrastinate's cron parser, untyped
+
+    steps = croniter.croniter(service_config.interval_cron(seconds), 1796096700.0)
+    first = steps.get_next(float)
+    assert steps.get_next(float) - first == seconds
+
+
+@pytest.mark.parametrize("seconds", [7, 45, 90, 5000, 1.5])
+def test_postgresql_refuses_an_interval_off_the_clock(seconds: float) -> None:
+    text = ('database = "postgresql://db.example/hardhost"\n' + MINIMAL
+            + f"[schedule]\ninterval = {seconds}\n")
+    with pytest.raises(SpecError, match=r"schedule\.interval: .*(divides a minute|whole)"):
+        parse_config(text, "serve.toml")
+    # SQLite's own schedule takes any interval.
+    parse_config(text.replace("postgresql://db.example/hardhost", "x.db"), "serve.toml")

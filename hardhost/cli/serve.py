@@ -93,7 +93,7 @@ def _faces(service: Service) -> Callable[[Running], Callable[[], None]] | None:
     def start(running: Running) -> Callable[[], None]:
         from hardhost.faces.service_api import make_app
 
-        app = make_app(running.store, running.scheduler, running.metrics.render, token,
+        app = make_app(running.store, running.actions, running.metrics.render, token,
                        secure_cookie=bool(http.tls_cert))
         return http_server.start(app, sock, tls_cert=service.config.optional_path(
             http.tls_cert), tls_key=service.config.optional_path(http.tls_key))

@@ -19,6 +19,7 @@ from hardhost.core.errors import SpecError, UsageError
 from hardhost.core.inputs import read_text
 from hardhost.core.settings import Invalid, build, parse_toml, show, text, tname
 from hardhost.core.settings import declare as _help
+from hardhost.verifier.service.database import is_postgres
 
 MAX_CONFIG_BYTES = 256 << 10
 # A secret file holds a token or a key: a few hundred bytes.
@@ -75,11 +76,10 @@ def _listen(value: Any) -> str:
 
 
 def _database(value: Any) -> str:
-    path = text(value, "a path")
-    if "://" in path:
-        # PostgreSQL, for several workers, is not supported yet.
-        raise Invalid(f"{show(value)}: expected the path of an SQLite file")
-    return path
+    location = text(value, "a path or a postgresql:// URL")
+    if "://" in location and not is_postgres(location):
+        raise Invalid(f"{show(value)}: expected an SQLite file's path or a postgresql:// URL")
+    return location
 
 
 def _webhook_url(value: Any) -> str:
@@ -219,8 +219,9 @@ class ServiceConfig:
     fleet: Fleet
     ssh: SSH
     database: str = field(default="hardhost.db", metadata=_help(
-        "SQLite file holding the hosts' states, every verdict and the alert outbox",
-        _database))
+        "SQLite file holding the hosts' states, every verdict and the alert outbox (one "
+        "worker), or a `postgresql://` URL that several workers share (each host leased to "
+        "one worker per interval through procrastinate)", _database))
     schedule: Schedule = field(default_factory=Schedule)
     remediation: Remediation = field(default_factory=Remediation)
     http: HTTP = field(default_factory=HTTP)
@@ -235,9 +236,32 @@ class ServiceConfig:
         return self.path(value) if value else None
 
 
+def interval_cron(seconds: float) -> str:
+    """The cron of an interval that divides a minute, an hour or a day evenly, as
+    procrastinate's periodic tasks take it (croniter's: seconds are the sixth field, last).
+    `ValueError` otherwise."""
+    whole = int(seconds)
+    if whole != seconds:
+        raise ValueError("a whole number of seconds")
+    if whole < 60 and 60 % whole == 0:
+        return f"* * * * * */{whole}"
+    if whole % 60 == 0 and whole < 3600 and 3600 % whole == 0:
+        return f"*/{whole // 60} * * * * 0"
+    if whole % 3600 == 0 and whole <= 86400 and 86400 % whole == 0:
+        return f"0 */{whole // 3600} * * * 0"
+    raise ValueError("an interval that divides a minute, an hour or a day evenly")
+
+
 def parse_config(source: str, path: str) -> ServiceConfig:
     config = typing.cast(ServiceConfig, build(ServiceConfig, parse_toml(source, path), path))
     config = ServiceConfig(**{**config.__dict__, "source": path})
+    if is_postgres(config.database):
+        try:
+            interval_cron(config.schedule.interval)
+        except ValueError as exc:
+            raise SpecError(path, "schedule.interval", f"{config.schedule.interval:g}: with "
+                            f"PostgreSQL, workers start intervals on the clock: give {exc} "
+                            "(10, 15, 30, 60, 300, ...)") from None
     http = config.http
     if bool(http.tls_cert) != bool(http.tls_key):
         raise SpecError(path, "http.tls_cert", "set both tls_cert and tls_key, or neither")

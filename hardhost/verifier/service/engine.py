@@ -26,18 +26,18 @@ Loaded = dict[Path, fleet.Loaded | HardhostError]
 
 
 class Engine:
-    def __init__(self, store: Store, run_id: int, conn: Connection, default: Path | None,
+    def __init__(self, store: Store, conn: Connection, default: Path | None,
                  remediation: Remediation, targets: Sequence[str], *,
                  metrics: Metrics,
                  announce: Callable[[Change], None] = lambda change: None) -> None:
-        self.store, self.run_id, self.conn, self.default = store, run_id, conn, default
+        self.store, self.conn, self.default = store, conn, default
         self.remediation, self.targets, self.announce = remediation, tuple(targets), announce
         self.metrics = metrics
 
-    def check(self, host: FleetHost, loaded: Loaded) -> Verdict:
-        """Attest `host` once and record it."""
+    def check(self, host: FleetHost, loaded: Loaded, run_id: int) -> Verdict:
+        """Attest `host` once and record it in the run (the interval) `run_id`."""
         verdict = fleet.check_host(host, loaded, self.default, self.conn)
-        self._record(verdict)
+        self._record(run_id, verdict)
         return verdict
 
     def wants_reset(self, verdict: Verdict) -> bool:
@@ -45,7 +45,7 @@ class Engine:
         # host key, a forged quote) is exactly what a reboot must not paper over.
         return self.remediation.enabled and verdict.status == "drift"
 
-    def reset(self, host: FleetHost, loaded: Loaded) -> Verdict | None:
+    def reset(self, host: FleetHost, loaded: Loaded, run_id: int) -> Verdict | None:
         """Reset a drifted `host` if the budget allows; the last verdict, or None when the
         budget said no (the host is tried again at its next check)."""
         # A reset whose worker died is given up on once the host had time to come back.
@@ -62,17 +62,17 @@ class Engine:
         try:
             before, after = fleet.reset_host(host, loaded, self.default, self.conn,
                                              self.remediation.reset_timeout)
-            self._record(before)
+            self._record(run_id, before)
             if after is not None:
-                self._record(after, after_reset=True)
+                self._record(run_id, after, after_reset=True)
             outcome = (after or before).status
             return after or before
         finally:
             self.store.finish_reset(reset_id, outcome)
             self.metrics.resets.labels(outcome=outcome).inc()
 
-    def _record(self, verdict: Verdict, *, after_reset: bool = False) -> None:
-        change = self.store.record(self.run_id, verdict, self.targets, after_reset=after_reset)
+    def _record(self, run_id: int, verdict: Verdict, *, after_reset: bool = False) -> None:
+        change = self.store.record(run_id, verdict, self.targets, after_reset=after_reset)
         if change is not None:
             level = logging.INFO if change.state is State.PASS else logging.WARNING
             changes_log.log(level, "%s: %s -> %s%s", printable(verdict.host),

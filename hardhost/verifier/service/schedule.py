@@ -32,13 +32,17 @@ class Request(enum.StrEnum):
 
 class Scheduler:
     def __init__(self, engine: Engine, schedule: Schedule,
-                 load: Callable[[], tuple[Sequence[FleetHost], Loaded]], *,
+                 load: Callable[[], tuple[Sequence[FleetHost], Loaded]],
+                 start_run: Callable[[], int], *,
                  reset_workers: int,
                  observe: Callable[[Verdict, float], None] = lambda verdict, seconds: None
                  ) -> None:
-        """`load` reads the inventory and its manifests; it is called once per interval, so
-        a host added to the inventory is attested from the next interval on."""
+        """`load` reads the inventory and its manifests, and `start_run` records a new run:
+        both once per interval, so a host added to the inventory is attested from the next
+        interval on, and each verdict belongs to the interval it was due in."""
         self.engine, self.schedule, self.load, self.observe = engine, schedule, load, observe
+        self.start_run = start_run
+        self.run_id = 0
         self.reset_workers = reset_workers
         self.hosts: dict[str, FleetHost] = {}
         self.loaded: Loaded = {}
@@ -57,10 +61,14 @@ class Scheduler:
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_load:
-                    self._reload(now)
-                    next_load = now + self.schedule.interval
+                    # Intervals start on a fixed beat, never later by the loop's own delay:
+                    # a host's due time (the interval's start and its phase) then always
+                    # falls in the run of the interval it belongs to.
+                    start = next_load if next_load else now
+                    self._reload(start)
+                    next_load = max(start + self.schedule.interval, now)
                 for host in self._take_due(now):
-                    checks.submit(self._check, host, self.loaded, resets, stop)
+                    checks.submit(self._check, host, self.loaded, self.run_id, resets, stop)
                 stop.wait(TICK_SECONDS)
         finally:
             log.info("Stopping: waiting for the checks and resets in flight")
@@ -87,9 +95,9 @@ class Scheduler:
             if name in self.busy or resets is None:
                 return Request.BUSY
             self.busy.add(name)
-            loaded = self.loaded
+            loaded, run_id = self.loaded, self.run_id
         try:
-            future = resets.submit(self._reset, host, loaded)
+            future = resets.submit(self._reset, host, loaded, run_id)
         except RuntimeError:  # stopping
             self._release(name)
             return Request.BUSY
@@ -102,6 +110,7 @@ class Scheduler:
         except HardhostError as exc:
             log.error("Inventory or manifests not read again, the last ones stay: %s", exc)
             return
+        self.run_id = self.start_run()
         spread = self.schedule.interval * self.schedule.jitter
         with self.lock:
             self.hosts = {h.name: h for h in hosts}
@@ -123,15 +132,15 @@ class Scheduler:
                 self.due[name] = due if due > now else now + self.schedule.interval
             return [self.hosts[n] for n in ready]
 
-    def _check(self, host: FleetHost, loaded: Loaded, resets: ThreadPoolExecutor,
-               stop: threading.Event) -> None:
+    def _check(self, host: FleetHost, loaded: Loaded, run_id: int,
+               resets: ThreadPoolExecutor, stop: threading.Event) -> None:
         handed_over = False
         try:
             started = time.monotonic()
-            verdict = self.engine.check(host, loaded)
+            verdict = self.engine.check(host, loaded, run_id)
             self.observe(verdict, time.monotonic() - started)
             if self.engine.wants_reset(verdict) and not stop.is_set():
-                future: Future[None] = resets.submit(self._reset, host, loaded)
+                future: Future[None] = resets.submit(self._reset, host, loaded, run_id)
                 handed_over = True
                 future.add_done_callback(lambda _: self._release(host.name))
         except Exception:
@@ -140,10 +149,10 @@ class Scheduler:
             if not handed_over:
                 self._release(host.name)
 
-    def _reset(self, host: FleetHost, loaded: Loaded) -> None:
+    def _reset(self, host: FleetHost, loaded: Loaded, run_id: int) -> None:
         try:
             started = time.monotonic()
-            verdict = self.engine.reset(host, loaded)
+            verdict = self.engine.reset(host, loaded, run_id)
             if verdict is not None:
                 self.observe(verdict, time.monotonic() - started)
         except Exception:

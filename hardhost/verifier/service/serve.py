@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -21,9 +23,13 @@ from hardhost.verifier.attestation import Connection
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.service.alerts import Notifier, Target, syslog_handler
 from hardhost.verifier.service.config import ServiceConfig, read_secret, require_private
+from hardhost.verifier.service.database import Database, is_postgres
 from hardhost.verifier.service.engine import Engine, Loaded, changes_log
 from hardhost.verifier.service.metrics import Metrics
 from hardhost.verifier.service.schedule import Scheduler
+
+if TYPE_CHECKING:
+    from hardhost.verifier.service.queue import Queue
 from hardhost.verifier.service.store import Store
 from hardhost.verifier.tpm_attest import TpmPolicy, default_registry
 from hardhost.verifier.transport import check_options
@@ -42,8 +48,10 @@ class Service:
     token: bytes | None  # the API's bearer token; None: no HTTP server
 
     @property
-    def database(self) -> Path:
-        return self.config.path(self.config.database)
+    def database(self) -> str:
+        """The SQLite file's path (relative to the config), or the PostgreSQL URL."""
+        location = self.config.database
+        return location if is_postgres(location) else str(self.config.path(location))
 
     def load(self) -> tuple[Sequence[FleetHost], Loaded]:
         """The inventory and the manifests its hosts need, read now."""
@@ -85,7 +93,10 @@ def prepare(config: ServiceConfig) -> Service:
         read_bytes(config.path(http.tls_key), what="TLS key")
         read_bytes(config.path(http.tls_cert), what="TLS certificate")
     service = Service(config, conn, manifests, targets, token)
-    check_output_file(service.database, what="service database")
+    if is_postgres(service.database):
+        Database(service.database, pool_size=1).close()  # reachable, and the login works
+    else:
+        check_output_file(Path(service.database), what="service database")
     hosts, _ = service.load()
     manifests.check(hosts)
     return service
@@ -96,7 +107,7 @@ class Running:
     """What a face (the HTTP API) needs of a running service."""
 
     store: Store
-    scheduler: Scheduler
+    actions: Scheduler | Queue  # attest_now and reset_now
     metrics: Metrics
 
 
@@ -111,12 +122,11 @@ def serve(service: Service, stop: threading.Event,
         else:
             log.warning("No syslog socket at %s: state changes are logged here only",
                         SYSLOG_SOCKET)
-    store = Store(service.database)
+    store = Store(service.database, pool_size=config.schedule.parallelism + 4)
     metrics = Metrics(store.state_counts)
-    run_id = store.start_run(now(), f"serve {config.source}")
     notifier = Notifier(store, service.targets, config.alerts.max_attempts,
                         failed=metrics.alerts_failed.inc)
-    engine = Engine(store, run_id, service.conn, service.manifests.default,
+    engine = Engine(store, service.conn, service.manifests.default,
                     config.remediation, list(service.targets), metrics=metrics,
                     announce=lambda change: notifier.wake.set())
 
@@ -125,9 +135,20 @@ def serve(service: Service, stop: threading.Event,
         store.sync_hosts(hosts)
         return hosts, loaded
 
-    scheduler = Scheduler(engine, config.schedule, load,
-                          reset_workers=config.remediation.max_concurrent,
+    def start_run() -> int:
+        return store.start_run(now(), f"serve {config.source}")
+
+    scheduler: Scheduler | Queue
+    if is_postgres(service.database):
+        from hardhost.verifier.service.queue import Queue
+
+        scheduler = Queue(service.database, engine, config.schedule, load, start_run,
+                          name=f"{socket.gethostname()}:{os.getpid()}",
                           observe=metrics.attested)
+    else:
+        scheduler = Scheduler(engine, config.schedule, load, start_run,
+                              reset_workers=config.remediation.max_concurrent,
+                              observe=metrics.attested)
     outbox = threading.Thread(target=notifier.run, args=(stop,), name="alerts", daemon=True)
     outbox.start()
     stop_faces = faces(Running(store, scheduler, metrics)) if faces is not None else None
@@ -140,3 +161,4 @@ def serve(service: Service, stop: threading.Event,
             stop_faces()
         notifier.deliver_due()  # what the last checks queued, once more before leaving
         outbox.join(timeout=5)
+        store.close()

@@ -1,8 +1,10 @@
 """The service's database: each host's current state, every verdict, drift episodes, the
 reset budget and the alert outbox.
 
-SQLite is the embedded default. Verdicts go into the `runs` and `results` tables of the
-fleet's history, so `hardhost history --db` reads a service's database as it reads a fleet's.
+SQLite is the embedded default, PostgreSQL the database several workers share
+(`hardhost.verifier.service.database`). Verdicts go into the `runs` and `results` tables of
+the fleet's history, so `hardhost history --db` reads a service's SQLite database as it
+reads a fleet's; each run is one interval.
 Every write that decides something (a state change and its event, a reset taken from the
 budget) is one transaction: two threads never send one change twice or overspend the budget.
 """
@@ -10,22 +12,20 @@ budget) is one transaction: two threads never send one change twice or overspend
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardhost.core.errors import UsageError
 from hardhost.core.outputs import check_output_file
 from hardhost.verifier import history
 from hardhost.verifier.inventory import FleetHost
+from hardhost.verifier.service.database import Database, is_postgres
 from hardhost.verifier.service.state import Change, HostState, State, classify, transition
 from hardhost.verifier.verdict import Verdict
 
-SCHEMA = history.SCHEMA + """
+SCHEMA = "PRAGMA journal_mode=WAL;\n" + history.SCHEMA + """
 CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY,
     address TEXT NOT NULL,
@@ -34,26 +34,31 @@ CREATE TABLE IF NOT EXISTS hosts (
     image_version TEXT NOT NULL,
     last_time TEXT NOT NULL,
     last_pass TEXT NOT NULL,
-    failing_since REAL,
+    failing_since DOUBLE PRECISION,
     reset_in_episode INTEGER NOT NULL DEFAULT 0,
     findings TEXT NOT NULL,
     error TEXT NOT NULL,
     in_inventory INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS hosts_state ON hosts(state, name);
+CREATE TABLE IF NOT EXISTS host_groups (
+    host TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    PRIMARY KEY (grp, host)
+);
 CREATE TABLE IF NOT EXISTS resets (
     id INTEGER PRIMARY KEY,
     host TEXT NOT NULL,
-    started REAL NOT NULL,
-    finished REAL,
+    started DOUBLE PRECISION NOT NULL,
+    finished DOUBLE PRECISION,
     outcome TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS resets_started ON resets(started);
 CREATE TABLE IF NOT EXISTS remediations (
     host TEXT NOT NULL,
-    failing_since REAL NOT NULL,
-    passed REAL NOT NULL,
-    seconds REAL NOT NULL,
+    failing_since DOUBLE PRECISION NOT NULL,
+    passed DOUBLE PRECISION NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
     reset INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -67,7 +72,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     event_id INTEGER NOT NULL REFERENCES events(id),
     target TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_try REAL NOT NULL,
+    next_try DOUBLE PRECISION NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     last_error TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (event_id, target)
@@ -133,57 +138,32 @@ def _host_record(row: Sequence[Any]) -> HostRecord:
                       row[6], row[7], tuple(json.loads(row[8])), row[9], row[10])
 
 
-@dataclass(frozen=True)
-class Remediated:
-    host: str
-    seconds: float
-    reset: bool
-
-
 class Store:
     """The SQLite database at `path`, its schema applied when it is opened."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        check_output_file(path, what="service database")
-        try:
-            with closing(sqlite3.connect(path, timeout=30)) as db:
-                db.execute("PRAGMA journal_mode=WAL")  # the API reads while workers write
-                db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise UsageError(f"{path}: not a usable hardhost service database: {exc}. Fix "
-                             "with: database = naming another file") from None
+    def __init__(self, location: str, *, pool_size: int = 8) -> None:
+        """`location`: an SQLite file's path or a postgresql:// URL."""
+        if not is_postgres(location):
+            check_output_file(Path(location), what="service database")
+        self.db = Database(location, pool_size=pool_size)
+        self.path = self.db.shown
+        self.db.apply(SCHEMA)
 
-    @contextmanager
-    def _db(self, *, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection in one transaction, committed at the end. `immediate` takes the
-        write lock at once: what it reads cannot change before it writes."""
-        try:
-            with closing(sqlite3.connect(self.path, timeout=30,
-                                         isolation_level=None)) as db:
-                db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise UsageError(f"{self.path}: the service database failed: {exc}") from None
+    def close(self) -> None:
+        self.db.close()
 
     # Runs and hosts
 
     def start_run(self, started: str, label: str) -> int:
-        with self._db() as db:
-            run_id = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?)",
-                                (started, label)).lastrowid
-        assert run_id is not None
-        return run_id
+        with self.db.transaction() as db:
+            (run_id,) = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?) "
+                                   "RETURNING id", (started, label)).fetchone()
+        return int(run_id)
 
     def sync_hosts(self, hosts: Sequence[FleetHost]) -> None:
         """The inventory as it is now: new hosts added (state unknown), addresses and groups
         kept current, hosts no longer listed marked so (their history stays)."""
-        with self._db(immediate=True) as db:
+        with self.db.transaction(exclusive=True) as db:
             db.execute("UPDATE hosts SET in_inventory = 0")
             db.executemany(
                 "INSERT INTO hosts (name, address, groups, state, image_version, last_time, "
@@ -191,9 +171,12 @@ class Store:
                 "ON CONFLICT(name) DO UPDATE SET address = excluded.address, "
                 "groups = excluded.groups, in_inventory = 1",
                 [(h.name, h.address, json.dumps(list(h.groups))) for h in hosts])
+            db.execute("DELETE FROM host_groups")
+            db.executemany("INSERT INTO host_groups (host, grp) VALUES (?, ?)",
+                           [(h.name, g) for h in hosts for g in h.groups])
 
     def state(self, host: str) -> HostState:
-        with self._db() as db:
+        with self.db.transaction() as db:
             row = db.execute("SELECT state, failing_since, reset_in_episode FROM hosts "
                              "WHERE name = ?", (host,)).fetchone()
         if row is None:
@@ -205,7 +188,7 @@ class Store:
         """Store `verdict`, move the host to its new state, and, when the state changed,
         queue one event for each of `targets`, all in one transaction. Returns the change."""
         observed = time.time()
-        with self._db(immediate=True) as db:
+        with self.db.transaction(exclusive=True) as db:
             row = db.execute("SELECT state, failing_since, reset_in_episode FROM hosts "
                              "WHERE name = ?", (verdict.host,)).fetchone()
             before = (HostState(State(row[0]), row[1], bool(row[2])) if row
@@ -244,9 +227,10 @@ class Store:
                            (verdict.host, before.failing_since, observed,
                             change.remediation_seconds, int(before.reset_in_episode)))
             body = json.dumps(change.event(verdict), sort_keys=True)
-            event_id = db.execute("INSERT INTO events (time, host, kind, body) "
-                                  "VALUES (?, ?, ?, ?)",
-                                  (verdict.time, verdict.host, change.kind, body)).lastrowid
+            (event_id,) = db.execute("INSERT INTO events (time, host, kind, body) "
+                                     "VALUES (?, ?, ?, ?) RETURNING id",
+                                     (verdict.time, verdict.host, change.kind,
+                                      body)).fetchone()
             db.executemany("INSERT INTO deliveries (event_id, target, next_try) "
                            "VALUES (?, ?, ?)", [(event_id, t, observed) for t in targets])
         return change
@@ -260,7 +244,7 @@ class Store:
         died) and at most `max_per_hour` started in the last hour. Returns the reset's id, or
         None when the budget is spent or the host is being reset already."""
         now = time.time()
-        with self._db(immediate=True) as db:
+        with self.db.transaction(exclusive=True) as db:
             running = db.execute(
                 "SELECT host FROM resets WHERE finished IS NULL AND started > ?",
                 (now - stale_after,)).fetchall()
@@ -270,27 +254,26 @@ class Store:
                                    (now - 3600,)).fetchone()
             if hourly >= max_per_hour:
                 return None
-            reset_id = db.execute("INSERT INTO resets (host, started) VALUES (?, ?)",
-                                  (host, now)).lastrowid
+            (reset_id,) = db.execute("INSERT INTO resets (host, started) VALUES (?, ?) "
+                                     "RETURNING id", (host, now)).fetchone()
             db.execute("UPDATE hosts SET reset_in_episode = 1 WHERE name = ?", (host,))
-        assert reset_id is not None
-        return reset_id
+        return int(reset_id)
 
     def finish_reset(self, reset_id: int, outcome: str) -> None:
-        with self._db() as db:
+        with self.db.transaction() as db:
             db.execute("UPDATE resets SET finished = ?, outcome = ? WHERE id = ?",
                        (time.time(), outcome, reset_id))
 
     def resetting(self) -> set[str]:
         """Hosts whose reset has not finished (however old: the scheduler leaves them be)."""
-        with self._db() as db:
+        with self.db.transaction() as db:
             rows = db.execute("SELECT host FROM resets WHERE finished IS NULL").fetchall()
         return {r[0] for r in rows}
 
     # The alert outbox
 
     def due(self, now: float, limit: int = 100) -> list[Delivery]:
-        with self._db() as db:
+        with self.db.transaction() as db:
             rows = db.execute(
                 "SELECT d.event_id, d.target, d.attempts, e.body FROM deliveries d "
                 "JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND "
@@ -304,43 +287,23 @@ class Store:
         self._delivery(delivery, "dropped" if give_up else "pending", next_try, error)
 
     def _delivery(self, delivery: Delivery, state: str, next_try: float, error: str) -> None:
-        with self._db() as db:
+        with self.db.transaction() as db:
             db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, "
                        "next_try = CASE WHEN ? > 0 THEN ? ELSE next_try END, last_error = ? "
                        "WHERE event_id = ? AND target = ?",
                        (state, next_try, next_try, error[:500], delivery.event_id,
                         delivery.target))
 
-    # Reading, for the API and the tests
-
-    def events(self, host: str | None = None) -> list[dict[str, Any]]:
-        with self._db() as db:
-            rows = db.execute("SELECT body FROM events WHERE (? IS NULL OR host = ?) "
-                              "ORDER BY id", (host, host)).fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    def remediations(self) -> list[Remediated]:
-        with self._db() as db:
-            rows = db.execute("SELECT host, seconds, reset FROM remediations "
-                              "ORDER BY passed").fetchall()
-        return [Remediated(r[0], r[1], bool(r[2])) for r in rows]
-
-    def results(self, host: str | None = None) -> list[tuple[str, str, str]]:
-        """(host, time, status) of every verdict, oldest first."""
-        with self._db() as db:
-            rows = db.execute("SELECT host, time, status FROM results "
-                              "WHERE (? IS NULL OR host = ?) ORDER BY rowid",
-                              (host, host)).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
+    # Reading, for the API, the dashboard and the metrics
 
     def state_counts(self) -> dict[str, int]:
-        with self._db() as db:
+        with self.db.transaction() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM hosts WHERE in_inventory = 1 "
                               "GROUP BY state").fetchall()
         return {r[0]: r[1] for r in rows}
 
     def summary(self) -> dict[str, Any]:
-        with self._db() as db:
+        with self.db.transaction() as db:
             states = dict(db.execute("SELECT state, COUNT(*) FROM hosts WHERE in_inventory = 1 "
                                      "GROUP BY state").fetchall())
             versions = dict(db.execute("SELECT image_version, COUNT(*) FROM hosts WHERE "
@@ -360,9 +323,9 @@ class Store:
         Keyset pagination: a page costs the same at host 9,900 as at host 1."""
         where = ("in_inventory = 1 AND (? IS NULL OR state = ?) AND (? IS NULL OR "
                  "image_version = ?) AND (? IS NULL OR EXISTS (SELECT 1 FROM "
-                 "json_each(hosts.groups) g WHERE g.value = ?))")
+                 "host_groups g WHERE g.host = hosts.name AND g.grp = ?))")
         args = (state, state, image_version, image_version, group, group)
-        with self._db() as db:
+        with self.db.transaction() as db:
             (total,) = db.execute(f"SELECT COUNT(*) FROM hosts WHERE {where}",
                                   args).fetchone()
             rows = db.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE {where} AND name > ? "
@@ -370,20 +333,15 @@ class Store:
         return [_host_record(r) for r in rows], total
 
     def host(self, name: str) -> HostRecord | None:
-        with self._db() as db:
+        with self.db.transaction() as db:
             row = db.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE name = ?",
                              (name,)).fetchone()
         return _host_record(row) if row else None
 
     def history(self, name: str, limit: int = 100) -> list[Attestation]:
         """The host's recorded verdicts, newest first."""
-        with self._db() as db:
+        with self.db.transaction() as db:
             rows = db.execute("SELECT time, status, boot_id, error, findings FROM results "
-                              "WHERE host = ? ORDER BY rowid DESC LIMIT ?",
+                              f"WHERE host = ? ORDER BY {self.db.rowid} DESC LIMIT ?",
                               (name, limit)).fetchall()
         return [Attestation(r[0], r[1], r[2], r[3], tuple(json.loads(r[4]))) for r in rows]
-
-    def host_states(self) -> dict[str, State]:
-        with self._db() as db:
-            rows = db.execute("SELECT name, state FROM hosts WHERE in_inventory = 1")
-            return {r[0]: State(r[1]) for r in rows}
