@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ import pytest
 from hardhost.image.manifest import MANIFEST_NAME
 from hardhost.verifier.transport import connect
 from tests.support.keys import KeyPair, SigningKeys, make_keypair
+from tests.support.net import free_port
 from tests.support.paths import REPO
+from tests.support.serve import receiver, wait_for
 from tests.support.vms import (
     BOOT_TIMEOUT,
     BootedHost,
@@ -153,10 +157,99 @@ def test_a_host_that_refuses_the_reboot_is_exit_3_at_once(host: BootedHost,
 
 
 @rerun_if_the_guest_stalls
+def test_serve_finds_a_write_to_etc_resets_the_host_and_shows_the_time(
+        host: BootedHost, signing_keys: SigningKeys, tmp_path: Path) -> None:
+    """The service on a real host: the test before leaves drift, which the service resets at
+    once (so the next test finds the host clean); then a write to /etc is found within an
+    interval and reset without anyone acting, and the remediation time shows in the API and
+    the metrics."""
+    interval = 10
+    token = tmp_path / "api-token"
+    token.write_text("an API token that is long enough\n")
+    token.chmod(0o600)
+    secret = tmp_path / "webhook.secret"
+    secret.write_text("a webhook secret that is long\n")
+    secret.chmod(0o600)
+    (tmp_path / "hosts.ini").write_text(
+        f"vm ansible_host=127.0.0.1 ansible_port={host.target.port} ansible_user=root\n")
+    port = free_port()
+    with receiver() as hook:
+        config = tmp_path / "serve.toml"
+        config.write_text(f"""
+database = "serve.db"
+[fleet]
+inventory = "hosts.ini"
+manifest = "{host.image.directory / MANIFEST_NAME}"
+trust_keys = ["{signing_keys.public}"]
+[ssh]
+known_hosts = "{host.known_hosts}"
+identity = "{host.identity}"
+timeout = 60
+[schedule]
+interval = {interval}
+jitter = 0.1
+[remediation]
+enabled = true
+reset_timeout = {BOOT_TIMEOUT}
+[http]
+listen = "127.0.0.1:{port}"
+token_file = "api-token"
+[alerts]
+syslog = false
+[[alerts.webhook]]
+url = "http://127.0.0.1:{hook.port}/"
+secret_file = "webhook.secret"
+""")
+        process = subprocess.Popen([sys.executable, "-m", "hardhost", "serve", str(config)],
+                                   cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            def kinds() -> list[object]:
+                return [e["event"] for e in hook.events()]
+
+            wait_for("the drift left by the test before to be remediated",
+                     lambda: kinds() == ["drift", "remediated"], timeout=BOOT_TIMEOUT + 120)
+            with connect(host.target, known_hosts=host.known_hosts, identity=host.identity,
+                         timeout=30) as session:
+                written = time.time()
+                assert session.run(["sh", "-c", "echo x > /etc/hardhost-serve"]).exit_status == 0
+            wait_for("the write to /etc to be found", lambda: len(kinds()) >= 3,
+                     timeout=interval * 3 + 60)
+            found = time.time()
+            wait_for("the second remediation",
+                     lambda: kinds() == ["drift", "remediated", "drift", "remediated"],
+                     timeout=BOOT_TIMEOUT + 120)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/hosts/vm",
+                headers={"Authorization": "Bearer an API token that is long enough"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                shown = json.loads(response.read())
+            request.full_url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(request, timeout=30) as response:
+                metrics = response.read().decode()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, stderr
+    events = hook.events()
+    assert "overlay.etc.modified" in events[2]["findings"]
+    # Found within an interval (and its jitter), plus one attestation of a TCG guest.
+    assert found - written < interval * 1.1 + 60
+    assert 0 < events[3]["remediation_seconds"] < BOOT_TIMEOUT + 3 * interval
+    assert shown["state"] == "pass"
+    assert shown["last_remediation_seconds"] == events[3]["remediation_seconds"]
+    assert 'hardhost_remediation_seconds_count{reset="true"} 2.0' in metrics
+
+
+@rerun_if_the_guest_stalls
 def test_reset_reboots_and_then_passes(host: BootedHost, signing_keys: SigningKeys) -> None:
     first = attest(host, signing_keys, "--json", "--reset", "--reset-timeout",
                    str(BOOT_TIMEOUT))
-    # The test before leaves drift: this first reset brings the host back to its image.
+    # The service's test before resets the host, so this one passes at once (and resets,
+    # should that test have left drift).
     assert first.returncode == 0, first.stderr
     make_drift(host)
     result = attest(host, signing_keys, "--json", "--reset", "--reset-timeout",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.fake_image_host import RebootableHost, recorded_manifest
 from tests.support.keys import KeyPair, SigningKeys
@@ -34,7 +35,7 @@ class Receiver:
     port: int
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
-    def events(self) -> list[dict[str, object]]:
+    def events(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.got]
 
 
