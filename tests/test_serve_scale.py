@@ -6,7 +6,6 @@ halfway, after which the other attests every host from the next interval on."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.support.keys import KeyPair, SigningKeys
@@ -24,7 +22,7 @@ from tests.support.manifests import sample_manifest, write_signed
 from tests.support.net import free_port
 from tests.support.paths import REPO
 from tests.support.postgres import postgres_server
-from tests.support.serve import wait_for
+from tests.support.serve import config_text, postgres_query, sqlite_query, wait_for
 from tests.support.sshd import RunningSshd, start_sshd
 
 pytestmark = pytest.mark.e2e
@@ -67,23 +65,10 @@ def write_config(tmp_path: Path, ports: dict[str, int], keys: SigningKeys,
         + "[all:vars]\nansible_user=root\n")
     write_signed(tmp_path, sample_manifest(), keys.key)
     config = tmp_path / "serve.toml"
-    config.write_text(f"""
-database = "{database}"
-[fleet]
-inventory = "hosts.ini"
-manifest = "manifest.dsse.json"
-trust_keys = ["{keys.public}"]
-[ssh]
-known_hosts = "known_hosts"
-identity = "{client_key.private}"
-timeout = 30
-[schedule]
-interval = {INTERVAL}
-jitter = 0.4
-parallelism = 12
-[alerts]
-syslog = false
-""")
+    config.write_text(config_text(database, inventory="hosts.ini",
+                                  manifest="manifest.dsse.json", trust_key=keys.public,
+                                  known_hosts="known_hosts", identity=client_key.private,
+                                  timeout=30, interval=INTERVAL, jitter=0.4, parallelism=12))
     return config
 
 
@@ -122,28 +107,6 @@ def assert_each_host_once(fleet: Fleet, runs: list[int]) -> None:
         assert len(counts) == HOSTS, f"run {run}: {HOSTS - len(counts)} hosts missed"
         twice = {h: c for h, c in counts.items() if c != 1}
         assert not twice, f"run {run}: attested more than once: {twice}"
-
-
-def sqlite_query(path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
-    def query(sql: str) -> list[tuple[Any, ...]]:
-        if not path.exists():
-            return []
-        with sqlite3.connect(path) as db:
-            try:
-                return db.execute(sql).fetchall()
-            except sqlite3.OperationalError:  # its tables are not made yet
-                return []
-    return query
-
-
-def postgres_query(url: str) -> Callable[[str], list[tuple[Any, ...]]]:
-    def query(sql: str) -> list[tuple[Any, ...]]:
-        with psycopg.connect(url) as db:
-            try:
-                return db.execute(sql).fetchall()
-            except psycopg.errors.UndefinedTable:
-                return []
-    return query
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from hardhost.verifier.transport import connect
 from tests.support.keys import KeyPair, SigningKeys, make_keypair
 from tests.support.net import free_port
 from tests.support.paths import REPO
-from tests.support.serve import receiver, wait_for
+from tests.support.serve import config_text, receiver, wait_for
 from tests.support.vms import (
     BOOT_TIMEOUT,
     BootedHost,
@@ -175,31 +175,14 @@ def test_serve_finds_a_write_to_etc_resets_the_host_and_shows_the_time(
     port = free_port()
     with receiver() as hook:
         config = tmp_path / "serve.toml"
-        config.write_text(f"""
-database = "serve.db"
-[fleet]
-inventory = "hosts.ini"
-manifest = "{host.image.directory / MANIFEST_NAME}"
-trust_keys = ["{signing_keys.public}"]
-[ssh]
-known_hosts = "{host.known_hosts}"
-identity = "{host.identity}"
-timeout = 60
-[schedule]
-interval = {interval}
-jitter = 0.1
-[remediation]
-enabled = true
-reset_timeout = {BOOT_TIMEOUT}
-[http]
-listen = "127.0.0.1:{port}"
-token_file = "api-token"
-[alerts]
-syslog = false
-[[alerts.webhook]]
-url = "http://127.0.0.1:{hook.port}/"
-secret_file = "webhook.secret"
-""")
+        config.write_text(config_text(
+            "serve.db", inventory="hosts.ini", manifest=host.image.directory / MANIFEST_NAME,
+            trust_key=signing_keys.public, known_hosts=host.known_hosts,
+            identity=host.identity, timeout=60, interval=interval, jitter=0.1, parallelism=4,
+            tables=f"[remediation]\nenabled = true\nreset_timeout = {BOOT_TIMEOUT}\n"
+                   f"[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"api-token\"\n"
+                   f"[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook.port}/\"\n"
+                   "secret_file = \"webhook.secret\"\n"))
         process = subprocess.Popen([sys.executable, "-m", "hardhost", "serve", str(config)],
                                    cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)

@@ -68,6 +68,55 @@ def signed_by_secret(headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(headers["X-Hub-Signature-256"], expected)
 
 
+def config_text(database: str, *, inventory: str | Path, manifest: str | Path,
+                trust_key: Path, known_hosts: str | Path, identity: Path, timeout: float,
+                interval: float, jitter: float, parallelism: int, tables: str = "") -> str:
+    """A service config (syslog off); `tables` is appended ([remediation], [http], ...)."""
+    return f"""
+database = "{database}"
+[fleet]
+inventory = "{inventory}"
+manifest = "{manifest}"
+trust_keys = ["{trust_key}"]
+[ssh]
+known_hosts = "{known_hosts}"
+identity = "{identity}"
+timeout = {timeout}
+[schedule]
+interval = {interval}
+jitter = {jitter}
+parallelism = {parallelism}
+[alerts]
+syslog = false
+""" + tables
+
+
+def sqlite_query(path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
+    """Rows of a query on the service's SQLite file; none before its tables exist."""
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        if not path.exists():
+            return []
+        with sqlite3.connect(path) as db:
+            try:
+                return db.execute(sql).fetchall()
+            except sqlite3.OperationalError:
+                return []
+    return query
+
+
+def postgres_query(url: str) -> Callable[[str], list[tuple[Any, ...]]]:
+    """Rows of a query on the service's PostgreSQL; none before its tables exist."""
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(url) as db:
+            try:
+                return db.execute(sql).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
+    return query
+
+
 @dataclass(frozen=True)
 class Setup:
     config: Path
@@ -91,30 +140,13 @@ def write_config(tmp_path: Path, hosts: dict[str, RebootableHost], keys: Signing
     secret.chmod(0o600)
     write_signed(tmp_path, recorded_manifest(), keys.key)
     config = tmp_path / "serve.toml"
-    config.write_text(f"""
-database = "service.db"
-[fleet]
-inventory = "hosts.ini"
-manifest = "manifest.dsse.json"
-trust_keys = ["{keys.public}"]
-[ssh]
-known_hosts = "known_hosts"
-identity = "{client_key.private}"
-timeout = 10
-[schedule]
-interval = 2
-jitter = 0.2
-parallelism = 4
-[remediation]
-{remediation}
-reset_timeout = 30
-[alerts]
-syslog = false
-[[alerts.webhook]]
-url = "http://127.0.0.1:{webhook_port}/hook"
-secret_file = "webhook.secret"
-timeout = 5
-""" + extra)
+    config.write_text(config_text(
+        "service.db", inventory="hosts.ini", manifest="manifest.dsse.json",
+        trust_key=keys.public, known_hosts="known_hosts", identity=client_key.private,
+        timeout=10, interval=2, jitter=0.2, parallelism=4,
+        tables=f"[remediation]\n{remediation}\nreset_timeout = 30\n"
+               f"[[alerts.webhook]]\nurl = \"http://127.0.0.1:{webhook_port}/hook\"\n"
+               "secret_file = \"webhook.secret\"\ntimeout = 5\n" + extra))
     return Setup(config, tmp_path / "service.db", hosts)
 
 
