@@ -176,7 +176,7 @@ def api_latency(hosts: int, requests: int) -> None:
             time.sleep(0.5)
             base = f"http://127.0.0.1:{port}"
             middle = f"host{hosts // 2:05d}"
-            print(f"{"endpoint":<50} {"p50 ms":>7} {"p95 ms":>7}")
+            print(f"{'endpoint':<50} {'p50 ms':>7} {'p95 ms':>7}")
             for path in ("/api/v1/summary", "/api/v1/hosts?limit=100",
                          f"/api/v1/hosts?limit=100&after={middle}",
                          "/api/v1/hosts?state=drift&group=edge&limit=100",
