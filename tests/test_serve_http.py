@@ -192,3 +192,87 @@ def test_the_dashboard_shows_the_drifted_host_in_a_real_browser(api: Api,
                      f"--screenshot={screenshot}", _login_link(api))
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 10_000
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, written as a TLS server reads them."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hardhost-serve-test")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName(
+                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                  critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert, private = directory / "tls.crt", directory / "tls.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    return cert, private
+
+
+def test_https_serves_with_the_configured_certificate_and_refuses_a_shared_key(
+        tmp_path: Path, client_key: KeyPair, signing_keys: SigningKeys) -> None:
+    import ssl
+
+    with ExitStack() as stack:
+        hosts = {"web1": stack.enter_context(rebootable_host(tmp_path / "web1", client_key))}
+        token = tmp_path / "api-token"
+        token.write_text(TOKEN + "\n")
+        token.chmod(0o600)
+        cert, key = _self_signed(tmp_path)
+        port = free_port()
+        setup = write_config(tmp_path, hosts, signing_keys, client_key, free_port(),
+                             remediation="enabled = false",
+                             extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
+                                   'token_file = "api-token"\ntls_cert = "tls.crt"\n'
+                                   'tls_key = "tls.key"\n')
+        key.chmod(0o644)
+        refused = subprocess.run([sys.executable, "-m", "hardhost", "serve", "--check",
+                                  str(setup.config)], cwd=REPO, capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode == 2
+        assert refused.stderr.strip().endswith(f"chmod 600 {key}")
+        key.chmod(0o600)
+        process = stack.enter_context(serving(setup))
+        wait_for("web1 to pass", lambda: states(setup.database) == {"web1": "pass"})
+        context = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(f"https://127.0.0.1:{port}/api/v1/summary",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            assert json.loads(response.read())["by_state"] == {"pass": 1}
+        # Plain HTTP on the TLS port gets no answer it could read as the API's.
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/summary", timeout=10)
+        # The login link names https, and the cookie it sets is Secure.
+        link = subprocess.run([sys.executable, "-m", "hardhost", "serve", "--login-link",
+                               str(setup.config)], cwd=REPO, capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+        assert link.startswith(f"https://127.0.0.1:{port}/login?")
+
+        class Keep(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        opener = urllib.request.build_opener(Keep(), urllib.request.HTTPSHandler(
+            context=context))
+        with pytest.raises(urllib.error.HTTPError) as redirected:
+            opener.open(link, timeout=30)
+        assert redirected.value.code == 303
+        cookie = redirected.value.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+        stop(process)

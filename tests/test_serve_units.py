@@ -222,3 +222,15 @@ def test_postgresql_refuses_an_interval_off_the_clock(seconds: float) -> None:
         parse_config(text, "serve.toml")
     # SQLite's own schedule takes any interval.
     parse_config(text.replace("postgresql://db.example/hardhost", "x.db"), "serve.toml")
+
+
+def test_a_listen_address_off_loopback_needs_tls() -> None:
+    with pytest.raises(SpecError, match=r"http\.listen: 0\.0\.0\.0:8787 is not loopback"):
+        parse_config(MINIMAL + '[http]\nlisten = "0.0.0.0:8787"\n', "serve.toml")
+    parse_config(MINIMAL + '[http]\nlisten = "[::1]:8787"\n', "serve.toml")
+    parse_config(MINIMAL + '[http]\nlisten = "0.0.0.0:8787"\ntls_cert = "c.pem"\n'
+                 'tls_key = "k.pem"\n', "serve.toml")
+    with pytest.raises(SpecError, match="set both tls_cert and tls_key"):
+        parse_config(MINIMAL + '[http]\ntls_cert = "c.pem"\n', "serve.toml")
+    with pytest.raises(SpecError, match="expected HOST:PORT"):
+        parse_config(MINIMAL + '[http]\nlisten = "127.0.0.1:99999"\n', "serve.toml")
