@@ -121,9 +121,14 @@ def record_results(path: Path, run_id: int, verdicts: Sequence[Verdict]) -> None
             "INSERT INTO results (run_id, host, time, status, boot_id, manifest_digest, "
             "error, findings, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(run_id, v.host, v.time, v.status, v.boot_id, v.manifest_digest, v.error,
-              json.dumps([f.__dict__ for f in v.findings if f.counts()], default=str),
+              findings_json(v),
               v.address)
              for v in verdicts])
+
+
+def findings_json(verdict: Verdict) -> str:
+    """The findings that count, as the `findings` column stores them."""
+    return json.dumps([f.__dict__ for f in verdict.findings if f.counts()], default=str)
 
 
 @dataclass(frozen=True)

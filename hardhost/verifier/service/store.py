@@ -175,14 +175,6 @@ class Store:
             db.executemany("INSERT INTO host_groups (host, grp) VALUES (?, ?)",
                            [(h.name, g) for h in hosts for g in h.groups])
 
-    def state(self, host: str) -> HostState:
-        with self.db.transaction() as db:
-            row = db.execute("SELECT state, failing_since, reset_in_episode FROM hosts "
-                             "WHERE name = ?", (host,)).fetchone()
-        if row is None:
-            return HostState(State.UNKNOWN, None, False)
-        return HostState(State(row[0]), row[1], bool(row[2]))
-
     def record(self, run_id: int, verdict: Verdict, targets: Sequence[str], *,
                after_reset: bool = False) -> Change | None:
         """Store `verdict`, move the host to its new state, and, when the state changed,
@@ -195,12 +187,12 @@ class Store:
                       else HostState(State.UNKNOWN, None, False))
             after, change = transition(before, classify(verdict), observed,
                                        after_reset=after_reset)
-            findings = [f.__dict__ for f in verdict.findings if f.counts()]
+            findings = history.findings_json(verdict)
             db.execute(
                 "INSERT INTO results (run_id, host, time, status, boot_id, manifest_digest, "
                 "error, findings, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, verdict.host, verdict.time, verdict.status, verdict.boot_id,
-                 verdict.manifest_digest, verdict.error, json.dumps(findings, default=str),
+                 verdict.manifest_digest, verdict.error, findings,
                  verdict.address))
             db.execute(
                 "INSERT INTO hosts (name, address, groups, state, image_version, last_time, "
@@ -216,7 +208,7 @@ class Store:
                 (verdict.host, verdict.address, after.state.value,
                  verdict.image_version, verdict.time,
                  verdict.time if after.state is State.PASS else "", after.failing_since,
-                 int(after.reset_in_episode), json.dumps(findings, default=str),
+                 int(after.reset_in_episode), findings,
                  verdict.error))
             if change is None:
                 return None
@@ -263,12 +255,6 @@ class Store:
         with self.db.transaction() as db:
             db.execute("UPDATE resets SET finished = ?, outcome = ? WHERE id = ?",
                        (time.time(), outcome, reset_id))
-
-    def resetting(self) -> set[str]:
-        """Hosts whose reset has not finished (however old: the scheduler leaves them be)."""
-        with self.db.transaction() as db:
-            rows = db.execute("SELECT host FROM resets WHERE finished IS NULL").fetchall()
-        return {r[0] for r in rows}
 
     # The alert outbox
 
