@@ -26,6 +26,7 @@ from tests.support.keys import KeyPair, SigningKeys
 from tests.support.manifests import sample_manifest, write_signed
 from tests.support.net import free_port
 from tests.support.paths import REPO
+from tests.support.postgres import fresh_database, postgres_server
 from tests.support.sshd import RunningSshd, start_sshd
 
 pytestmark = pytest.mark.e2e
@@ -76,13 +77,27 @@ def fleet(tmp_path: Path, client_key: KeyPair, signing_keys: SigningKeys,
             server.stop()
 
 
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty history: an SQLite file, or a database of its own on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "history.db")
+    return fresh_database(request.getfixturevalue("postgres"), f"t{time.monotonic_ns()}")
+
+
 def run_fleet(fleet: Fleet, keys: SigningKeys, identity: Path, out: Path,
-              *extra: str) -> subprocess.CompletedProcess[str]:
+              *extra: str, history_db: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hardhost", "fleet", str(fleet.inventory), "--manifest",
          str(fleet.manifest), "--trust-key", str(keys.public), "--known-hosts",
          str(fleet.known_hosts), "--identity", str(identity), "--timeout", str(TIMEOUT),
-         "--forks", "50", "--history", str(out / "history.db"), "--json",
+         "--forks", "50", "--history", history_db or str(out / "history.db"), "--json",
          str(out / "fleet.json"), "--junit", str(out / "fleet.xml"), *extra],
         cwd=REPO, capture_output=True, text=True, timeout=600)
 
@@ -132,8 +147,31 @@ def test_limit_selects_hosts_with_ansible_patterns(fleet: Fleet, signing_keys: S
     assert data["summary"] == {"hosts": 2, "drift": 2}
 
 
-def test_history_keeps_runs(tmp_path: Path) -> None:
-    db = tmp_path / "h.db"
+def test_shards_of_a_fleet_share_one_postgresql_history(
+        fleet: Fleet, signing_keys: SigningKeys, client_key: KeyPair, tmp_path: Path,
+        postgres: str) -> None:
+    """Two slices of the fleet, as two jobs of an indexed job would run them, write to one
+    PostgreSQL database; `history` reads every host from it, once."""
+    url = fresh_database(postgres, "shards")
+    names: list[set[str]] = []
+    for shard in ("1/2", "2/2"):
+        result = run_fleet(fleet, signing_keys, client_key.private, tmp_path, "--shard", shard,
+                           history_db=url)
+        assert result.returncode == 3, result.stderr
+        names.append({h["host"] for h in json.loads((tmp_path / "fleet.json").read_text())
+                      ["hosts"]})
+    assert names[0] and names[1] and not names[0] & names[1]
+    shown = subprocess.run([sys.executable, "-m", "hardhost", "history", "--db", url, "--json"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert sorted(r["host"] for r in rows) == sorted(names[0] | names[1])
+    assert len(rows) == HOSTS + 4
+    assert {r["last_status"] for r in rows if r["host"].startswith("live")} == {"drift"}
+
+
+def test_history_keeps_runs(database: str) -> None:
+    db = database
     history.record(db, "t1", "inv", [Verdict("a", "b1", "2026-01-01T00:00:00Z", "m")])
     history.record(db, "t2", "inv", [Verdict("a", "b2", "2026-01-02T00:00:00Z", "m",
                                              error="down", exit_code=3)])

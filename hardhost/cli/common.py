@@ -64,6 +64,18 @@ def positive_int(value: str) -> int:
     return int(value)
 
 
+def database(value: str) -> str | Path:
+    """An SQLite file's path, or a postgresql:// URL kept as it is."""
+    from hardhost.verifier.database import is_postgres
+
+    return value if is_postgres(value) else Path(value)
+
+
+DATABASE_HELP = ("an SQLite file, or a postgresql:// URL such as the service's database (the "
+                 "password from ~/.pgpass or PGPASSWORD: a command line is visible to every "
+                 "user)")
+
+
 def port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not a TCP port")

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hardhost.cli.common import (
+    DATABASE_HELP,
     Commands,
     add_command,
     connection,
     connection_options,
+    database,
     positive,
     positive_int,
     tpm_options,
@@ -25,6 +27,7 @@ from hardhost.cli.common import (
 from hardhost.core.durations import MAX_TIMEOUT
 from hardhost.core.errors import FAILED, INTERRUPTED, OK, TRUST, UNREACHABLE, USAGE, HardhostError
 from hardhost.core.outputs import check_output_file, printable, write_atomic
+from hardhost.verifier.database import shown
 
 if TYPE_CHECKING:
     from hardhost.verifier.history import HostHistory, UpdateRecord
@@ -75,9 +78,10 @@ def register(commands: Commands) -> None:
                             "$((JOB_COMPLETION_INDEX + 1))/N) check every host once between "
                             "them; a shard with no hosts writes empty outputs and exits "
                             f"{OK.code}")
-    fleet.add_argument("--history", type=Path, default=None, metavar="DB",
-                       help="SQLite history, created if absent; its folder must exist "
-                            f"(default: {default_path()}, folder made as needed)")
+    fleet.add_argument("--history", type=database, default=None, metavar="DB",
+                       help=f"the history: {DATABASE_HELP}; an SQLite file is created if "
+                            "absent, in a folder that must exist (default: "
+                            f"{default_path()}, folder made as needed)")
     fleet.add_argument("--reset", action="store_true",
                        help="reboot drifted hosts and attest them again (both runs are kept "
                             "in the history; the outputs show the final verdicts)")
@@ -144,9 +148,9 @@ def register(commands: Commands) -> None:
                     "database is only read: a --db that does not "
                     f"exist is exit {USAGE.code}.")
     history.add_argument("--host", help="only this host (its inventory name, as shown)")
-    history.add_argument("--db", type=Path, default=None, metavar="DB",
-                         help="SQLite history written by fleet and update (default: "
-                              f"{default_path()})")
+    history.add_argument("--db", type=database, default=None, metavar="DB",
+                         help=f"the history written by fleet, update and serve: "
+                              f"{DATABASE_HELP} (default: {default_path()})")
     history.add_argument("--updates", action="store_true",
                          help="show the recorded updates instead, oldest first: each host's "
                               "outcome, versions and reason")
@@ -239,7 +243,7 @@ def _cmd_fleet_update(args: argparse.Namespace) -> int:
     return rollout.exit_code(results)
 
 
-def _write_fleet_outputs(args: argparse.Namespace, history_path: Path, started: str,
+def _write_fleet_outputs(args: argparse.Namespace, history_path: str | Path, started: str,
                          verdicts: list[Verdict], *, interrupted: bool = False) -> None:
     """The history, --json and --junit, each attempted even when another fails. After an
     interruption a failure is only reported: the interruption is what the user hears of."""
@@ -300,12 +304,12 @@ def _cmd_history(args: argparse.Namespace) -> int:
                          lambda: _print_summary(rows))
 
 
-def _show_history(args: argparse.Namespace, path: Path, what: str,
+def _show_history(args: argparse.Namespace, path: str | Path, what: str,
                   records: list[dict[str, str]], table: Callable[[], None]) -> int:
     if args.json:
         print(json.dumps(records, indent=2))
     elif not records:
-        print(f"{path}: no {what} recorded"
+        print(f"{shown(str(path))}: no {what} recorded"
               + (f" for {printable(args.host)}" if args.host else ""))
     else:
         table()

@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 from hardhost.cli.common import (
+    DATABASE_HELP,
     Commands,
     add_command,
     connection,
     connection_options,
+    database,
     json_errors,
     positive,
     tpm_options,
@@ -60,9 +62,9 @@ def register(commands: Commands) -> None:
     update.add_argument("--reboot-timeout", type=positive, default=900, metavar="SECONDS",
                         help="how long to wait for each reboot, tries that fall back "
                              f"included (default: 900, at most {MAX_TIMEOUT:g})")
-    update.add_argument("--history", type=Path, default=None, metavar="DB",
-                        help="SQLite history to record the outcome in (default: "
-                             "~/.local/state/hardhost/history.db)")
+    update.add_argument("--history", type=database, default=None, metavar="DB",
+                        help=f"the history to record the outcome in: {DATABASE_HELP} "
+                             "(default: ~/.local/state/hardhost/history.db)")
     update.add_argument("--json", action="store_true",
                         help="print the outcome as JSON: outcome (updated, rolled-back or "
                              "current), versions, and each attestation's verdict")

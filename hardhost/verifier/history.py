@@ -1,18 +1,19 @@
-"""The fleet's SQLite history: one row per host per run, kept across runs."""
+"""The fleet's history: one row per host per run, kept across runs, in an SQLite file or in
+PostgreSQL (the verifier service's database, which `hardhost fleet` and `history` share)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import stat
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hardhost.core.errors import UsageError
 from hardhost.core.outputs import check_output_file
+from hardhost.verifier.database import Database, Transaction, is_postgres
 from hardhost.verifier.verdict import Verdict
 
 SCHEMA = """
@@ -50,80 +51,88 @@ def default_path() -> Path:
     return Path(base) / "hardhost" / "history.db"
 
 
-def prepare(path: Path, *, create_folder: bool = False) -> None:
-    """Check, before a fleet run starts, that the history at `path` can be written: it is
-    absent or an SQLite database, its folder exists (made when `create_folder`, as for the
-    default path), and the schema applies. Raises `UsageError` naming the file."""
-    if create_folder:
+def prepare(location: str | Path, *, create_folder: bool = False) -> None:
+    """Check, before a fleet run starts, that the history at `location` can be written: an
+    SQLite file that is absent or a database, in a folder that exists (made when
+    `create_folder`, as for the default path), or a PostgreSQL URL that answers; and that
+    the schema applies. Raises `UsageError` naming the file or the database."""
+    if create_folder and not is_postgres(str(location)):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"{path.parent}: cannot make the history's folder: "
+            raise UsageError(f"{Path(location).parent}: cannot make the history's folder: "
                              f"{exc.strerror}") from None
-    check_output_file(path, what="history database")
-    with _open(path):
+    with _open(location):
         pass
 
 
 @contextmanager
-def _open(path: Path, *, read_only: bool = False) -> Iterator[sqlite3.Connection]:
-    """The database at `path` with the schema applied (or, `read_only`, as it is). Every
-    SQLite failure (not a database, locked, read-only, a folder) is one `UsageError`."""
-    target, uri = (path.resolve().as_uri() + "?mode=ro", True) if read_only else (str(path),
-                                                                                  False)
+def _open(location: str | Path, *, read_only: bool = False) -> Iterator[Database]:
+    """The history at `location` (an SQLite path or a PostgreSQL URL, the service's database
+    included) with the schema applied, or, `read_only`, as it is: an SQLite file is then
+    never created. Every failure (not a database, locked, read-only, a folder, a refused
+    login) is one `UsageError`."""
+    location = str(location)
+    if not is_postgres(location):
+        if read_only:
+            _require_database(Path(location))
+        else:
+            check_output_file(Path(location), what="history database")
+    db = Database(location, pool_size=1, read_only=read_only, what="history database",
+                  fix="--history/--db naming another file")
     try:
-        with closing(sqlite3.connect(target, timeout=30, uri=uri)) as db, db:
-            if not read_only:
-                db.executescript(SCHEMA)
-                _migrate(db)
-            yield db
-    except sqlite3.Error as exc:
-        raise UsageError(f"{path}: not a usable hardhost history database: {exc}. Fix with: "
-                         "--history/--db naming another file") from None
+        if not read_only:
+            db.apply(SCHEMA)
+            _migrate(db)
+        yield db
+    finally:
+        db.close()
 
 
-def _migrate(db: sqlite3.Connection) -> None:
+def _migrate(db: Database) -> None:
     # Histories written before verdicts carried an address lack its column.
-    columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
-    if "address" not in columns:
-        db.execute("ALTER TABLE results ADD COLUMN address TEXT NOT NULL DEFAULT ''")
+    if "address" not in db.columns("results"):
+        with db.transaction() as tx:
+            tx.execute("ALTER TABLE results ADD COLUMN address TEXT NOT NULL DEFAULT ''")
 
 
-def record(path: Path, started: str, inventory: str, verdicts: Sequence[Verdict]) -> int:
+def record(location: str | Path, started: str, inventory: str,
+           verdicts: Sequence[Verdict]) -> int:
     """Store one fleet run; return its id."""
-    with _open(path) as db:
-        run_id = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?)",
-                            (started, inventory)).lastrowid
-    assert run_id is not None
-    record_results(path, run_id, verdicts)
-    return run_id
+    with _open(location) as db, db.transaction() as tx:
+        (run_id,) = tx.execute("INSERT INTO runs (started, inventory) VALUES (?, ?) "
+                               "RETURNING id", (started, inventory)).fetchone()
+        _insert_results(tx, run_id, verdicts)
+    return int(run_id)
 
 
-def record_update(path: Path, started: str, label: str, host: str, outcome: str,
+def record_update(location: str | Path, started: str, label: str, host: str, outcome: str,
                   from_version: str, to_version: str, reason: str,
                   verdicts: Sequence[Verdict]) -> int:
     """Store one host's update: its outcome, and each attestation it made (the running
     image before, the new boot, the old image after a rollback) as results of one run."""
-    with _open(path) as db:
-        run_id = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?)",
-                            (started, label)).lastrowid
-        db.execute("INSERT INTO updates (run_id, host, time, outcome, from_version, "
+    with _open(location) as db, db.transaction() as tx:
+        (run_id,) = tx.execute("INSERT INTO runs (started, inventory) VALUES (?, ?) "
+                               "RETURNING id", (started, label)).fetchone()
+        tx.execute("INSERT INTO updates (run_id, host, time, outcome, from_version, "
                    "to_version, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (run_id, host, started, outcome, from_version, to_version, reason))
-    assert run_id is not None
-    record_results(path, run_id, verdicts)
-    return run_id
+        _insert_results(tx, run_id, verdicts)
+    return int(run_id)
 
 
-def record_results(path: Path, run_id: int, verdicts: Sequence[Verdict]) -> None:
-    with _open(path) as db:
-        db.executemany(
+def record_results(location: str | Path, run_id: int, verdicts: Sequence[Verdict]) -> None:
+    with _open(location) as db, db.transaction() as tx:
+        _insert_results(tx, run_id, verdicts)
+
+
+def _insert_results(tx: Transaction, run_id: int, verdicts: Sequence[Verdict]) -> None:
+    if verdicts:
+        tx.executemany(
             "INSERT INTO results (run_id, host, time, status, boot_id, manifest_digest, "
             "error, findings, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(run_id, v.host, v.time, v.status, v.boot_id, v.manifest_digest, v.error,
-              findings_json(v),
-              v.address)
-             for v in verdicts])
+              findings_json(v), v.address) for v in verdicts])
 
 
 def findings_json(verdict: Verdict) -> str:
@@ -141,16 +150,16 @@ class UpdateRecord:
     reason: str
 
 
-def updates(path: Path, host: str | None = None) -> list[UpdateRecord]:
+def updates(location: str | Path, host: str | None = None) -> list[UpdateRecord]:
     """Recorded updates, oldest first. Reads, never creates (see `summary`)."""
-    _require_database(path)
-    with _open(path, read_only=True) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        if "updates" not in tables:
+    with _open(location, read_only=True) as db:
+        if "updates" not in db.tables():
             return []
-        rows = db.execute("SELECT host, time, outcome, from_version, to_version, reason "
-                          "FROM updates WHERE (? IS NULL OR host = ?) ORDER BY time, rowid",
-                          (host, host)).fetchall()
+        with db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT host, time, outcome, from_version, to_version, reason FROM updates "
+                f"WHERE (CAST(? AS TEXT) IS NULL OR host = ?) ORDER BY time, {db.rowid}",
+                (host, host)).fetchall()  # the one formatted part is a column name of ours
     return [UpdateRecord(*row) for row in rows]
 
 
@@ -176,23 +185,25 @@ class HostHistory:
     address: str = ""
 
 
-def summary(path: Path, host: str | None = None) -> list[HostHistory]:
+def summary(location: str | Path, host: str | None = None) -> list[HostHistory]:
     """Each host's last verdict and when it last passed. Reads, never creates: a missing
     file, or one that is not a regular file, is a `UsageError`."""
-    _require_database(path)
-    with _open(path, read_only=True) as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
-        address = "r.address" if "address" in columns else "''"
-        rows = db.execute(
-            f"""
+    with _open(location, read_only=True) as db:
+        if "results" not in db.tables():
+            return []
+        address = "r.address" if "address" in db.columns("results") else "''"
+        rowid = db.rowid
+        with db.transaction() as tx:
+            rows = tx.execute(
+                f"""
             SELECT r.host, r.time, r.status,
                    COALESCE((SELECT MAX(p.time) FROM results p
                              WHERE p.host = r.host AND p.status = 'pass'), ''),
                    {address}
             FROM results r
-            WHERE r.rowid = (SELECT q.rowid FROM results q WHERE q.host = r.host
-                             ORDER BY q.time DESC, q.rowid DESC LIMIT 1)
-              AND (? IS NULL OR r.host = ?)
+            WHERE r.{rowid} = (SELECT q.{rowid} FROM results q WHERE q.host = r.host
+                               ORDER BY q.time DESC, q.{rowid} DESC LIMIT 1)
+              AND (CAST(? AS TEXT) IS NULL OR r.host = ?)
             ORDER BY r.host
-            """, (host, host)).fetchall()  # the one formatted part is a column name of ours
+            """, (host, host)).fetchall()  # the formatted parts are column names of ours
     return [HostHistory(*row) for row in rows]

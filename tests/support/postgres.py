@@ -48,3 +48,13 @@ def postgres_server(directory: Path) -> Iterator[str]:
                         str(data), "-m", "immediate", "-w", "stop"], capture_output=True,
                        timeout=60, stdin=subprocess.DEVNULL)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def fresh_database(url: str, name: str) -> str:
+    """A new, empty database `name` on the server at `url` (one made by `postgres_server`);
+    returns its URL."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')  # a test's own name, not data
+    return url.replace("/hardhost?", f"/{name}?", 1)

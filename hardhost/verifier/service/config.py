@@ -19,7 +19,7 @@ from hardhost.core.errors import SpecError, UsageError
 from hardhost.core.inputs import read_text
 from hardhost.core.settings import Invalid, build, parse_toml, show, text, tname
 from hardhost.core.settings import declare as _help
-from hardhost.verifier.service.database import is_postgres
+from hardhost.verifier.database import is_postgres
 
 MAX_CONFIG_BYTES = 256 << 10
 # A secret file holds a token or a key: a few hundred bytes.

@@ -20,10 +20,10 @@ from hardhost.core.outputs import check_output_file
 from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier import fleet, inventory
 from hardhost.verifier.attestation import Connection
+from hardhost.verifier.database import Database, is_postgres
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.service.alerts import Notifier, Target, syslog_handler
 from hardhost.verifier.service.config import ServiceConfig, read_secret, require_private
-from hardhost.verifier.service.database import Database, is_postgres
 from hardhost.verifier.service.engine import Engine, Loaded, changes_log
 from hardhost.verifier.service.metrics import Metrics
 from hardhost.verifier.service.schedule import Scheduler

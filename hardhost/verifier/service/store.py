@@ -2,7 +2,7 @@
 reset budget and the alert outbox.
 
 SQLite is the embedded default, PostgreSQL the database several workers share
-(`hardhost.verifier.service.database`). Verdicts go into the `runs` and `results` tables of
+(`hardhost.verifier.database`). Verdicts go into the `runs` and `results` tables of
 the fleet's history, so `hardhost history --db` reads a service's SQLite database as it
 reads a fleet's; each run is one interval.
 Every write that decides something (a state change and its event, a reset taken from the
@@ -20,8 +20,8 @@ from typing import Any
 
 from hardhost.core.outputs import check_output_file
 from hardhost.verifier import history
+from hardhost.verifier.database import Database, is_postgres
 from hardhost.verifier.inventory import FleetHost
-from hardhost.verifier.service.database import Database, is_postgres
 from hardhost.verifier.service.state import Change, HostState, State, classify, transition
 from hardhost.verifier.verdict import Verdict
 

@@ -1,4 +1,4 @@
-"""Where the service keeps its state: an SQLite file (one worker, the embedded default) or
+"""Where the verifier keeps its records: an SQLite file (the embedded default) or
 a PostgreSQL database that several workers share, behind one small interface. The SQL is
 written once, with `?` placeholders and types both accept; the few differences (the
 placeholder, the row id, an exclusive transaction) are this module's alone."""
@@ -9,6 +9,7 @@ import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 from hardhost.core.errors import UsageError
@@ -47,11 +48,20 @@ def is_postgres(location: str) -> bool:
     return bool(_POSTGRES_RE.fullmatch(location))
 
 
+def shown(location: str) -> str:
+    """`location` fit to print: a URL's password masked."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", location)
+
+
 class Database:
     """The SQLite file or PostgreSQL URL at `location`."""
 
-    def __init__(self, location: str, *, pool_size: int = 8) -> None:
-        self.location = location
+    def __init__(self, location: str, *, pool_size: int = 8, read_only: bool = False,
+                 what: str = "service database",
+                 fix: str = "database = naming another file") -> None:
+        """`read_only`: an SQLite file is opened as it is, never created or changed. `what`
+        and `fix` name the database and the way out in its errors."""
+        self.location, self.read_only, self.what, self.fix = location, read_only, what, fix
         self.postgres = is_postgres(location)
         self.rowid = "id" if self.postgres else "rowid"
         self.pool: Any = None
@@ -70,7 +80,7 @@ class Database:
     @property
     def shown(self) -> str:
         """The location without a password."""
-        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", self.location)
+        return shown(self.location)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -90,8 +100,26 @@ class Database:
             with closing(sqlite3.connect(self.location, timeout=30)) as db:
                 db.executescript(schema)
         except sqlite3.Error as exc:
-            raise UsageError(f"{self.location}: not a usable hardhost service database: "
-                             f"{exc}. Fix with: database = naming another file") from None
+            raise UsageError(f"{self.location}: not a usable hardhost {self.what}: {exc}. "
+                             f"Fix with: {self.fix}") from None
+
+    def tables(self) -> set[str]:
+        """The names of the tables there are."""
+        sql = ("SELECT table_name FROM information_schema.tables "
+               "WHERE table_schema = current_schema()" if self.postgres
+               else "SELECT name FROM sqlite_master WHERE type = 'table'")
+        with self.transaction() as db:
+            return {row[0] for row in db.execute(sql).fetchall()}
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of `table` (one of ours: it is not quoted)."""
+        with self.transaction() as db:
+            if self.postgres:
+                rows = db.execute("SELECT column_name FROM information_schema.columns "
+                                  "WHERE table_schema = current_schema() AND table_name = ?",
+                                  (table,)).fetchall()
+                return {row[0] for row in rows}
+            return {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
 
     @contextmanager
     def transaction(self, *, exclusive: bool = False) -> Iterator[Transaction]:
@@ -107,12 +135,15 @@ class Database:
                         connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                     yield Transaction(connection, True)
             except psycopg.Error as exc:
-                raise UsageError(f"{self.shown}: the service database failed: "
+                raise UsageError(f"{self.shown}: the {self.what} failed: "
                                  f"{str(exc).splitlines()[0][:200]}") from None
             return
+        target, uri = self.location, False
+        if self.read_only:
+            target, uri = Path(self.location).resolve().as_uri() + "?mode=ro", True
         try:
-            with closing(sqlite3.connect(self.location, timeout=30,
-                                         isolation_level=None)) as db:
+            with closing(sqlite3.connect(target, timeout=30, isolation_level=None,
+                                         uri=uri)) as db:
                 db.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
                 try:
                     yield Transaction(db, False)
@@ -121,4 +152,5 @@ class Database:
                     raise
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise UsageError(f"{self.location}: the service database failed: {exc}") from None
+            raise UsageError(f"{self.location}: not a usable hardhost {self.what}: {exc}. "
+                             f"Fix with: {self.fix}") from None
