@@ -1,9 +1,11 @@
 """hardhost serve's speed: attestations per second of one worker (SQLite, then PostgreSQL)
 and of two workers sharing PostgreSQL, against `hardhost fleet` on the same loopback sshd
 hosts in the same run; the HTTP API's latency with 10,000 hosts in the database; and the
-worker's memory at two fleet sizes, per 1,000 hosts.
+worker's memory at two fleet sizes, per 1,000 hosts; and, given a built image, the time from
+a write to `/etc` on booted guests to their passing attestation after the service's reset.
 
     sudo .venv/bin/python bench/serve.py [--hosts 200] [--parallelism 20] [--sizes 200,600]
+    sudo .venv/bin/python bench/serve.py --only-remediation --image OUTDIR/container-host
 
 Each worker's rate is timed from the moment its interval's run is recorded to the moment the
 run holds a verdict of every host (jitter 0, so the interval is pure work); `fleet`'s from
@@ -31,17 +33,24 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.fleet import BENCH_USER, BIN, Fleet, ensure_user  # noqa: E402
+from hardhost.core.log import setup_logging  # noqa: E402
 from hardhost.faces import http_server  # noqa: E402
 from hardhost.faces.service_api import make_app  # noqa: E402
 from hardhost.verifier import ServiceRequest, Verdict  # noqa: E402
 from hardhost.verifier.inventory import FleetHost  # noqa: E402
 from hardhost.verifier.service.metrics import Metrics  # noqa: E402
 from hardhost.verifier.service.store import Store  # noqa: E402
-from hardhost.verifier.transport import Target  # noqa: E402
+from hardhost.verifier.transport import Target, connect  # noqa: E402
 from hardhost.verifier.verdict import Finding, Severity  # noqa: E402
+from hardhost.vm import harness as vm  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.postgres import postgres_server  # noqa: E402
-from tests.support.serve import config_text, postgres_query, sqlite_query  # noqa: E402
+from tests.support.serve import (  # noqa: E402
+    config_text,
+    postgres_query,
+    receiver,
+    sqlite_query,
+)
 
 Query = Callable[[str], list[tuple[Any, ...]]]
 
@@ -198,6 +207,92 @@ def api_latency(hosts: int, requests: int) -> None:
             store.close()
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def remediation(image: Path, identity: Path, trust_key: Path, guests: int, rounds: int,
+                interval: int) -> None:
+    """Guests of `image` under TCG, watched by one worker that may reset them all at once:
+    each round writes to /etc on every guest, then waits for each one's `remediated` event.
+    Two figures per drift: from the write to the passing attestation (detection within the
+    interval, the reset, the reboot, the attestation), and the service's own record, from
+    the first failing attestation to the pass."""
+    names = [f"bench-serve-{index}" for index in range(guests)]
+    with tempfile.TemporaryDirectory(prefix="hardhost-bench-remediation-") as tmp, \
+            receiver() as hook:
+        work = Path(tmp)
+        instances: dict[str, tuple[vm.Instance, Target]] = {}
+        try:
+            for name in names:
+                vm.stop(name, purge=True)
+                port = free_port()
+                instances[name] = (vm.start(image, trust_key=trust_key, name=name,
+                                            ssh_port=port, timeout=300),
+                                   Target("root", "127.0.0.1", port))
+            (work / "hosts.ini").write_text("".join(
+                f"{name} ansible_host=127.0.0.1 ansible_port={target.port} "
+                "ansible_user=root\n" for name, (_, target) in instances.items()))
+            (work / "known_hosts").write_text("".join(
+                instance.known_hosts.read_text() for instance, _ in instances.values()))
+            secret = work / "webhook.secret"
+            secret.write_text("a webhook secret that is long enough\n")
+            secret.chmod(0o600)
+            path = work / "serve.toml"
+            path.write_text(config_text(
+                str(work / "serve.db"), inventory=work / "hosts.ini",
+                manifest=image / "manifest.dsse.json", trust_key=trust_key,
+                known_hosts=work / "known_hosts", identity=identity, timeout=60,
+                interval=interval, jitter=0.1, parallelism=guests,
+                tables=f"[remediation]\nenabled = true\nmax_concurrent = {guests}\n"
+                       "max_per_hour = 1000\nreset_timeout = 300\n"
+                       f"[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook.port}/\"\n"
+                       "secret_file = \"webhook.secret\"\n"))
+            query = sqlite_query(work / "serve.db")
+            to_pass: list[float] = []
+            recorded: list[float] = []
+            with workers(path, 1):
+                deadline = time.monotonic() + 600
+                while len(query("SELECT DISTINCT host FROM results WHERE status = 'pass'")
+                           ) < guests:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the guests did not pass a first attestation")
+                    time.sleep(1)
+                for round_ in range(rounds):
+                    seen = len(hook.events())
+                    written: dict[str, float] = {}
+                    for name, (instance, target) in instances.items():
+                        with connect(target, known_hosts=instance.known_hosts,
+                                     identity=identity, timeout=30) as session:
+                            session.run(["sh", "-c", "echo drift > /etc/hardhost-bench"])
+                        written[name] = time.monotonic()
+                    passed: dict[str, float] = {}
+                    deadline = time.monotonic() + 900
+                    while len(passed) < guests:
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"round {round_ + 1}: not every guest passed")
+                        for event in hook.events()[seen:]:
+                            if event["event"] == "remediated" and event["host"] not in passed:
+                                passed[event["host"]] = time.monotonic()
+                                recorded.append(float(event["remediation_seconds"]))
+                        time.sleep(0.5)
+                    to_pass += [passed[name] - written[name] for name in names]
+                    print(f"round {round_ + 1}: write to pass "
+                          + ", ".join(f"{passed[n] - written[n]:.0f} s" for n in names),
+                          flush=True)
+        finally:
+            for name in names:
+                vm.stop(name, purge=True)
+    print(f"\nDrift to a passing attestation, {guests} guests under TCG, {rounds} rounds, "
+          f"interval {interval} s (the seeds' figure: 60 s)")
+    print(f"{'':<44} {'p50':>7} {'p95':>7}")
+    for label, values in (("write to /etc -> passing attestation (s)", to_pass),
+                          ("first failing -> passing attestation (s)", recorded)):
+        print(f"{label:<44} {statistics.median(values):7.1f} "
+              f"{percentile(values, 0.95):7.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=200)
@@ -206,9 +301,31 @@ def main() -> int:
                         help="fleet sizes for the memory figure ('' to skip)")
     parser.add_argument("--api-hosts", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--image", type=Path, metavar="OUTDIR/NAME",
+                        help="a built image to boot for the drift-to-pass figure (skipped "
+                             "without one)")
+    parser.add_argument("--guests", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--identity", type=Path,
+                        default=Path.home() / ".cache/hardhost/keys/id_ed25519",
+                        help="private key the image accepts (default: make demo's)")
+    parser.add_argument("--trust-key", type=Path,
+                        default=Path.home() / ".cache/hardhost/keys/signing.pub",
+                        help="public key of the image's manifest (default: make demo's)")
+    parser.add_argument("--only-remediation", action="store_true",
+                        help="measure only the drift-to-pass figure (needs --image)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the hosts are sshd servers, PostgreSQL runs as postgres")
+    setup_logging(verbose=False)
+    if args.only_remediation and args.image is None:
+        raise SystemExit("--only-remediation needs --image OUTDIR/NAME")
+    if args.image is not None:
+        remediation(args.image, args.identity, args.trust_key, args.guests, args.rounds,
+                    args.interval)
+    if args.only_remediation:
+        return 0
     ensure_user(BENCH_USER)
     throughput(args.hosts, args.parallelism)
     sizes = sorted({int(n) for n in args.sizes.split(",") if n.strip()})
