@@ -234,3 +234,33 @@ def test_a_listen_address_off_loopback_needs_tls() -> None:
         parse_config(MINIMAL + '[http]\ntls_cert = "c.pem"\n', "serve.toml")
     with pytest.raises(SpecError, match="expected HOST:PORT"):
         parse_config(MINIMAL + '[http]\nlisten = "127.0.0.1:99999"\n', "serve.toml")
+
+
+def test_the_dashboard_escapes_what_hosts_and_inventories_send(tmp_path: Path) -> None:
+    """A host's findings come from the host and its name from an inventory: a name or an
+    observed value that is markup, or a name that walks up the URL, is shown as text."""
+    from hardhost.faces.dashboard import routes
+    from hardhost.verifier.inventory import FleetHost
+    from hardhost.verifier.transport import Target
+    from hardhost.verifier.verdict import Finding, Severity, Verdict
+
+    name = '"><img src=x onerror=alert(1)>../../metrics'
+    store = Store(str(tmp_path / "service.db"))
+    store.sync_hosts([FleetHost(name, Target("root", "127.0.0.1", 22), None, None,
+                                groups=("<b>edge</b>",))])
+    run = store.start_run("2026-12-01T00:00:00Z", "test")
+    hostile = Finding("overlay.etc.modified", Severity.HIGH, "nothing",
+                      "</code><script>alert(2)</script>")
+    store.record(run, Verdict(name, "b" * 36, "2026-12-01T00:00:00Z", "d" * 64, (hostile,),
+                              "", 0, "127.0.0.1:22", "<i>1</i>"), ())
+    fleet_page, host_page = (route.endpoint for route in routes(store).routes)  # type: ignore[attr-defined]
+    pages = [fleet_page(state=None, after=""), host_page(name=name)]
+    for page in pages:
+        assert "<img" not in page and "<script" not in page and "<b>edge" not in page
+        assert "<i>1" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in pages[0]
+    # The link to the host's page keeps its slashes and dots inside the one path segment.
+    assert 'href="/hosts/%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E..%2F..%2Fmetrics"' \
+        in pages[0]
+    assert "&lt;/code&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in pages[1]
+    store.close()

@@ -4,6 +4,7 @@ page is a few indexed queries and one page of rows, so it stays fast at 10,000 h
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated
 
 import jinja2
@@ -16,6 +17,9 @@ PAGE = 100
 STATES = ("pass", "drift", "unreachable", "trust", "error", "unknown")
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("hardhost.faces", "templates"),
                           autoescape=True, undefined=jinja2.StrictUndefined)
+# Jinja's urlencode keeps "/", so a host named "../../metrics" would link elsewhere; a host's
+# name is one path segment.
+_ENV.filters["segment"] = lambda value: urllib.parse.quote(str(value), safe="")
 
 
 def routes(store: ServiceStore) -> APIRouter:
@@ -35,7 +39,8 @@ def routes(store: ServiceStore) -> APIRouter:
             total=total, state=state or "", after=after,
             next=page[-1].name if len(page) == PAGE else None)
 
-    @router.get("/hosts/{name}", response_class=HTMLResponse)
+    # `:path`: the server decodes %2F before routing, and a name may hold a slash.
+    @router.get("/hosts/{name:path}", response_class=HTMLResponse)
     def host(name: str) -> str:
         found = store.host(name)
         if found is None:
