@@ -24,6 +24,7 @@ from hardhost.verifier.service.store import Store
 from tests.support.keys import SigningKeys
 from tests.support.manifests import sample_manifest, write_signed
 from tests.support.paths import REPO
+from tests.support.serve import sqlite_query
 
 MINIMAL = """
 [fleet]
@@ -264,3 +265,28 @@ def test_the_dashboard_escapes_what_hosts_and_inventories_send(tmp_path: Path) -
         in pages[0]
     assert "&lt;/code&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in pages[1]
     store.close()
+
+
+def test_retention_deletes_old_verdicts_and_their_empty_runs(tmp_path: Path) -> None:
+    from hardhost.verifier import history
+    from hardhost.verifier.verdict import Verdict
+
+    location = str(tmp_path / "service.db")
+    store = Store(location)
+    old = store.start_run("2026-01-01T00:00:00Z", "serve")
+    new = store.start_run("2026-06-01T00:00:00Z", "serve")
+    for run, time in ((old, "2026-01-01T00:00:10Z"), (new, "2026-06-01T00:00:10Z")):
+        for host in ("a", "b"):
+            store.record(run, Verdict(host, "b" * 36, time, "d" * 64), ())
+    # An update recorded into the same database keeps its run, whatever its age.
+    history.record_update(location, "2026-01-02T00:00:00Z", "update", "a", "updated", "1",
+                          "2", "", [Verdict("a", "c" * 36, "2026-01-02T00:00:00Z", "d" * 64)])
+    assert store.prune("2026-03-01T00:00:00Z") == 3
+    assert [(v.host, v.last_time) for v in history.summary(location)] == [
+        ("a", "2026-06-01T00:00:10Z"), ("b", "2026-06-01T00:00:10Z")]
+    runs = [row[0] for row in sqlite_query(Path(location))("SELECT started FROM runs ORDER BY id")]
+    assert runs == ["2026-06-01T00:00:00Z", "2026-01-02T00:00:00Z"]
+    assert [u.outcome for u in history.updates(location)] == ["updated"]
+    assert store.prune("2026-03-01T00:00:00Z") == 0
+    store.close()
+

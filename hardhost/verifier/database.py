@@ -20,6 +20,8 @@ _LOCK_KEY = 0x68617264
 
 
 class Cursor(Protocol):
+    rowcount: int
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...

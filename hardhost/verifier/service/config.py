@@ -154,6 +154,16 @@ class Remediation:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long verdicts are kept."""
+
+    days: int = field(default=30, metadata=_help(
+        "days each verdict is kept; older ones, and the runs left without any, are deleted "
+        "as each interval starts (hosts' states, remediation times and alerts stay)",
+        _count(1, 36500)))
+
+
+@dataclass(frozen=True)
 class HTTP:
     """The API, the metrics and the dashboard."""
 
@@ -224,6 +234,7 @@ class ServiceConfig:
         "one worker per interval through procrastinate)", _database))
     schedule: Schedule = field(default_factory=Schedule)
     remediation: Remediation = field(default_factory=Remediation)
+    retention: Retention = field(default_factory=Retention)
     http: HTTP = field(default_factory=HTTP)
     alerts: Alerts = field(default_factory=Alerts)
     source: str = ""

@@ -3,6 +3,7 @@ the scheduler and the alert outbox run until told to stop."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hardhost.core.errors import UsageError
 from hardhost.core.inputs import read_bytes
 from hardhost.core.outputs import check_output_file
+from hardhost.image.manifest import format_time
 from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier import fleet, inventory
 from hardhost.verifier.attestation import Connection
@@ -136,6 +138,12 @@ def serve(service: Service, stop: threading.Event,
         return hosts, loaded
 
     def start_run() -> int:
+        # Each interval's start trims what is past keeping: a little at a time, never a
+        # backlog of days in one transaction.
+        cutoff = format_time(dt.datetime.now(dt.UTC) - dt.timedelta(days=config.retention.days))
+        pruned = store.prune(cutoff)
+        if pruned:
+            log.info("Deleted %d verdicts older than %d days", pruned, config.retention.days)
         return store.start_run(now(), f"serve {config.source}")
 
     scheduler: Scheduler | Queue

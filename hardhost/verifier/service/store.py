@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (event_id, target)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_try);
+CREATE INDEX IF NOT EXISTS results_time ON results(time);
 """
 
 
@@ -159,6 +160,18 @@ class Store:
             (run_id,) = db.execute("INSERT INTO runs (started, inventory) VALUES (?, ?) "
                                    "RETURNING id", (started, label)).fetchone()
         return int(run_id)
+
+    def prune(self, before: str) -> int:
+        """Delete the verdicts recorded before `before` (a time as verdicts carry it), and
+        the runs left without any that no recorded update names; return how many verdicts
+        went. Hosts' states, remediation times, events and the outbox stay."""
+        with self.db.transaction() as db:
+            deleted = db.execute("DELETE FROM results WHERE time < ?", (before,)).rowcount
+            db.execute("DELETE FROM runs WHERE started < ? "
+                       "AND NOT EXISTS (SELECT 1 FROM results r WHERE r.run_id = runs.id) "
+                       "AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.run_id = runs.id)",
+                       (before,))
+        return int(deleted)
 
     def sync_hosts(self, hosts: Sequence[FleetHost]) -> None:
         """The inventory as it is now: new hosts added (state unknown), addresses and groups
