@@ -143,13 +143,22 @@ def test_two_workers_on_postgresql_share_the_fleet_and_survive_a_kill(
     shared = fleet.query("SELECT COUNT(DISTINCT worker_id) FROM procrastinate_jobs WHERE "
                          "task_name = 'hardhost.attest' AND status = 'succeeded'")
     assert shared == [(2,)]  # both workers took hosts
+    doing = "SELECT id FROM procrastinate_jobs WHERE status = 'doing'"
+    wait_for("attestations under way", lambda: len(fleet.query(doing)) >= 4,
+             timeout=INTERVAL * 2)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
+    held = {row[0] for row in fleet.query(doing)}
     (killed_in,) = fleet.query("SELECT MAX(id) FROM runs")[0]
     # The interval after the one the kill cut short is the next lease: all of it is the
     # survivor's.
     runs = complete_runs(fleet, killed_in, 1)
     assert_each_host_once(fleet, runs)
+    # What the killed worker held leaves 'doing' once its heartbeat is 30 s old: the
+    # survivor marks it failed instead of leaving it there for good.
+    wait_for("the killed worker's jobs to be failed", lambda: not held & {
+        row[0] for row in fleet.query(doing)}, timeout=INTERVAL * 4)
+    assert fleet.query("SELECT COUNT(*) FROM procrastinate_jobs WHERE status = 'failed'")[0][0]
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=90) == 0
     # `hardhost history` reads the workers' database as it reads a fleet run's.

@@ -6,7 +6,10 @@ database) starts one `interval` job. It records the interval's run and defers on
 job per host, each with the host's queueing lock, so a host never has two attestations
 waiting, and a random delay within the jitter. Workers take jobs with PostgreSQL's row locks:
 one host, one worker, once per interval. A worker killed mid-interval loses only the jobs it
-held; the others take every waiting job, and every host from the next interval on.
+held; the others take every waiting job, and every host from the next interval on. Once an
+interval each worker tidies the queue: the jobs a dead worker held are marked failed (its
+hosts are deferred again by the next interval), and finished jobs older than an hour are
+deleted, so the queue does not grow with the fleet's every attestation.
 """
 
 from __future__ import annotations
@@ -152,6 +155,25 @@ class Queue:
             return Request.BUSY
         return Request.QUEUED
 
+    async def _tidy(self) -> None:
+        """Each interval: fail the jobs of workers whose heartbeat stopped (procrastinate's
+        own test of a stalled worker), and delete finished jobs older than an hour."""
+        manager = self.app.job_manager
+        while True:
+            await asyncio.sleep(self.schedule.interval)
+            try:
+                for job in await manager.get_stalled_jobs():
+                    assert job.id is not None
+                    with suppress(procrastinate.exceptions.ConnectorException):
+                        # Another worker may have failed it first.
+                        await manager.finish_job_by_id_async(
+                            job.id, procrastinate.jobs.Status.FAILED, delete_job=False)
+                        log.warning("%s %s: its worker stopped answering; marked failed",
+                                    job.task_name, job.task_kwargs.get("host", ""))
+                await manager.delete_old_jobs(nb_hours=1, include_failed=True)
+            except procrastinate.exceptions.ProcrastinateException as exc:
+                log.error("Tidying the queue failed; tried again next interval: %s", exc)
+
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set; then the jobs in flight finish."""
         _apply_schema(self.url, self.app)
@@ -167,10 +189,12 @@ class Queue:
                 worker = asyncio.create_task(self.app.run_worker_async(
                     concurrency=self.schedule.parallelism, install_signal_handlers=False,
                     name=self.name, wait=True, fetch_job_polling_interval=1.0))
+                tidy = asyncio.create_task(self._tidy())
                 await loop.run_in_executor(None, stop.wait)
-                worker.cancel()
-                with suppress(asyncio.CancelledError):
-                    await worker
+                for task in (tidy, worker):
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
 
         try:
             loop.run_until_complete(work())
