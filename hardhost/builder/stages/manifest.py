@@ -155,8 +155,8 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     key = ctx.signing_key
     packages = sbom.installed_packages(ctx.tree)
     epoch = dt.datetime.fromtimestamp(ctx.source_date_epoch, dt.UTC)
-    sbom.write(ctx.staging / SBOM_NAME, sbom.document(ctx.spec.name, packages,
-                                                       format_time(epoch)))
+    sbom.write(ctx.staging / SBOM_NAME, sbom.document(
+        ctx.spec.name, packages, format_time(epoch), suite=ctx.spec.distribution.suite))
     ctx.subjects = {name: sha256_file(ctx.staging / name)
                     for name in subjects(qcow2=ctx.qcow2)}
     manifest = build_manifest(ctx, packages, ctx.subjects[SBOM_NAME], dt.datetime.now(dt.UTC))
