@@ -19,6 +19,7 @@ from hardhost.advisories.feed import Advisory, Feed, Status, Urgency
 from hardhost.advisories.releases import distro
 from hardhost.advisories.sbom_read import ImagePackage, Inventory
 from hardhost.advisories.vex import Waiver
+from hardhost.image.manifest import ADVISORY_KEYS
 
 
 class State(StrEnum):
@@ -182,10 +183,10 @@ def _waiver(issue: str, packages: Sequence[ImagePackage], waivers: Sequence[Waiv
     return chosen
 
 
-# The manifest predicate's `advisories` record (hardhost.image.manifest.ADVISORY_KEYS).
 def manifest_record(result: ScanResult) -> dict[str, str]:
+    """The manifest predicate's `advisories`, keyed by `ADVISORY_KEYS`."""
     counts = result.counts()
-    return {
+    record = {
         "feed_sha256": result.feed.sha256,
         "feed_date": result.feed.date,
         "release": result.inventory.release,
@@ -193,3 +194,5 @@ def manifest_record(result: ScanResult) -> dict[str, str]:
         "fail_unfixed": "yes" if result.policy.fail_unfixed else "no",
         **{key: str(value) for key, value in counts.items()},
     }
+    assert tuple(record) == ADVISORY_KEYS, "the manifest's keys and the record's differ"
+    return record

@@ -25,6 +25,7 @@ from debian import deb822
 from packageurl import PackageURL
 
 from hardhost.advisories.releases import distro
+from hardhost.advisories.sbom_read import ImagePackage, Inventory
 
 # DEP-5 short names with an exact SPDX identifier. Anything else is NOASSERTION: an SBOM
 # must not claim a licence it cannot name precisely.
@@ -184,6 +185,13 @@ def document(name: str, packages: list[Package], created: str, *, suite: str
             for p in packages
         ],
     }
+
+
+def inventory(name: str, packages: list[Package], *, suite: str) -> Inventory:
+    """The packages as a scan reads them back from the SBOM `document` writes."""
+    return Inventory(f"the packages of {name}", f"hardhost-{name}", suite, tuple(
+        ImagePackage(p.name, p.version, p.architecture, p.source, p.effective_source_version,
+                     p.purl(suite)) for p in packages))
 
 
 def write(path: Path, doc: dict[str, Any]) -> None:
