@@ -10,13 +10,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hardhost.cli.common import Commands, add_command
-from hardhost.core.errors import FAILED, TRUST, USAGE, UsageError
+from hardhost.cli.help import markdown_cell
+from hardhost.core.errors import FAILED, OK, TRUST, USAGE, ExitCode, UsageError
 from hardhost.core.outputs import check_output_file, write_atomic
 
 if TYPE_CHECKING:
     from hardhost.advisories.scan import Policy
 
 LEVELS = ("low", "medium", "high", "never")
+
+# What the exit codes of EXIT_CODES mean for `hardhost scan`; the README's table of them is
+# rendered from here.
+SCAN_EXITS: tuple[tuple[ExitCode, str], ...] = (
+    (OK, "no finding fails the policy"),
+    (FAILED, "a finding fails the policy (`--fail-on`, `--fail-on-unfixed`)"),
+    (USAGE, "a malformed SBOM, feed or VEX document (`FILE: KEY: what is wrong`), a missing "
+            "file, or an output that cannot be written"),
+    (TRUST, "the feed's sha256 is not the one `--feed-sha256` pins"),
+)
+
+
+def exit_codes_markdown() -> str:
+    """The README's table of what `hardhost scan`'s exit codes mean."""
+    rows = ["| code | name | for `hardhost scan` |", "| --- | --- | --- |"]
+    rows += [f"| {e.code} | {e.name} | {markdown_cell(text)} |" for e, text in SCAN_EXITS]
+    return "\n".join(rows) + "\n"
 
 
 def register(commands: Commands) -> None:
@@ -28,9 +46,8 @@ def register(commands: Commands) -> None:
                     "Debian's version order, for the release the SBOM names. A finding is "
                     "fixable (Debian has a fix the image lacks), unfixed, or undetermined; "
                     "unimportant and no-DSA issues are shown apart and never fail. Exit "
-                    f"{FAILED.code} when a finding fails the policy (--fail-on), "
-                    f"{USAGE.code} for a malformed SBOM, feed or VEX document, "
-                    f"{TRUST.code} when the feed's digest is not the pinned one.")
+                    + "; ".join(f"{e.code}: {text.replace('`', '')}"
+                                for e, text in SCAN_EXITS) + ".")
     scan.add_argument("target", type=Path, metavar="IMAGE_DIR|SBOM",
                       help="a built image's folder (its sbom.spdx.json) or an SPDX JSON SBOM")
     scan.add_argument("--release", metavar="SUITE",
