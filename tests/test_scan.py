@@ -17,7 +17,8 @@ from hardhost.advisories.sbom_read import read_sbom
 from hardhost.advisories.scan import Level, Policy, State, scan
 from hardhost.advisories.vex import read_vex
 from hardhost.cli.main import main
-from tests.support.advisories import FEED, SARIF_SCHEMA, write_sbom
+from hardhost.core.errors import UsageError
+from tests.support.advisories import FEED, OPENVEX_SCHEMA, SARIF_SCHEMA, write_sbom
 
 FAILING_AT = {
     "low": {"CVE-2025-4802", "CVE-2025-32728", "CVE-2025-9230", "CVE-2024-13176"},
@@ -176,8 +177,9 @@ def test_outputs_follow_their_formats(sbom_file: Path, tmp_path: Path) -> None:
     suppressed = [r for r in results if "suppressions" in r]
     assert [r["ruleId"] for r in suppressed] == ["CVE-2025-4802"]
     assert "vulnerable_code_not_present" in suppressed[0]["suppressions"][0]["justification"]
-    # The OpenVEX output is OpenVEX 0.2, as strict a reader as --vex takes.
+    # The OpenVEX output is OpenVEX 0.2: its schema, and the strict reader --vex takes.
     openvex = json.loads(paths["openvex"].read_text())
+    jsonschema.Draft202012Validator(json.loads(OPENVEX_SCHEMA.read_text())).validate(openvex)
     assert openvex["@context"] == "https://openvex.dev/ns/v0.2.0"
     assert {"@id", "author", "timestamp", "version", "statements"} <= set(openvex)
     statements = read_vex([paths["openvex"]])
@@ -213,3 +215,31 @@ def test_an_older_sbom_needs_the_release(tmp_path: Path, capsys: pytest.CaptureF
 def test_an_image_folder_is_scanned_through_its_sbom(tmp_path: Path) -> None:
     write_sbom(tmp_path / "sbom.spdx.json")
     assert main(["scan", str(tmp_path), "--feed", str(FEED), "--fail-on", "never"]) == 0
+
+
+def test_no_findings_no_openvex(tmp_path: Path) -> None:
+    from hardhost.builder import sbom
+
+    clean = sbom.Package("zlib1g", "1:1.3-1", "amd64", "zlib-ng", "Zlib")
+    path = write_sbom(tmp_path / "sbom.json", (clean,))
+    stale = tmp_path / "out.openvex"
+    stale.write_text("from an earlier scan")
+    assert main(["scan", str(path), "--feed", str(FEED), "--openvex", str(stale)]) == 0
+    assert not stale.exists()
+
+
+def test_the_openvex_schema_agrees_with_the_reader(tmp_path: Path) -> None:
+    # Documents the reader refuses are refused by OpenVEX's own schema too.
+    validator = jsonschema.Draft202012Validator(json.loads(OPENVEX_SCHEMA.read_text()))
+    base = vex_doc(statement("CVE-2025-9230", ["pkg:deb/debian/openssl"], "not_affected",
+                             justification="vulnerable_code_not_present"))
+    validator.validate(base)
+    extra = json.loads(json.dumps(base))
+    extra["statements"][0]["waive_everything"] = True
+    empty = {**base, "statements": []}
+    for document in (extra, empty):
+        assert not validator.is_valid(document)
+        path = tmp_path / "vex.json"
+        path.write_text(json.dumps(document))
+        with pytest.raises(UsageError):
+            read_vex([path])

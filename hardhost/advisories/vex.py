@@ -29,6 +29,14 @@ from hardhost.core.inputs import load_json
 CONTEXT = "https://openvex.dev/ns/v0.2.0"
 MAX_STATEMENTS = 10_000
 _ID = re.compile(r"[A-Z][A-Z0-9]{1,15}-[0-9A-Za-z-]{1,48}")
+# The keys OpenVEX 0.2's JSON schema allows (it forbids any other).
+_DOCUMENT_KEYS = {"@context", "@id", "author", "role", "timestamp", "last_updated", "version",
+                  "tooling", "statements"}
+_STATEMENT_KEYS = {"@id", "version", "vulnerability", "timestamp", "last_updated", "products",
+                   "status", "supplier", "status_notes", "justification", "impact_statement",
+                   "action_statement", "action_statement_timestamp"}
+_VULNERABILITY_KEYS = {"@id", "name", "description", "aliases"}
+_PRODUCT_KEYS = {"@id", "identifiers", "hashes", "subcomponents"}
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 
@@ -103,6 +111,7 @@ def read_vex(paths: Sequence[Path]) -> tuple[Waiver, ...]:
 def _document(doc: Any, origin: str) -> list[Waiver]:
     if not isinstance(doc, dict):
         raise SpecError(origin, "(top level)", "not an OpenVEX document (a JSON object)")
+    _known_keys(doc, _DOCUMENT_KEYS, origin, "")
     if doc.get("@context") != CONTEXT:
         raise SpecError(origin, "@context", f"must be {CONTEXT} (OpenVEX 0.2)")
     for key in ("@id", "author"):
@@ -122,9 +131,11 @@ def _document(doc: Any, origin: str) -> list[Waiver]:
 def _statement(entry: Any, origin: str, where: str) -> Waiver:
     if not isinstance(entry, dict):
         raise SpecError(origin, where, "not an object")
+    _known_keys(entry, _STATEMENT_KEYS, origin, f"{where}.")
     vulnerability = entry.get("vulnerability")
     if not isinstance(vulnerability, dict):
         raise SpecError(origin, f"{where}.vulnerability", "missing or not an object")
+    _known_keys(vulnerability, _VULNERABILITY_KEYS, origin, f"{where}.vulnerability.")
     name = _text(vulnerability, "name", origin, f"{where}.vulnerability.name", required=True)
     aliases = vulnerability.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
@@ -156,18 +167,23 @@ def _statement(entry: Any, origin: str, where: str) -> Waiver:
                         f"{', '.join(Justification)}")
     if justification and status is not VexStatus.NOT_AFFECTED:
         raise SpecError(origin, f"{where}.justification", "only not_affected takes one")
+    impact = _text(entry, "impact_statement", origin, f"{where}.impact_statement")
     action = _text(entry, "action_statement", origin, f"{where}.action_statement")
     if status is VexStatus.AFFECTED and not action:
         raise SpecError(origin, f"{where}.action_statement", "affected needs one (OpenVEX "
                         "0.2: what to do about it)")
     return Waiver(f"{origin}: {where}", (name, *aliases), parsed, status, justification,
-                  _text(entry, "impact_statement", origin, f"{where}.impact_statement"),
-                  action)
+                  impact, action)
 
 
 def _product(entry: Any, origin: str, where: str) -> Product:
     if not isinstance(entry, dict):
         raise SpecError(origin, where, "not an object")
+    _known_keys(entry, _PRODUCT_KEYS, origin, f"{where}.")
+    if "subcomponents" in entry:
+        # A waiver of part of a package is not something a Debian package scan can check.
+        raise SpecError(origin, f"{where}.subcomponents", "not supported: name the Debian "
+                        "package itself")
     identifiers = entry.get("identifiers", {})
     locator = entry.get("@id") or (identifiers.get("purl")
                                    if isinstance(identifiers, dict) else None)
@@ -185,6 +201,12 @@ def _product(entry: Any, origin: str, where: str) -> Product:
     qualifiers = purl.qualifiers if isinstance(purl.qualifiers, dict) else {}
     return Product(purl.name, purl.version or "", qualifiers.get("arch", ""),
                    qualifiers.get("distro", ""))
+
+
+def _known_keys(data: dict[str, Any], allowed: set[str], origin: str, prefix: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SpecError(origin, f"{prefix}{unknown[0][:40]}", "not a key of OpenVEX 0.2")
 
 
 def _text(data: dict[str, Any], key: str, origin: str, where: str, *,

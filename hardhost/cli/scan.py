@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from hardhost.core.outputs import check_output_file, write_atomic
 
 if TYPE_CHECKING:
     from hardhost.advisories.scan import Policy
+
+log = logging.getLogger("hardhost")
 
 LEVELS = ("low", "medium", "high", "never")
 
@@ -57,7 +60,8 @@ def register(commands: Commands) -> None:
     scan.add_argument("--json", action="store_true",
                       help="print the findings as JSON instead of the table")
     for flag, what in (("--sarif", "SARIF 2.1.0, for code-scanning tools"),
-                       ("--openvex", "OpenVEX 0.2: a statement per finding"),
+                       ("--openvex", "OpenVEX 0.2: a statement per finding (with no "
+                                     "findings there is nothing to state: FILE is removed)"),
                        ("--junit", "JUnit XML for CI: a failing finding is a failure")):
         scan.add_argument(flag, type=Path, metavar="FILE",
                           help=f"also write {what} (replaced whole, checked before the scan)")
@@ -146,8 +150,14 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         write_atomic(args.sarif, json.dumps(sarif(result, tool_version=__version__),
                                             indent=2, sort_keys=True) + "\n")
     if args.openvex is not None:
-        write_atomic(args.openvex, json.dumps(openvex(result, timestamp=now), indent=2,
-                                              sort_keys=True) + "\n")
+        if result.findings:
+            write_atomic(args.openvex, json.dumps(openvex(result, timestamp=now), indent=2,
+                                                  sort_keys=True) + "\n")
+        else:
+            # OpenVEX 0.2 needs at least one statement; a file from an earlier scan would
+            # describe findings this one no longer has.
+            args.openvex.unlink(missing_ok=True)
+            log.warning("no findings, so no OpenVEX statements: %s not written", args.openvex)
     if args.junit is not None:
         write_atomic(args.junit, junit(result))
     print(json.dumps(to_json(result), indent=2, sort_keys=True) if args.json

@@ -10,6 +10,7 @@ from tests.support.paths import REPO
 
 FEED = REPO / "tests/data/feed/debian-security-fixture.json"
 SARIF_SCHEMA = REPO / "tests/data/sarif/sarif-schema-2.1.0.json"
+OPENVEX_SCHEMA = REPO / "tests/data/openvex/openvex_json_schema.json"
 
 PACKAGES = (
     sbom.Package("openssl", "3.0.15-1~deb12u1", "amd64", "openssl", "Apache-2.0"),
