@@ -205,6 +205,19 @@ def main() -> None:
                  "--history", str(work / "history")], args.runs)
         except (FileNotFoundError, SystemExit) as exc:
             print(f"debsecan: not run ({exc})")
+        if "debsecan" in runs:
+            theirs = set(subprocess.run(
+                ["debsecan", "--suite", "bookworm", "--source", f"file://{work}/debsecan/",
+                 "--status", str(work / "status"), "--format", "bugs", "--history",
+                 str(work / "history")], capture_output=True, text=True,
+                check=True).stdout.split())
+            ours_json = json.loads(subprocess.run(
+                [str(BIN / "hardhost"), "scan", str(sbom_path), "--feed", str(feed_path),
+                 "--fail-on", "never", "--json"], capture_output=True, text=True,
+                check=True).stdout)
+            found = {f["id"] for f in ours_json["findings"]}
+            print(f"findings: hardhost {len(found)} issues, debsecan {len(theirs)}; "
+                  f"{'the same' if found == theirs else 'DIFFERENT'}")
         for name, (seconds, rss) in runs.items():
             print(f"{name:16s} {seconds:6.2f} s  peak RSS {rss:7.1f} MiB")
         ours = runs["hardhost scan"][0]
