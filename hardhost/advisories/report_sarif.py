@@ -53,7 +53,9 @@ def sarif(result: ScanResult, *, tool_version: str) -> dict[str, Any]:
             "level": _level(finding, result),
             "message": {"text": _message(finding)},
             "locations": [{
-                "physicalLocation": {"artifactLocation": {"uri": sbom_uri}},
+                # Code-scanning tools place a result on a line; the SBOM names the packages.
+                "physicalLocation": {"artifactLocation": {"uri": sbom_uri},
+                                     "region": {"startLine": 1}},
                 "logicalLocations": [{"fullyQualifiedName": printable(p.purl),
                                       "kind": "package"} for p in finding.packages],
             }],
