@@ -45,6 +45,11 @@ def test_the_package_keeps_every_contract(tmp_path: Path) -> None:
      "faces use only the verifier's public API"),
     ("hardhost/verifier/reset.py", "from hardhost.profiles import trace",
      "the verifier knows no profiles"),
+    # The advisories sit beside the profiles: below the builder, never beside or above it.
+    ("hardhost/advisories/scan.py", "from hardhost.builder import sbom",
+     "every import points down"),
+    ("hardhost/advisories/feed.py", "from hardhost.profiles import trace",
+     "every import points down"),
 ])
 def test_a_wrong_import_breaks_its_contract(tmp_path: Path, module: str, wrong: str,
                                             contract: str) -> None:

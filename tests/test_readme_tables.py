@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hardhost.builder.schema import markdown_table
+from hardhost.cli import scan
 from hardhost.cli.help import exit_codes_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -19,6 +20,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 TABLES: dict[str, Callable[[], str]] = {
     "exit codes": exit_codes_markdown,
     "spec keys": markdown_table,
+    "scan exit codes": scan.exit_codes_markdown,
 }
 
 

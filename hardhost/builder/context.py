@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hardhost.advisories.gate import Gate
 from hardhost.builder.spec import Spec
 from hardhost.core.log import StepTiming
 
@@ -22,6 +23,7 @@ class BuildContext:
     source_date_epoch: int
     reuse: bool = True  # take stage outputs from the cache when their key matches
     qcow2: bool = False  # write the disk as disk.qcow2 instead of the raw disk.img
+    gate: Gate | None = None  # the known-vulnerability gate, run before the manifest is signed
     keys: dict[str, str] = field(default_factory=dict)  # stage name -> input key
     kernel_release: str = ""
     root_hash: str = ""

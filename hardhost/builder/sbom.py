@@ -2,6 +2,10 @@
 
 Packages come from dpkg's status database, licences from machine-readable (DEP-5) copyright
 files where a package has one; both are read with python-debian.
+
+Each package's purl names what Debian's advisories name: the release (`distro=debian-12`)
+and, where it differs from the binary package, the source package and its version
+(`upstream=glibc`, `upstream=bash@5.2.15-2`), as purl-spec's deb type has them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import hashlib
 import json
 import logging
 import re
-import urllib.parse
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -19,6 +22,10 @@ from typing import Any
 
 from debian import copyright as debian_copyright
 from debian import deb822
+from packageurl import PackageURL
+
+from hardhost.advisories.releases import distro
+from hardhost.advisories.sbom_read import ImagePackage, Inventory
 
 # DEP-5 short names with an exact SPDX identifier. Anything else is NOASSERTION: an SBOM
 # must not claim a licence it cannot name precisely.
@@ -43,11 +50,34 @@ class Package:
     architecture: str
     source: str
     license: str  # an SPDX expression or NOASSERTION
+    # dpkg's `Source: NAME (VERSION)` differs from the binary's version after a binNMU or
+    # for packages versioned apart from their source (libgcc-s1 of gcc-12).
+    source_version: str = ""
 
     @property
-    def purl(self) -> str:
-        quoted = urllib.parse.quote(self.version, safe="")
-        return f"pkg:deb/debian/{self.name}@{quoted}?arch={self.architecture}"
+    def effective_source_version(self) -> str:
+        return self.source_version or self.version
+
+    def purl(self, suite: str) -> str:
+        """`pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-N[&upstream=SRC[@VER]]`."""
+        qualifiers = {"arch": self.architecture, "distro": distro(suite)}
+        if self.effective_source_version != self.version:
+            qualifiers["upstream"] = f"{self.source}@{self.effective_source_version}"
+        elif self.source != self.name:
+            qualifiers["upstream"] = self.source
+        return str(PackageURL(type="deb", namespace="debian", name=self.name,
+                              version=self.version, qualifiers=qualifiers).to_string())
+
+
+def source_field(value: str, binary: str, version: str) -> tuple[str, str]:
+    """The source package and its version from dpkg's `Source` field: absent means the
+    binary's own name and version; `NAME (VERSION)` gives a version of its own."""
+    words = value.split()
+    if not words:
+        return binary, version
+    if len(words) == 2 and words[1].startswith("(") and words[1].endswith(")"):
+        return words[0], words[1][1:-1]
+    return words[0], version
 
 
 def spdx_license(synopsis: str) -> str:
@@ -103,10 +133,11 @@ def installed_packages(tree: Path) -> list[Package]:
         for para in deb822.Packages.iter_paragraphs(f, use_apt_pkg=False):
             if not para.get("Status", "").endswith(" installed"):
                 continue
-            name = para["Package"]
-            source = para.get("Source", name).split()[0]
-            packages.append(Package(name, para["Version"], para["Architecture"], source,
-                                    _license_of(tree, name)))
+            name, version = para["Package"], para["Version"]
+            source, source_version = source_field(para.get("Source", ""), name, version)
+            packages.append(Package(name, version, para["Architecture"], source,
+                                    _license_of(tree, name),
+                                    "" if source_version == version else source_version))
     return sorted(packages, key=lambda p: (p.name, p.architecture))
 
 
@@ -119,9 +150,10 @@ def _spdx_id(package: Package) -> str:
     return "SPDXRef-Package-" + _IDSTRING.sub("-", f"{package.name}-{package.architecture}")
 
 
-def document(name: str, packages: list[Package], created: str) -> dict[str, Any]:
-    """The SPDX 2.3 JSON document. Its namespace derives from the package list, so the same
-    package set always gives the same SBOM."""
+def document(name: str, packages: list[Package], created: str, *, suite: str
+             ) -> dict[str, Any]:
+    """The SPDX 2.3 JSON document of an image of Debian `suite`. Its namespace derives from
+    the package list, so the same package set always gives the same SBOM."""
     digest = package_list_digest(packages)
     namespace = f"https://spdx.org/spdxdocs/hardhost-{name}-{uuid.UUID(digest[:32])}"
     return {
@@ -143,13 +175,23 @@ def document(name: str, packages: list[Package], created: str) -> dict[str, Any]
                 "licenseConcluded": "NOASSERTION",
                 "licenseDeclared": p.license,
                 "copyrightText": "NOASSERTION",
-                "sourceInfo": f"built from the Debian source package {p.source}",
+                # Older readers took the first word after "package" as the source.
+                "sourceInfo": f"built from the Debian source package {p.source} "
+                              f"{p.effective_source_version}",
                 "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER",
-                                  "referenceType": "purl", "referenceLocator": p.purl}],
+                                  "referenceType": "purl",
+                                  "referenceLocator": p.purl(suite)}],
             }
             for p in packages
         ],
     }
+
+
+def inventory(name: str, packages: list[Package], *, suite: str) -> Inventory:
+    """The packages as a scan reads them back from the SBOM `document` writes."""
+    return Inventory(f"the packages of {name}", f"hardhost-{name}", suite, tuple(
+        ImagePackage(p.name, p.version, p.architecture, p.source, p.effective_source_version,
+                     p.purl(suite)) for p in packages))
 
 
 def write(path: Path, doc: dict[str, Any]) -> None:

@@ -6,12 +6,17 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hardhost.builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
 from hardhost.cli.common import Commands, add_command
+from hardhost.cli.scan import advisory_options, pinned, policy
 from hardhost.core.errors import UsageError
 from hardhost.core.inputs import read_text
 from hardhost.core.outputs import check_output_dir
+
+if TYPE_CHECKING:
+    from hardhost.advisories.gate import Gate
 
 log = logging.getLogger("hardhost")
 
@@ -60,6 +65,7 @@ def register(commands: Commands) -> None:
                        help="the disk image: raw disk.img (the default; write it to a disk "
                             "with dd, or import it to a cloud) or disk.qcow2 for hypervisors "
                             "(made with qemu-img)")
+    advisory_options(build, required=False)
     build.set_defaults(func=_cmd_build)
 
     keygen = add_command(
@@ -89,6 +95,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     _check_build_output(args.output)  # before any stage: a bad -o must not cost a build
+    gate = _gate(args, spec.distribution.suite)
     require_root()
     key = load_private_key(_signing_key_path(args, spec.manifest.signing_key))
     extra: list[str] = []
@@ -101,7 +108,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.check_reproducible:
         final, differing = check_reproducible(spec, args.output, key=key, force=args.force,
                                               workspace=args.workspace,
-                                              qcow2=args.format == "qcow2")
+                                              qcow2=args.format == "qcow2", gate=gate)
         if differing is not None:
             print(f"hardhost: not reproducible: {differing} differs between two builds of "
                   f"{args.spec}", file=sys.stderr)
@@ -110,9 +117,25 @@ def _cmd_build(args: argparse.Namespace) -> int:
                  ", ".join(_subjects(qcow2=args.format == "qcow2")))
     else:
         final = build(spec, args.output, key=key, force=args.force, reuse=not args.no_cache,
-                      workspace=args.workspace, qcow2=args.format == "qcow2")
+                      workspace=args.workspace, qcow2=args.format == "qcow2", gate=gate)
     print(final)
     return 0
+
+
+def _gate(args: argparse.Namespace, suite: str) -> Gate | None:
+    """The known-vulnerability gate of --feed, its inputs read and checked before the
+    build starts."""
+    from hardhost.advisories.gate import load_gate
+
+    if args.feed is None:
+        given = [flag for flag, value in (("--vex", args.vex), ("--feed-sha256",
+                 args.feed_sha256), ("--feed-date", args.feed_date),
+                 ("--fail-on-unfixed", args.fail_on_unfixed)) if value]
+        if given or args.fail_on != "low":
+            raise UsageError(f"{', '.join(given) or '--fail-on'} needs --feed FILE")
+        return None
+    return load_gate(args.feed, release=suite, policy=policy(args), vex=args.vex,
+                     sha256=pinned(args), date=args.feed_date)
 
 
 def _check_build_output(output: Path) -> None:

@@ -21,6 +21,7 @@ from hardhost.cli import (
     fleet,
     manifest,
     profile,
+    scan,
     serve,
     spec,
     terraform,
@@ -39,7 +40,7 @@ log = logging.getLogger("hardhost")
 _GROUPS: tuple[Callable[[Commands], None], ...] = (
     build.register, manifest.register, vm.register, evidence.register, profile.register,
     attest.register, update.register, fleet.register, serve.register, terraform.register,
-    spec.register,
+    spec.register, scan.register,
 )
 
 

@@ -97,12 +97,18 @@ class HostManifest:
     # How the image's disk is laid out and how an update to it is assessed: slot_size_mib,
     # boot_tries, bless_timeout (decimal text each). Empty before images had a disk.
     disk: Mapping[str, str] = field(default_factory=dict)
+    # The known-vulnerability gate the build passed (ADVISORY_KEYS): the feed's digest and
+    # date, the release, the policy and the counts. Empty, and left out of the statement,
+    # when the build had no --feed: such manifests are byte for byte what they were before.
+    advisories: Mapping[str, str] = field(default_factory=dict)
 
     def statement(self) -> dict[str, Any]:
         predicate = asdict(self)
         predicate.pop("name")
         predicate.pop("subjects")
         predicate["mutable_paths"] = {k: list(v) for k, v in self.mutable_paths.items()}
+        if not self.advisories:
+            predicate.pop("advisories")
         return {
             "_type": STATEMENT_TYPE,
             "subject": [{"name": s.name, "digest": {"sha256": s.sha256}} for s in self.subjects],
@@ -135,6 +141,10 @@ def digest(data: bytes) -> str:
 
 # The keys of HostManifest.disk.
 DISK_KEYS = ("slot_size_mib", "boot_tries", "bless_timeout")
+# The keys of HostManifest.advisories (hardhost.advisories.scan.manifest_record).
+ADVISORY_KEYS = ("feed_sha256", "feed_date", "release", "fail_on", "fail_unfixed", "affected",
+                 "unfixed", "undetermined", "minor", "waived", "failing")
+_ADVISORY_VALUE = re.compile(r"[0-9A-Za-z:.+~_-]{1,80}")
 
 
 class _Reader:
@@ -242,13 +252,17 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         # reports a manifest without a mount table as drift.
         mounts=p.optional_text_map("mounts"), optional_mounts=p.optional_text_map(
             "optional_mounts"), runtime_mount_areas=p.optional_text_list("runtime_mount_areas"),
-        version=p.optional_text("version", ""), disk=p.optional_text_map("disk"))
+        version=p.optional_text("version", ""), disk=p.optional_text_map("disk"),
+        advisories=p.optional_text_map("advisories"))
     if manifest.version and not IMAGE_VERSION_RE.fullmatch(manifest.version):
         raise p.fail("version", f"{manifest.version[:40]!r} is not an image version (numbers "
                      "joined by dots)")
     for key, value in manifest.disk.items():
         if key not in DISK_KEYS or not value.isdigit() or len(value) > 9:
             raise p.fail(f"disk.{key[:40]}", "not a known key with a decimal value")
+    for key, value in manifest.advisories.items():
+        if key not in ADVISORY_KEYS or not _ADVISORY_VALUE.fullmatch(value):
+            raise p.fail(f"advisories.{key[:40]!r}", "not a known key with a plain value")
     if manifest.boot not in ("direct", "uki"):
         raise p.fail("boot", f"{manifest.boot[:40]!r} is neither 'direct' nor 'uki'")
     created = _parse_time(manifest.created, "created", origin)

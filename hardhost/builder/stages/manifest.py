@@ -1,4 +1,8 @@
-"""Stage 7: the SBOM and the signed manifest, the contract the verifier checks hosts against."""
+"""Stage 7: the SBOM and the signed manifest, the contract the verifier checks hosts against.
+
+With a known-vulnerability gate (`hardhost build --feed`), the image's packages are scanned
+first: a failing image stops the build here, before anything is signed, and the output
+folder is never written."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 
+from hardhost.advisories.gate import decide, record
 from hardhost.builder import sbom
 from hardhost.builder.context import BuildContext
 from hardhost.builder.pcr import KNOWN_FIRMWARE
@@ -102,7 +107,8 @@ def userns_expectations(spec: Spec) -> dict[str, str]:
 
 
 def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest: str,
-                   now: dt.datetime) -> HostManifest:
+                   now: dt.datetime, advisories: Mapping[str, str] | None = None
+                   ) -> HostManifest:
     spec = ctx.spec
     return HostManifest(
         name=spec.name,
@@ -134,6 +140,7 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         optional_mounts=layout.OPTIONAL_MOUNTS,
         runtime_mount_areas=layout.RUNTIME_MOUNT_AREAS + (
             layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()),
+        advisories=dict(advisories or {}),
     )
 
 
@@ -154,11 +161,19 @@ def expected_mounts(spec: Spec) -> dict[str, str]:
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     key = ctx.signing_key
     packages = sbom.installed_packages(ctx.tree)
+    suite = ctx.spec.distribution.suite
+    advisories: dict[str, str] = {}
+    if ctx.gate is not None:
+        # Before anything is written: a failing image raises, and the build removes its
+        # staging folder.
+        advisories = record(decide(ctx.gate, sbom.inventory(ctx.spec.name, packages,
+                                                            suite=suite)))
     epoch = dt.datetime.fromtimestamp(ctx.source_date_epoch, dt.UTC)
-    sbom.write(ctx.staging / SBOM_NAME, sbom.document(ctx.spec.name, packages,
-                                                       format_time(epoch)))
+    sbom.write(ctx.staging / SBOM_NAME, sbom.document(
+        ctx.spec.name, packages, format_time(epoch), suite=suite))
     ctx.subjects = {name: sha256_file(ctx.staging / name)
                     for name in subjects(qcow2=ctx.qcow2)}
-    manifest = build_manifest(ctx, packages, ctx.subjects[SBOM_NAME], dt.datetime.now(dt.UTC))
+    manifest = build_manifest(ctx, packages, ctx.subjects[SBOM_NAME], dt.datetime.now(dt.UTC),
+                              advisories)
     (ctx.staging / MANIFEST_NAME).write_bytes(signing.sign(manifest.payload(), key))
     step.note = f"{len(packages)} packages, key {signing.key_id(key.public_key())[:16]}"
