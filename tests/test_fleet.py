@@ -3,7 +3,10 @@ server, and a fake host whose output floods."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -11,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +25,7 @@ from hardhost.verifier.attestation import Connection
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.transport import Target
 from hardhost.verifier.verdict import Finding, Severity, Verdict
+from tests.support.advisories import FEED, write_sbom
 from tests.support.fake_image_host import image_host, recorded_manifest
 from tests.support.keys import KeyPair, SigningKeys
 from tests.support.manifests import sample_manifest, write_signed
@@ -202,3 +207,57 @@ def test_the_fleet_reset_attests_again_before_it_reboots(client_key: KeyPair,
     assert verdict.status == "pass" and verdict.host == "vm" and verdict.address == host.address
     assert len(verdict.boot_id) == 36
     assert len(asked) == 1 and asked[0].startswith("/bin/sh -s"), asked
+
+
+def test_fleet_reports_each_passing_hosts_known_vulnerabilities(
+        client_key: KeyPair, signing_keys: SigningKeys, tmp_path: Path) -> None:
+    """Two FAKE image hosts pass and a third drifts. With a feed, each passing host is
+    reported with the issues of the image it proved it runs, from the SBOM beside its
+    manifest; the drifted host proves no image. A newer feed shows the hosts it exposes, and
+    an SBOM that is not the one the manifest signs is never scanned."""
+    image = tmp_path / "image"
+    image.mkdir()
+    sbom = write_sbom(image / "sbom.spdx.json")
+    manifest = write_signed(image, dataclasses.replace(
+        recorded_manifest(), sbom_digest=hashlib.sha256(sbom.read_bytes()).hexdigest()),
+        signing_keys.key)
+    older = tmp_path / "older-feed.json"
+    older.write_text("{}")
+    kptr = (b"/proc/sys/kernel/kptr_restrict:2", b"/proc/sys/kernel/kptr_restrict:0")
+    with image_host(tmp_path / "a", client_key) as a, \
+            image_host(tmp_path / "b", client_key) as b, \
+            image_host(tmp_path / "c", client_key, drift=kptr) as c:
+        hosts = {"a": a, "b": b, "c": c}
+        inventory = tmp_path / "hosts.ini"
+        inventory.write_text("".join(f"{n} ansible_host=127.0.0.1 ansible_port={h.host.port} "
+                                     "ansible_user=root\n" for n, h in hosts.items()))
+        known = tmp_path / "known_hosts"
+        known.write_text("".join(h.host.known_hosts.read_text() for h in hosts.values()))
+
+        def run(feed: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+            result = subprocess.run(
+                [sys.executable, "-m", "hardhost", "fleet", str(inventory), "--manifest",
+                 str(manifest), "--trust-key", str(signing_keys.public), "--known-hosts",
+                 str(known), "--identity", str(client_key.private), "--history",
+                 str(tmp_path / "history.db"), "--json", str(tmp_path / "fleet.json"),
+                 "--feed", str(feed)], cwd=REPO, capture_output=True, text=True, timeout=300)
+            data = json.loads((tmp_path / "fleet.json").read_text())
+            return result, {h["host"]: h["advisories"] for h in data["hosts"]} | {
+                "summary": data["summary"]}
+
+        before, was = run(older)
+        after, now = run(FEED)
+        (image / "sbom.spdx.json").write_text(sbom.read_text().replace("3.0.15", "3.0.99"))
+        tampered, then = run(FEED)
+    assert before.returncode == after.returncode == 1, after.stderr  # c drifts
+    assert was["a"]["proven"] and was["a"]["failing"] == [] and was["summary"]["exposed"] == 0
+    assert set(now["a"]["failing"]) == set(now["b"]["failing"]) == {
+        "CVE-2025-4802", "CVE-2025-32728", "CVE-2025-9230", "CVE-2024-13176"}
+    assert now["a"]["counts"]["unfixed"] == 1 and now["summary"]["exposed"] == 2
+    assert not now["c"]["proven"] and "not attested as passing (drift)" in now["c"]["reason"]
+    table = after.stdout.split("Known vulnerabilities", 1)[1]
+    assert re.search(r"^a  container-host  exposed  CVE-", table, re.M), table
+    assert re.search(r"^c  -               unknown  not attested", table, re.M), table
+    assert then["a"]["proven"] and then["a"]["counts"] == {}
+    assert "not the SBOM the manifest signs" in then["a"]["reason"]
+    assert then["summary"]["exposed"] == 0 and tampered.returncode == 1

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from hardhost.builder.workspace import IN_MEMORY_MIN_AVAILABLE, Workspace
 from hardhost.cli.common import Commands, add_command
-from hardhost.cli.scan import advisory_options, pinned, policy
+from hardhost.cli.scan import advisory_options, pinned, policy, wants_feed
 from hardhost.core.errors import UsageError
 from hardhost.core.inputs import read_text
 from hardhost.core.outputs import check_output_dir
@@ -65,7 +65,9 @@ def register(commands: Commands) -> None:
                        help="the disk image: raw disk.img (the default; write it to a disk "
                             "with dd, or import it to a cloud) or disk.qcow2 for hypervisors "
                             "(made with qemu-img)")
-    advisory_options(build, required=False)
+    advisory_options(build, required=False,
+                     use="the image is scanned before its manifest is signed, and a failing "
+                         "image is not written")
     build.set_defaults(func=_cmd_build)
 
     keygen = add_command(
@@ -127,12 +129,7 @@ def _gate(args: argparse.Namespace, suite: str) -> Gate | None:
     build starts."""
     from hardhost.advisories.gate import load_gate
 
-    if args.feed is None:
-        given = [flag for flag, value in (("--vex", args.vex), ("--feed-sha256",
-                 args.feed_sha256), ("--feed-date", args.feed_date),
-                 ("--fail-on-unfixed", args.fail_on_unfixed)) if value]
-        if given or args.fail_on != "low":
-            raise UsageError(f"{', '.join(given) or '--fail-on'} needs --feed FILE")
+    if not wants_feed(args):
         return None
     return load_gate(args.feed, release=suite, policy=policy(args), vex=args.vex,
                      sha256=pinned(args), date=args.feed_date)

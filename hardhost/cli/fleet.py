@@ -24,12 +24,23 @@ from hardhost.cli.common import (
     tpm_options,
     tpm_policy,
 )
+from hardhost.cli.scan import advisory_options, pinned, policy, wants_feed
 from hardhost.core.durations import MAX_TIMEOUT
-from hardhost.core.errors import FAILED, INTERRUPTED, OK, TRUST, UNREACHABLE, USAGE, HardhostError
+from hardhost.core.errors import (
+    FAILED,
+    INTERRUPTED,
+    OK,
+    TRUST,
+    UNREACHABLE,
+    USAGE,
+    HardhostError,
+    UsageError,
+)
 from hardhost.core.outputs import check_output_file, printable, write_atomic
 from hardhost.verifier.database import shown
 
 if TYPE_CHECKING:
+    from hardhost.verifier.exposure import Advisories, Exposure
     from hardhost.verifier.history import HostHistory, UpdateRecord
     from hardhost.verifier.verdict import Verdict
 
@@ -94,6 +105,12 @@ def register(commands: Commands) -> None:
                        help="write the verdicts as JSON (replaced whole, never in part)")
     fleet.add_argument("--junit", type=Path, metavar="FILE",
                        help="write JUnit XML for CI, a test case per host (replaced whole)")
+    advisory_options(fleet, required=False,
+                     use="each host that passed is reported with the known vulnerabilities "
+                         "of the image it proved it runs, from that image's SBOM beside its "
+                         "manifest (nothing more runs on the host); --fail-on and "
+                         "--fail-on-unfixed say which count, the exit code stays the "
+                         "attestation's")
     fleet.set_defaults(func=_cmd_fleet)
 
     rollout = add_command(
@@ -161,7 +178,7 @@ def register(commands: Commands) -> None:
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
     from hardhost.image.signing import load_trusted_keys
-    from hardhost.verifier import fleet, history, inventory
+    from hardhost.verifier import exposure, fleet, history, inventory
     from hardhost.verifier.verdict import now
 
     # Every output is checked before the first host is contacted: a typo in --junit found
@@ -169,6 +186,7 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "JSON verdicts"), (args.junit, "JUnit XML")):
         if path is not None:
             check_output_file(path, what=what)
+    advisories = _advisories(args)
     shard = inventory.parse_shard(args.shard) if args.shard else None
     history_path = args.history or history.default_path()
     history.prepare(history_path, create_folder=args.history is None)
@@ -207,9 +225,30 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     except BaseException:
         _write_fleet_outputs(args, history_path, started, so_far(), interrupted=True)
         raise
-    _write_fleet_outputs(args, history_path, started, verdicts)
+    exposures = None
+    if advisories is not None:
+        exposures = exposure.assess(
+            verdicts, {h.name: h.manifest or args.manifest for h in hosts},
+            manifests.load_all(hosts), advisories)
+    _write_fleet_outputs(args, history_path, started, verdicts, exposures=exposures)
     _print_fleet(verdicts)
+    if advisories is not None and exposures is not None:
+        print(f"\nKnown vulnerabilities (feed {printable(advisories.feed.name)}, "
+              f"{advisories.policy.describe()}):")
+        print(exposure.render(exposures))
     return fleet.exit_code(verdicts)
+
+
+def _advisories(args: argparse.Namespace) -> Advisories | None:
+    """--feed's inputs, checked before any host is contacted; None without --feed."""
+    from hardhost.advisories.vex import read_vex
+    from hardhost.verifier.exposure import Advisories
+
+    if not wants_feed(args):
+        return None
+    if not args.feed.is_file():
+        raise UsageError(f"{args.feed}: no such feed file")
+    return Advisories(args.feed, policy(args), read_vex(args.vex), pinned(args), args.feed_date)
 
 
 def _cmd_fleet_update(args: argparse.Namespace) -> int:
@@ -244,7 +283,8 @@ def _cmd_fleet_update(args: argparse.Namespace) -> int:
 
 
 def _write_fleet_outputs(args: argparse.Namespace, history_path: str | Path, started: str,
-                         verdicts: list[Verdict], *, interrupted: bool = False) -> None:
+                         verdicts: list[Verdict], *, interrupted: bool = False,
+                         exposures: list[Exposure] | None = None) -> None:
     """The history, --json and --junit, each attempted even when another fails. After an
     interruption a failure is only reported: the interruption is what the user hears of."""
     from hardhost.verifier import fleet, history
@@ -253,8 +293,9 @@ def _write_fleet_outputs(args: argparse.Namespace, history_path: str | Path, sta
         return  # nothing was checked; outputs of an earlier run stay as they were
     writers: list[Callable[[], object]] = [
         lambda: history.record(history_path, started, str(args.inventory), verdicts)]
+    advisories = None if exposures is None else {e.host: e.to_dict() for e in exposures}
     if args.json:
-        writers.append(lambda: fleet.write_json(args.json, verdicts))
+        writers.append(lambda: fleet.write_json(args.json, verdicts, advisories))
     if args.junit:
         writers.append(lambda: fleet.write_junit(args.junit, verdicts))
     failures: list[HardhostError] = []

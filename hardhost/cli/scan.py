@@ -68,15 +68,14 @@ def register(commands: Commands) -> None:
     scan.set_defaults(func=_cmd_scan)
 
 
-def advisory_options(command: argparse.ArgumentParser, *, required: bool) -> None:
-    """--feed, --feed-sha256, --feed-date, --fail-on, --fail-on-unfixed and --vex."""
+def advisory_options(command: argparse.ArgumentParser, *, required: bool,
+                     use: str = "") -> None:
+    """--feed, --feed-sha256, --feed-date, --fail-on, --fail-on-unfixed and --vex; `use`
+    says in --feed's help what the command does with the feed."""
     command.add_argument("--feed", type=Path, required=required, metavar="FILE",
                          help="Debian security tracker data: the JSON of "
                               "https://security-tracker.debian.org/tracker/data/json, "
-                              "downloaded beforehand" + ("" if required else
-                                                         "; the image is scanned before its "
-                                                         "manifest is signed, and a failing "
-                                                         "image is not written"))
+                              "downloaded beforehand" + (f"; {use}" if use else ""))
     command.add_argument("--feed-sha256", metavar="HEX",
                          help=f"the feed's expected sha256; another digest is exit {TRUST.code}")
     command.add_argument("--feed-date", type=_feed_date, metavar="DATE",
@@ -107,6 +106,18 @@ def _feed_date(value: str) -> dt.datetime:
         except ValueError:
             continue
     raise argparse.ArgumentTypeError(f"{value!r} is not YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")
+
+
+def wants_feed(args: argparse.Namespace) -> bool:
+    """Whether --feed was given; the options that need it, without it, are a `UsageError`."""
+    if args.feed is not None:
+        return True
+    given = [flag for flag, value in (("--vex", args.vex), ("--feed-sha256", args.feed_sha256),
+                                      ("--feed-date", args.feed_date),
+                                      ("--fail-on-unfixed", args.fail_on_unfixed)) if value]
+    if given or args.fail_on != "low":
+        raise UsageError(f"{', '.join(given) or '--fail-on'} needs --feed FILE")
+    return False
 
 
 def policy(args: argparse.Namespace) -> Policy:

@@ -15,10 +15,11 @@ import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -190,10 +191,17 @@ def exit_code(verdicts: Sequence[Verdict]) -> int:
     return 1 if codes or any(v.status == "drift" for v in verdicts) else 0
 
 
-def write_json(path: Path, verdicts: Sequence[Verdict]) -> None:
-    counts = Counter(v.status for v in verdicts)
-    document = {"summary": {"hosts": len(verdicts), **counts},
-                "hosts": [v.to_dict() for v in verdicts]}
+def write_json(path: Path, verdicts: Sequence[Verdict],
+               advisories: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """The verdicts as JSON; `advisories`, by host, adds each host's known
+    vulnerabilities (see `exposure`) and the summary's count of exposed hosts."""
+    counts: dict[str, int] = dict(Counter(v.status for v in verdicts))
+    hosts = [v.to_dict() for v in verdicts]
+    if advisories is not None:
+        for host in hosts:
+            host["advisories"] = advisories.get(host["host"])
+        counts["exposed"] = sum(bool(a["failing"]) for a in advisories.values())
+    document = {"summary": {"hosts": len(verdicts), **counts}, "hosts": hosts}
     write_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
