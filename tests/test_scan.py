@@ -3,6 +3,8 @@ waivers, and the outputs checked by their formats' own definitions."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,7 +20,9 @@ from hardhost.advisories.scan import Level, Policy, State, scan
 from hardhost.advisories.vex import read_vex
 from hardhost.cli.main import main
 from hardhost.core.errors import UsageError
-from tests.support.advisories import FEED, OPENVEX_SCHEMA, SARIF_SCHEMA, write_sbom
+from tests.support.advisories import FEED, OPENVEX_SCHEMA, PACKAGES, SARIF_SCHEMA, write_sbom
+from tests.support.keys import SigningKeys
+from tests.support.manifests import sample_manifest, write_signed
 
 FAILING_AT = {
     "low": {"CVE-2025-4802", "CVE-2025-32728", "CVE-2025-9230", "CVE-2024-13176"},
@@ -215,6 +219,25 @@ def test_an_older_sbom_needs_the_release(tmp_path: Path, capsys: pytest.CaptureF
 def test_an_image_folder_is_scanned_through_its_sbom(tmp_path: Path) -> None:
     write_sbom(tmp_path / "sbom.spdx.json")
     assert main(["scan", str(tmp_path), "--feed", str(FEED), "--fail-on", "never"]) == 0
+
+
+def test_trust_key_scans_only_the_sbom_the_manifest_signs(
+        tmp_path: Path, signing_keys: SigningKeys, capsys: pytest.CaptureFixture[str]) -> None:
+    sbom = write_sbom(tmp_path / "sbom.spdx.json")
+    write_signed(tmp_path, dataclasses.replace(
+        sample_manifest(), sbom_digest=hashlib.sha256(sbom.read_bytes()).hexdigest()),
+        signing_keys.key)
+    args = ["scan", str(tmp_path), "--feed", str(FEED), "--fail-on", "never", "--trust-key",
+            str(signing_keys.public)]
+    assert main(args) == 0
+    # An SBOM swapped for one that lists nothing vulnerable is refused, not scanned.
+    write_sbom(sbom, PACKAGES[-1:])
+    assert main(args) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the SBOM digest the manifest signs" in err[0], err
+    # Without --trust-key the folder's SBOM is scanned as it is, and the user is told.
+    assert main(args[:-2]) == 0
+    assert "not checked against the signed manifest" in capsys.readouterr().err
 
 
 def test_no_findings_no_openvex(tmp_path: Path) -> None:

@@ -56,6 +56,11 @@ def register(commands: Commands) -> None:
     scan.add_argument("--release", metavar="SUITE",
                       help="the Debian release, e.g. bookworm (default: the distro of the "
                            "SBOM's purls; needed for an SBOM that names none)")
+    scan.add_argument("--trust-key", type=Path, metavar="PUB",
+                      help="with an image folder: verify its signed manifest with this "
+                           "public key (or folder of *.pub keys) and scan the SBOM only if "
+                           f"it has the digest the manifest signs (else exit {TRUST.code}); "
+                           "without it the folder's SBOM is taken as it is")
     advisory_options(scan, required=True)
     scan.add_argument("--json", action="store_true",
                       help="print the findings as JSON instead of the table")
@@ -132,6 +137,33 @@ def pinned(args: argparse.Namespace) -> str | None:
     return None if args.feed_sha256 is None else check_sha256(args.feed_sha256)
 
 
+def _check_signed_sbom(args: argparse.Namespace) -> None:
+    """With --trust-key, an image folder's SBOM must be the one its verified manifest signs:
+    anyone who can write the folder could otherwise swap in an SBOM with no findings."""
+    import hashlib
+
+    from hardhost.core.errors import TrustError
+    from hardhost.core.inputs import read_bytes
+    from hardhost.image import layout
+    from hardhost.image.manifest import MANIFEST_NAME, read_verified
+    from hardhost.image.signing import load_trusted_keys
+
+    if args.trust_key is None:
+        if args.target.is_dir():
+            log.warning("%s: the SBOM is not checked against the signed manifest (pass "
+                        "--trust-key to check it)", args.target)
+        return
+    if not args.target.is_dir():
+        raise UsageError(f"{args.target}: --trust-key checks an image folder's SBOM against "
+                         "its manifest; give the folder")
+    manifest, _ = read_verified(args.target / MANIFEST_NAME, load_trusted_keys(args.trust_key))
+    sbom = args.target / layout.SBOM
+    digest = hashlib.sha256(read_bytes(sbom, what="SBOM")).hexdigest()
+    if digest != manifest.sbom_digest:
+        raise TrustError(f"{sbom}: sha256 {digest} is not the SBOM digest the manifest signs "
+                         f"({manifest.sbom_digest})")
+
+
 def _cmd_scan(args: argparse.Namespace) -> int:
     from hardhost import __version__
     from hardhost.advisories.feed import read_feed
@@ -151,6 +183,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if not args.target.exists():
         raise UsageError(f"{args.target}: no such image folder or SBOM")
     checked_policy, pin = policy(args), pinned(args)
+    _check_signed_sbom(args)
     inventory = read_sbom(args.target, release=args.release)
     waivers = read_vex(args.vex)
     feed = read_feed(args.feed, release=inventory.release, wanted=inventory.sources(),
