@@ -175,17 +175,18 @@ def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_dashboard_shows_the_drifted_host_in_a_real_browser(api: Api,
                                                                   tmp_path: Path) -> None:
-    dom = _chromium(f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom",
-                    _login_link(api))
+    link = _login_link(api)
+    dom = _chromium(f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom", link)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout
     assert 'data-host="web2" data-state="drift"' in page  # in the attention table
     assert 'data-host="web1" data-state="pass"' in page
     assert 'data-state="drift"><b>1</b>' in page  # the tile of drifted hosts
-    # An expired or forged link signs nobody in.
-    forged = _chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom",
-                       api.base + "/login?expires=99999999999&ticket=00")
-    assert "not valid or has expired" in forged.stdout and "data-host" not in forged.stdout
+    # A forged link, or the same link a second time, signs nobody in.
+    for other in (api.base + f"/login?expires=99999999999&nonce={'0' * 32}&ticket=00", link):
+        refused = _chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", other)
+        assert "not valid, has expired or was used" in refused.stdout, refused.stdout
+        assert "data-host" not in refused.stdout
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "dashboard.png"
     shot = _chromium(f"--user-data-dir={tmp_path / 'profile3'}", "--window-size=1280,900",

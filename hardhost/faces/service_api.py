@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Protocol
@@ -28,6 +30,7 @@ SESSION_COOKIE = "hardhost_session"
 SESSION_SECONDS = 12 * 3600
 LOGIN_LINK_SECONDS = 300
 MAX_PAGE = 1000
+_NONCE = re.compile(r"[0-9a-f]{32}")
 # Host names are inventory names: no control characters, bounded.
 _NAME = Query(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")
 
@@ -38,20 +41,22 @@ class Actions(Protocol):
     def reset_now(self, name: str) -> ServiceRequest: ...
 
 
-def _mac(token: bytes, purpose: str, expires: int) -> str:
-    return hmac.new(token, f"{purpose}:{expires}".encode(), hashlib.sha256).hexdigest()
+def _mac(token: bytes, purpose: str, expires: int, nonce: str = "") -> str:
+    message = f"{purpose}:{expires}" + (f":{nonce}" if nonce else "")
+    return hmac.new(token, message.encode(), hashlib.sha256).hexdigest()
 
 
 def login_query(token: bytes, now: float | None = None) -> str:
-    """The query of a login link, valid for `LOGIN_LINK_SECONDS`."""
+    """The query of a login link, valid once, for `LOGIN_LINK_SECONDS`."""
     expires = int(now if now is not None else time.time()) + LOGIN_LINK_SECONDS
-    return f"expires={expires}&ticket={_mac(token, 'login', expires)}"
+    nonce = secrets.token_hex(16)
+    return f"expires={expires}&nonce={nonce}&ticket={_mac(token, 'login', expires, nonce)}"
 
 
-def _valid(token: bytes, purpose: str, expires: str, mac: str) -> bool:
+def _valid(token: bytes, purpose: str, expires: str, mac: str, nonce: str = "") -> bool:
     if not expires.isdigit() or len(expires) > 12 or int(expires) < time.time():
         return False
-    return hmac.compare_digest(_mac(token, purpose, int(expires)), mac)
+    return hmac.compare_digest(_mac(token, purpose, int(expires), nonce), mac)
 
 
 _bearer = HTTPBearer(auto_error=False, description="the token of the config's http.token_file")
@@ -148,11 +153,15 @@ def make_app(store: ServiceStore, actions: Actions, metrics: Callable[[], bytes]
         return _act(actions.reset_now(name))
 
     @app.get("/login", include_in_schema=False)
-    def login(expires: str = "", ticket: str = "") -> Response:
-        if not _valid(token, "login", expires, ticket):
-            return Response("This login link is not valid or has expired: print a new one "
-                            "with hardhost serve --login-link CONFIG\n", status_code=401,
-                            media_type="text/plain")
+    def login(expires: str = "", nonce: str = "", ticket: str = "") -> Response:
+        # A link is good for one sign-in: one copied from a browser's history, a proxy's
+        # log or a shoulder opens nothing once used. The database remembers it for every
+        # worker until it expires.
+        if (not _NONCE.fullmatch(nonce) or not _valid(token, "login", expires, ticket, nonce)
+                or not store.use_once(f"login:{nonce}", float(expires))):
+            return Response("This login link is not valid, has expired or was used: print a "
+                            "new one with hardhost serve --login-link CONFIG\n",
+                            status_code=401, media_type="text/plain")
         until = int(time.time()) + SESSION_SECONDS
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(SESSION_COOKIE, f"{until}.{_mac(token, 'session', until)}",

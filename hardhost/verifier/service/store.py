@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_try);
 CREATE INDEX IF NOT EXISTS results_time ON results(time);
+CREATE TABLE IF NOT EXISTS used_once (
+    key TEXT PRIMARY KEY,
+    expires DOUBLE PRECISION NOT NULL
+);
 """
 
 
@@ -172,6 +176,13 @@ class Store:
                        "AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.run_id = runs.id)",
                        (before,))
         return int(deleted)
+
+    def use_once(self, key: str, expires: float) -> bool:
+        """Mark `key` used until `expires` (Unix time); False when it already was."""
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM used_once WHERE expires < ?", (time.time(),))
+            return db.execute("INSERT INTO used_once (key, expires) VALUES (?, ?) "
+                              "ON CONFLICT (key) DO NOTHING", (key, expires)).rowcount == 1
 
     def sync_hosts(self, hosts: Sequence[FleetHost]) -> None:
         """The inventory as it is now: new hosts added (state unknown), addresses and groups
