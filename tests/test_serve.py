@@ -6,8 +6,11 @@ reboot is tested on a booted image in tests/e2e."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fake_image_host import RebootableHost, rebootable_host
+from tests.support.advisories import FEED, write_sbom
+from tests.support.fake_image_host import RebootableHost, rebootable_host, recorded_manifest
 from tests.support.keys import KeyPair, SigningKeys
+from tests.support.manifests import write_signed
 from tests.support.net import free_port
 from tests.support.paths import REPO
 from tests.support.serve import (
@@ -172,3 +177,44 @@ def test_serve_refuses_a_webhook_secret_others_can_read(
     assert result.returncode == 2
     assert result.stderr.strip().endswith("chmod 600 " + str(tmp_path / "webhook.secret"))
     assert not setup.database.exists()  # nothing started
+
+
+def test_a_newer_feed_shows_which_hosts_became_exposed(
+        tmp_path: Path, two_hosts: dict[str, RebootableHost], signing_keys: SigningKeys,
+        client_key: KeyPair) -> None:
+    """With [advisories], each passing host is kept with the known vulnerabilities of the
+    image its manifest signs; a feed replaced while the service runs (as a download job
+    replaces it) sends one `exposed` event per host that gained issues, and no more."""
+    feed = tmp_path / "feed.json"
+    feed.write_text("{}")
+    with receiver() as hook:
+        setup = write_config(tmp_path, two_hosts, signing_keys, client_key, hook.port,
+                             remediation="enabled = false",
+                             extra='[advisories]\nfeed = "feed.json"\nfail_on = "medium"\n')
+        sbom = write_sbom(tmp_path / "sbom.spdx.json")
+        write_signed(tmp_path, dataclasses.replace(
+            recorded_manifest(), sbom_digest=hashlib.sha256(sbom.read_bytes()).hexdigest()),
+            signing_keys.key)
+
+        def exposures() -> dict[str, list[str]]:
+            try:
+                found = rows(setup.database, "SELECT host, failing FROM exposures")
+            except sqlite3.OperationalError:
+                return {}
+            return {str(h): json.loads(str(f)) for h, f in found}
+
+        with serving(setup) as process:
+            wait_for("both hosts to be checked against the empty feed",
+                     lambda: exposures() == {"web1": [], "web2": []})
+            fresh = tmp_path / "feed.new"
+            fresh.write_bytes(FEED.read_bytes())
+            os.replace(fresh, feed)
+            wait_for("both hosts' exposed events",
+                     lambda: sorted(e["host"] for e in hook.events()) == ["web1", "web2"])
+            time.sleep(5)  # a few more intervals: nothing new, nothing more sent
+            stop(process)
+    medium = ["CVE-2025-32728", "CVE-2025-9230"]
+    assert exposures() == {"web1": medium, "web2": medium}
+    assert [e["event"] for e in hook.events()] == ["exposed", "exposed"]
+    assert all(e["new"] == medium and e["image"] == "container-host" for e in hook.events())
+    assert all(signed_by_secret(h, b) for h, b in hook.got)

@@ -115,6 +115,7 @@ def test_the_api_reports_filters_and_pages_the_fleet(api: Api) -> None:
     assert host["state"] == "drift" and host["groups"] == ["web"]
     assert [f["id"] for f in host["findings"]] == ["sysctl.kernel.kptr_restrict"]
     assert host["last_pass"] and host["failing_since"] is not None
+    assert host["advisories"] is None  # no [advisories] feed in this config
     history = api.json("/api/v1/hosts/web2/history?limit=500")["attestations"]
     assert history[0]["status"] == "drift" and history[-1]["status"] == "pass"
     assert api.call("/api/v1/hosts/nosuch")[0] == 404

@@ -290,3 +290,30 @@ def test_retention_deletes_old_verdicts_and_their_empty_runs(tmp_path: Path) -> 
     assert store.prune("2026-03-01T00:00:00Z") == 0
     store.close()
 
+
+
+def test_an_exposure_is_kept_only_when_proven_and_announced_only_when_it_grows(
+        tmp_path: Path) -> None:
+    from hardhost.verifier.exposure import Exposure
+    from hardhost.verifier.inventory import FleetHost
+    from hardhost.verifier.transport import Target
+
+    store = Store(str(tmp_path / "service.db"))
+    store.sync_hosts([FleetHost("a", Target("root", "127.0.0.1", 22), None, None)])
+    proven = Exposure("a", True, "img 1", ("CVE-1",), {"failing": 1})
+    assert store.record_exposure("t1", proven, ["hook"]) == ["CVE-1"]
+    assert store.record_exposure("t2", proven, ["hook"]) == []  # nothing new, no event
+    # A host that did not pass proves nothing: its last proven exposure stays.
+    assert store.record_exposure("t3", Exposure("a", False, reason="drift"), ["hook"]) == []
+    grown = Exposure("a", True, "img 1", ("CVE-1", "CVE-2"), {"failing": 2})
+    assert store.record_exposure("t4", grown, ["hook"]) == ["CVE-2"]
+    assert store.exposure("a") == {"time": "t4", "image": "img 1",
+                                   "failing": ["CVE-1", "CVE-2"], "counts": {"failing": 2},
+                                   "reason": ""}
+    assert store.exposed_hosts() == 1 and store.summary()["exposed"] == 1
+    events = sqlite_query(tmp_path / "service.db")("SELECT kind, host FROM events")
+    assert events == [("exposed", "a"), ("exposed", "a")]
+    assert len(store.due(now=1e12)) == 2  # one delivery each, in the outbox
+    store.record_exposure("t5", Exposure("a", True, "img 2", (), {}), ["hook"])
+    assert store.exposed_hosts() == 0
+    store.close()

@@ -40,7 +40,7 @@ from hardhost.core.outputs import check_output_file, printable, write_atomic
 from hardhost.verifier.database import shown
 
 if TYPE_CHECKING:
-    from hardhost.verifier.exposure import Advisories, Exposure
+    from hardhost.verifier.exposure import Exposure, FeedPolicy
     from hardhost.verifier.history import HostHistory, UpdateRecord
     from hardhost.verifier.verdict import Verdict
 
@@ -239,16 +239,16 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     return fleet.exit_code(verdicts)
 
 
-def _advisories(args: argparse.Namespace) -> Advisories | None:
+def _advisories(args: argparse.Namespace) -> FeedPolicy | None:
     """--feed's inputs, checked before any host is contacted; None without --feed."""
     from hardhost.advisories.vex import read_vex
-    from hardhost.verifier.exposure import Advisories
+    from hardhost.verifier.exposure import FeedPolicy
 
     if not wants_feed(args):
         return None
     if not args.feed.is_file():
         raise UsageError(f"{args.feed}: no such feed file")
-    return Advisories(args.feed, policy(args), read_vex(args.vex), pinned(args), args.feed_date)
+    return FeedPolicy(args.feed, policy(args), read_vex(args.vex), pinned(args), args.feed_date)
 
 
 def _cmd_fleet_update(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ def routes(store: ServiceStore) -> APIRouter:
         found = store.host(name)
         if found is None:
             raise HTTPException(404, "no such host")
-        return _ENV.get_template("host.html.j2").render(host=found,
-                                                        history=store.history(name, PAGE))
+        return _ENV.get_template("host.html.j2").render(
+            host=found, history=store.history(name, PAGE), advisories=store.exposure(name))
 
     return router

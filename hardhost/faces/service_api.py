@@ -119,11 +119,13 @@ def make_app(store: ServiceStore, actions: Actions, metrics: Callable[[], bytes]
 
     @app.get("/api/v1/hosts/{name}", dependencies=read)
     def host(name: str) -> dict[str, Any]:
-        """One host: its state, image version, last pass and current findings."""
+        """One host: its state, image version, last pass and current findings, and the known
+        vulnerabilities of its image when it last passed (null unless the service watches
+        a feed)."""
         found = store.host(name)
         if found is None:
             raise HTTPException(404, "no such host")
-        return found.to_dict()
+        return {**found.to_dict(), "advisories": store.exposure(name)}
 
     @app.get("/api/v1/hosts/{name}/history", dependencies=read)
     def history(name: str,

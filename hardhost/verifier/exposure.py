@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ class Exposure:
 
 
 @dataclass(frozen=True)
-class Advisories:
+class FeedPolicy:
     """The feed, the policy and the waivers an exposure is judged by."""
 
     feed: Path
@@ -55,35 +56,70 @@ class Advisories:
 
 def assess(verdicts: Sequence[Verdict], manifest_of: Mapping[str, Path],
            loaded: Mapping[Path, Loaded | HardhostError],
-           advisories: Advisories) -> list[Exposure]:
+           advisories: FeedPolicy) -> list[Exposure]:
     """Each host's exposure. `manifest_of` names the manifest each host was attested
     against; each distinct image is scanned once."""
     scanned: dict[Path, ScanResult | HardhostError] = {}
-    exposures = []
-    for verdict in verdicts:
-        path = manifest_of.get(verdict.host)
-        entry = loaded.get(path) if path is not None else None
-        if verdict.status != "pass" or path is None or not isinstance(entry, Loaded):
-            exposures.append(Exposure(verdict.host, False, reason=(
-                f"not attested as passing ({verdict.status}): no image is proven")))
-            continue
-        image = f"{entry.manifest.name} {entry.manifest.version}".strip()
-        if verdict.manifest_digest != entry.digest:
-            exposures.append(Exposure(verdict.host, False, image, reason=(
-                "attested against another manifest than the one named")))
-            continue
+
+    def scanned_once(path: Path, entry: Loaded) -> ScanResult | HardhostError:
         if path not in scanned:
             scanned[path] = _scan_image(path, entry, advisories)
-        result = scanned[path]
-        if isinstance(result, HardhostError):
-            exposures.append(Exposure(verdict.host, True, image, reason=str(result)))
-            continue
-        exposures.append(Exposure(verdict.host, True, image,
-                                  tuple(f.id for f in result.failing()), result.counts()))
-    return exposures
+        return scanned[path]
+
+    return [exposure_of(v, manifest_of.get(v.host), loaded, scanned_once) for v in verdicts]
 
 
-def _scan_image(manifest: Path, entry: Loaded, advisories: Advisories
+def exposure_of(verdict: Verdict, path: Path | None,
+                loaded: Mapping[Path, Loaded | HardhostError],
+                scanned: Callable[[Path, Loaded], ScanResult | HardhostError]) -> Exposure:
+    """One host's exposure, its image scanned by `scanned`."""
+    entry = loaded.get(path) if path is not None else None
+    if verdict.status != "pass" or path is None or not isinstance(entry, Loaded):
+        return Exposure(verdict.host, False, reason=(
+            f"not attested as passing ({verdict.status}): no image is proven"))
+    image = f"{entry.manifest.name} {entry.manifest.version}".strip()
+    if verdict.manifest_digest != entry.digest:
+        return Exposure(verdict.host, False, image,
+                        reason="attested against another manifest than the one named")
+    result = scanned(path, entry)
+    if isinstance(result, HardhostError):
+        return Exposure(verdict.host, True, image, reason=str(result))
+    return Exposure(verdict.host, True, image, tuple(f.id for f in result.failing()),
+                    result.counts())
+
+
+class Watch:
+    """The service's exposure check: each image scanned once per version of the feed, and
+    the feed read again when its file changes (a job of its own downloads it), so a new
+    advisory shows at each host's next passing attestation."""
+
+    def __init__(self, advisories: FeedPolicy) -> None:
+        self.advisories = advisories
+        self.lock = threading.Lock()
+        self.feed_version: tuple[int, int] | None = None
+        self.scanned: dict[tuple[Path, str], ScanResult | HardhostError] = {}
+
+    def of(self, verdict: Verdict, path: Path | None,
+           loaded: Mapping[Path, Loaded | HardhostError]) -> Exposure:
+        return exposure_of(verdict, path, loaded, self._scanned)
+
+    def _scanned(self, path: Path, entry: Loaded) -> ScanResult | HardhostError:
+        with self.lock:  # hosts are checked on many threads; an image is scanned once
+            try:
+                stat = self.advisories.feed.stat()
+                version = (stat.st_mtime_ns, stat.st_size)
+            except OSError as exc:
+                return HardhostError(f"{self.advisories.feed}: cannot read the feed: "
+                                     f"{exc.strerror}")
+            if version != self.feed_version:
+                self.feed_version, self.scanned = version, {}
+            key = (path, entry.digest)
+            if key not in self.scanned:
+                self.scanned[key] = _scan_image(path, entry, self.advisories)
+            return self.scanned[key]
+
+
+def _scan_image(manifest: Path, entry: Loaded, advisories: FeedPolicy
                 ) -> ScanResult | HardhostError:
     """The scan of the SBOM beside `manifest`, once it equals the digest the manifest
     signs; a failure is returned, so that one image's cannot hide the others'."""

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hardhost.advisories.scan import Level
 from hardhost.core.durations import MAX_TIMEOUT, duration
 from hardhost.core.errors import SpecError, UsageError
 from hardhost.core.inputs import read_text
@@ -27,6 +28,7 @@ MAX_SECRET_BYTES = 4096
 _URL_RE = re.compile(r"https?://[!-~]+")
 _LISTEN_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):([0-9]{1,5})")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_LEVELS = tuple(level.value for level in Level)
 
 
 def _seconds(low: float, high: float) -> typing.Callable[[Any], float]:
@@ -153,6 +155,35 @@ class Remediation:
         "seconds a host has to come back from its reboot", _seconds(1, MAX_TIMEOUT)))
 
 
+def _level(value: Any) -> str:
+    if value not in _LEVELS:
+        raise Invalid(f"{show(value)}: expected one of {', '.join(_LEVELS)}")
+    return str(value)
+
+
+def _optional_paths(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise Invalid(f"expected a list of paths, got {tname(value)}")
+    return tuple(_path(item) for item in value)
+
+
+@dataclass(frozen=True)
+class Advisories:
+    """Known vulnerabilities of the images the hosts prove they run."""
+
+    feed: str = field(default="", metadata=_help(
+        "Debian security tracker JSON, downloaded by a job of its own; read again when the "
+        "file changes. Each passing host is shown with the issues of its image's SBOM, and "
+        "an `exposed` event is sent when a host gains issues. Empty: not checked", _path))
+    fail_on: str = field(default="low", metadata=_help(
+        "the lowest urgency of a fixable issue that counts (low, medium, high; never: none "
+        "counts)", _level))
+    fail_on_unfixed: bool = field(default=False, metadata=_help(
+        "also count open and undetermined issues"))
+    vex: tuple[str, ...] = field(default=(), metadata=_help(
+        "OpenVEX 0.2 waivers: a waived issue does not count", _optional_paths))
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long verdicts are kept."""
@@ -235,6 +266,7 @@ class ServiceConfig:
     schedule: Schedule = field(default_factory=Schedule)
     remediation: Remediation = field(default_factory=Remediation)
     retention: Retention = field(default_factory=Retention)
+    advisories: Advisories = field(default_factory=Advisories)
     http: HTTP = field(default_factory=HTTP)
     alerts: Alerts = field(default_factory=Alerts)
     source: str = ""

@@ -11,6 +11,7 @@ from hardhost.core.errors import HardhostError
 from hardhost.core.outputs import printable
 from hardhost.verifier import fleet
 from hardhost.verifier.attestation import Connection
+from hardhost.verifier.exposure import Watch
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.service.config import Remediation
 from hardhost.verifier.service.metrics import Metrics
@@ -29,16 +30,31 @@ class Engine:
     def __init__(self, store: Store, conn: Connection, default: Path | None,
                  remediation: Remediation, targets: Sequence[str], *,
                  metrics: Metrics,
-                 announce: Callable[[Change], None] = lambda change: None) -> None:
+                 announce: Callable[[Change], None] = lambda change: None,
+                 watch: Watch | None = None) -> None:
         self.store, self.conn, self.default = store, conn, default
         self.remediation, self.targets, self.announce = remediation, tuple(targets), announce
-        self.metrics = metrics
+        self.metrics, self.watch = metrics, watch
 
     def check(self, host: FleetHost, loaded: Loaded, run_id: int) -> Verdict:
         """Attest `host` once and record it in the run (the interval) `run_id`."""
         verdict = fleet.check_host(host, loaded, self.default, self.conn)
         self._record(run_id, verdict)
+        self._expose(host, loaded, verdict)
         return verdict
+
+    def _expose(self, host: FleetHost, loaded: Loaded, verdict: Verdict) -> None:
+        """A passing host's known vulnerabilities, from its image's SBOM: nothing more runs
+        on the host. A host that gained issues is announced like a change of state."""
+        if self.watch is None or verdict.status != "pass":
+            return
+        exposure = self.watch.of(verdict, host.manifest or self.default, loaded)
+        gained = self.store.record_exposure(verdict.time, exposure, self.targets)
+        if gained:
+            changes_log.warning("%s: exposed to %s", printable(verdict.host),
+                                ", ".join(printable(issue) for issue in gained))
+            # Not a change of state, but an event in the outbox all the same.
+            self.announce(Change(State.PASS, State.PASS, "exposed", None))
 
     def wants_reset(self, verdict: Verdict) -> bool:
         # Only drift is reset: an unreachable host cannot be, and a trust failure (a changed
@@ -65,6 +81,7 @@ class Engine:
             self._record(run_id, before)
             if after is not None:
                 self._record(run_id, after, after_reset=True)
+                self._expose(host, loaded, after)
             outcome = (after or before).status
             return after or before
         finally:

@@ -22,8 +22,9 @@ _REMEDIATION_BUCKETS = (5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 360
 
 
 class _HostStates(Collector):
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        self.counts = counts
+    def __init__(self, counts: Callable[[], Mapping[str, int]],
+                 exposed: Callable[[], int] | None) -> None:
+        self.counts, self.exposed = counts, exposed
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("hardhost_hosts", "Hosts in the inventory, by state",
@@ -32,12 +33,18 @@ class _HostStates(Collector):
         for state in State:
             family.add_metric([state.value], counts.get(state.value, 0))
         yield family
+        if self.exposed is not None:
+            yield GaugeMetricFamily(
+                "hardhost_hosts_exposed", "Hosts whose image, when they last passed, had "
+                "known vulnerabilities that count", value=self.exposed())
 
 
 class Metrics:
-    def __init__(self, host_counts: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, host_counts: Callable[[], Mapping[str, int]],
+                 exposed: Callable[[], int] | None = None) -> None:
+        """`exposed`, when the service watches a feed, counts the exposed hosts."""
         self.registry = CollectorRegistry()
-        self.registry.register(_HostStates(host_counts))
+        self.registry.register(_HostStates(host_counts, exposed))
         self.attestation = Histogram(
             "hardhost_attestation_seconds", "Time to attest one host", ["result"],
             buckets=_ATTESTATION_BUCKETS, registry=self.registry)

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from hardhost.advisories.feed import read_feed
+from hardhost.advisories.scan import Level, Policy
+from hardhost.advisories.vex import read_vex
 from hardhost.core.errors import UsageError
 from hardhost.core.inputs import read_bytes
 from hardhost.core.outputs import check_output_file
@@ -23,6 +26,7 @@ from hardhost.image.signing import load_trusted_keys
 from hardhost.verifier import fleet, inventory
 from hardhost.verifier.attestation import Connection
 from hardhost.verifier.database import Database, is_postgres
+from hardhost.verifier.exposure import FeedPolicy, Watch
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.service.alerts import Notifier, Target, syslog_handler
 from hardhost.verifier.service.config import ServiceConfig, read_secret, require_private
@@ -48,6 +52,7 @@ class Service:
     manifests: fleet.Manifests
     targets: dict[str, Target]
     token: bytes | None  # the API's bearer token; None: no HTTP server
+    watch: Watch | None = None  # the known-vulnerability check of [advisories]
 
     @property
     def database(self) -> str:
@@ -94,7 +99,7 @@ def prepare(config: ServiceConfig) -> Service:
         require_private(config.path(http.tls_key), "TLS key")
         read_bytes(config.path(http.tls_key), what="TLS key")
         read_bytes(config.path(http.tls_cert), what="TLS certificate")
-    service = Service(config, conn, manifests, targets, token)
+    service = Service(config, conn, manifests, targets, token, _watch(config))
     if is_postgres(service.database):
         Database(service.database, pool_size=1).close()  # reachable, and the login works
     else:
@@ -102,6 +107,22 @@ def prepare(config: ServiceConfig) -> Service:
     hosts, _ = service.load()
     manifests.check(hosts)
     return service
+
+
+def _watch(config: ServiceConfig) -> Watch | None:
+    """The [advisories] check, its feed and waivers read now: a malformed one is exit 2
+    before any host is contacted."""
+    advisories = config.advisories
+    if not advisories.feed:
+        return None
+    feed = config.path(advisories.feed)
+    waivers = read_vex([config.path(v) for v in advisories.vex])
+    # The whole file is checked as JSON now; each image's entries, for its own release, when
+    # it is scanned.
+    checked = read_feed(feed, release="", wanted=())
+    log.info("Known vulnerabilities from %s (sha256 %s…)", feed, checked.sha256[:16])
+    return Watch(FeedPolicy(feed, Policy(Level(advisories.fail_on),
+                                         advisories.fail_on_unfixed), waivers))
 
 
 @dataclass(frozen=True)
@@ -125,11 +146,13 @@ def serve(service: Service, stop: threading.Event,
             log.warning("No syslog socket at %s: state changes are logged here only",
                         SYSLOG_SOCKET)
     store = Store(service.database, pool_size=config.schedule.parallelism + 4)
-    metrics = Metrics(store.state_counts)
+    metrics = Metrics(store.state_counts,
+                      store.exposed_hosts if service.watch is not None else None)
     notifier = Notifier(store, service.targets, config.alerts.max_attempts,
                         failed=metrics.alerts_failed.inc)
     engine = Engine(store, service.conn, service.manifests.default,
                     config.remediation, list(service.targets), metrics=metrics,
+                    watch=service.watch,
                     announce=lambda change: notifier.wake.set())
 
     def load() -> tuple[Sequence[FleetHost], Loaded]:

@@ -21,6 +21,7 @@ from typing import Any
 from hardhost.core.outputs import check_output_file
 from hardhost.verifier import history
 from hardhost.verifier.database import Database, is_postgres
+from hardhost.verifier.exposure import Exposure
 from hardhost.verifier.inventory import FleetHost
 from hardhost.verifier.service.state import Change, HostState, State, classify, transition
 from hardhost.verifier.verdict import Verdict
@@ -79,6 +80,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_try);
 CREATE INDEX IF NOT EXISTS results_time ON results(time);
+CREATE TABLE IF NOT EXISTS exposures (
+    host TEXT PRIMARY KEY,
+    time TEXT NOT NULL,
+    image TEXT NOT NULL,
+    failing TEXT NOT NULL,
+    counts TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS used_once (
     key TEXT PRIMARY KEY,
     expires DOUBLE PRECISION NOT NULL
@@ -176,6 +185,56 @@ class Store:
                        "AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.run_id = runs.id)",
                        (before,))
         return int(deleted)
+
+    def record_exposure(self, time_: str, exposure: Exposure, targets: Sequence[str]
+                        ) -> list[str]:
+        """Keep the known vulnerabilities a passing host's image has, as of `time_`; when
+        the host gained some, queue one `exposed` event for each of `targets`. Returns the
+        issues it gained. Only a proven exposure is kept: a host that did not pass keeps
+        the last one it proved."""
+        if not exposure.proven:
+            return []
+        failing = sorted(exposure.failing)
+        with self.db.transaction(exclusive=True) as db:
+            row = db.execute("SELECT failing FROM exposures WHERE host = ?",
+                             (exposure.host,)).fetchone()
+            before = set(json.loads(row[0])) if row else set()
+            db.execute(
+                "INSERT INTO exposures (host, time, image, failing, counts, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(host) DO UPDATE SET "
+                "time = excluded.time, image = excluded.image, failing = excluded.failing, "
+                "counts = excluded.counts, reason = excluded.reason",
+                (exposure.host, time_, exposure.image, json.dumps(failing),
+                 json.dumps(dict(exposure.counts or {}), sort_keys=True), exposure.reason))
+            gained = [issue for issue in failing if issue not in before]
+            if gained:
+                body = json.dumps({"event": "exposed", "host": exposure.host,
+                                   "image": exposure.image, "time": time_, "new": gained,
+                                   "failing": failing}, sort_keys=True)
+                (event_id,) = db.execute("INSERT INTO events (time, host, kind, body) "
+                                         "VALUES (?, ?, 'exposed', ?) RETURNING id",
+                                         (time_, exposure.host, body)).fetchone()
+                db.executemany("INSERT INTO deliveries (event_id, target, next_try) "
+                               "VALUES (?, ?, ?)",
+                               [(event_id, t, time.time()) for t in targets])
+        return gained
+
+    def exposure(self, host: str) -> dict[str, Any] | None:
+        """The known vulnerabilities the host's image had when it last passed."""
+        with self.db.transaction() as db:
+            row = db.execute("SELECT time, image, failing, counts, reason FROM exposures "
+                             "WHERE host = ?", (host,)).fetchone()
+        if row is None:
+            return None
+        return {"time": row[0], "image": row[1], "failing": json.loads(row[2]),
+                "counts": json.loads(row[3]), "reason": row[4]}
+
+    def exposed_hosts(self) -> int:
+        """Hosts whose image, when they last passed, had issues that count."""
+        with self.db.transaction() as db:
+            return int(db.execute("SELECT COUNT(*) FROM exposures e JOIN hosts h ON "
+                                  "h.name = e.host WHERE e.failing <> '[]' AND "
+                                  "h.in_inventory = 1").fetchone()[0])
 
     def use_once(self, key: str, expires: float) -> bool:
         """Mark `key` used until `expires` (Unix time); False when it already was."""
@@ -322,6 +381,7 @@ class Store:
             remediation = db.execute("SELECT COUNT(*), AVG(seconds), MAX(seconds) FROM "
                                      "remediations").fetchone()
         return {"hosts": sum(states.values()), "by_state": states,
+                "exposed": self.exposed_hosts(),
                 "by_image_version": versions, "last_attestation": last or "",
                 "remediations": {"count": remediation[0], "mean_seconds": remediation[1],
                                  "max_seconds": remediation[2]}}
