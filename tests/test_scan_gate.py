@@ -41,7 +41,8 @@ def test_a_failing_image_is_a_one_line_build_error(tmp_path: Path) -> None:
     assert "nothing was signed or written" in message
 
 
-def test_a_passing_image_records_the_feed_and_the_counts(tmp_path: Path) -> None:
+def test_a_passing_image_records_the_feed_and_the_counts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     vex = tmp_path / "vex.json"
     vex.write_text(json.dumps({
         "@context": "https://openvex.dev/ns/v0.2.0", "@id": "https://example.com/v",
@@ -51,7 +52,12 @@ def test_a_passing_image_records_the_feed_and_the_counts(tmp_path: Path) -> None
                         "status": "not_affected",
                         "justification": "vulnerable_code_not_in_execute_path"}]}))
     inventory = read_sbom(write_sbom(tmp_path / "sbom.json"))
-    result = decide(gate(Level.HIGH, [vex]), inventory)
+    with caplog.at_level("WARNING", logger="hardhost.advisories.gate"):
+        result = decide(gate(Level.HIGH, [vex]), inventory)
+    # The build says which waiver it relied on, and why.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"CVE-2025-9230 (openssl 3.0.15-1~deb12u1): waived by {vex}: statements[0]: "
+        "not_affected, vulnerable_code_not_in_execute_path"]
     written = record(result)
     assert tuple(written) == ADVISORY_KEYS
     assert written["feed_sha256"] == result.feed.sha256

@@ -59,6 +59,15 @@ def decide(gate: Gate, inventory: Inventory) -> ScanResult:
     log.info("Known vulnerabilities: %d fixable, %d unfixed, %d minor, %d waived; %s: pass",
              counts["affected"], counts["unfixed"] + counts["undetermined"], counts["minor"],
              counts["waived"], gate.policy.describe())
+    # A waiver is a decision someone made: the build says which ones it relied on, and why.
+    for finding in result.findings:
+        if finding.waiver is not None and finding.waived:
+            waiver = finding.waiver
+            log.warning("%s (%s %s): waived by %s: %s%s", printable(finding.id),
+                        printable(finding.source), printable(finding.source_version),
+                        printable(waiver.origin), waiver.status,
+                        f", {printable(waiver.justification)}" if waiver.justification
+                        else "")
     return result
 
 

@@ -110,7 +110,7 @@ def register(commands: Commands) -> None:
                          "of the image it proved it runs, from that image's SBOM beside its "
                          "manifest (nothing more runs on the host); --fail-on and "
                          "--fail-on-unfixed say which count, the exit code stays the "
-                         "attestation's")
+                         "attestation's", fails=False)
     fleet.set_defaults(func=_cmd_fleet)
 
     rollout = add_command(

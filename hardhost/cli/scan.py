@@ -74,9 +74,12 @@ def register(commands: Commands) -> None:
 
 
 def advisory_options(command: argparse.ArgumentParser, *, required: bool,
-                     use: str = "") -> None:
+                     use: str = "", fails: bool = True) -> None:
     """--feed, --feed-sha256, --feed-date, --fail-on, --fail-on-unfixed and --vex; `use`
-    says in --feed's help what the command does with the feed."""
+    says in --feed's help what the command does with the feed, and `fails` whether a
+    finding that counts sets the exit code."""
+    counts, also = (("fail (exit 1) on", "also fail on") if fails else
+                    ("count a host as exposed for", "also count a host as exposed for"))
     command.add_argument("--feed", type=Path, required=required, metavar="FILE",
                          help="Debian security tracker data: the JSON of "
                               "https://security-tracker.debian.org/tracker/data/json, "
@@ -89,12 +92,12 @@ def advisory_options(command: argparse.ArgumentParser, *, required: bool,
                               "which curl -R and wget set from the server's); it is reported "
                               "and recorded, the file itself has no date")
     command.add_argument("--fail-on", choices=LEVELS, default="low", metavar="LEVEL",
-                         help="fail (exit 1) on an issue Debian has fixed, that the image "
+                         help=f"{counts} an issue Debian has fixed, that the image "
                               "lacks, of this urgency or above: low, medium, high, or never "
                               "(report only). Default: low. An urgency Debian has not "
                               "assigned counts as high: untriaged is not minor")
     command.add_argument("--fail-on-unfixed", action="store_true",
-                         help="also fail on open and undetermined issues (no fix yet) of "
+                         help=f"{also} open and undetermined issues (no fix yet) of "
                               "--fail-on's urgency or above; waive the ones that do not "
                               "apply with --vex")
     command.add_argument("--vex", type=Path, action="append", default=[], metavar="FILE",

@@ -1,17 +1,19 @@
 """hardhost build --feed on a real container-host build: a failing policy writes nothing
 and exits 1; with a VEX waiver the build passes and its signed manifest records the feed;
-and hardhost scan reads the real image's SBOM."""
+and hardhost scan reads the real image's SBOM and gives every verdict of the fixture on it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from hardhost.advisories.sbom_read import read_sbom
 from hardhost.image.manifest import MANIFEST_NAME, read_verified
 from hardhost.image.signing import load_trusted_keys
 from tests.support.advisories import FEED
@@ -57,6 +59,10 @@ def test_build_gate_fails_then_passes_with_a_waiver(tmp_path: Path, client_key: 
 
     passed = hardhost("build", *common, "--vex", str(vex))
     assert passed.returncode == 0, passed.stderr
+    # The build says which waiver it relied on, and why.
+    assert re.search(r"CVE-2025-9230 \(openssl \S+\): waived by \S*waiver\.json: "
+                     r"statements\[0\]: not_affected, vulnerable_code_not_in_execute_path",
+                     passed.stderr), passed.stderr
     image = Path(passed.stdout.strip())
     manifest, _ = read_verified(image / MANIFEST_NAME, load_trusted_keys(signing_keys.public))
     assert manifest.advisories["feed_sha256"] == hashlib.sha256(feed.read_bytes()).hexdigest()
@@ -71,6 +77,26 @@ def test_build_gate_fails_then_passes_with_a_waiver(tmp_path: Path, client_key: 
     report = json.loads(scanned.stdout)
     assert report["release"] == "bookworm"
     assert report["packages"] > 100
+    # Every verdict of the fixture on the real image, with dpkg's own order as the oracle:
+    # the image's versions follow the archive, so the expected verdicts are worked out here.
+    installed = {p.source: p.source_version for p in read_sbom(image).packages}
+    found = {(f["id"], f["source"]): f["state"] for f in report["findings"]}
+    checked = 0
+    for source, issues in json.loads(FEED.read_text()).items():
+        for issue, entry in issues.items():
+            release = entry["releases"].get("bookworm")
+            if source not in installed or release is None:
+                continue
+            fixed = release.get("fixed_version", "")
+            expected = {"open": "unfixed", "undetermined": "undetermined"}.get(
+                release["status"])
+            if release["status"] == "resolved" and fixed != "0" and subprocess.run(
+                    ["dpkg", "--compare-versions", installed[source], "lt", fixed]
+                    ).returncode == 0:
+                expected = "affected"
+            assert found.get((issue, source)) == expected, (source, installed[source], issue)
+            checked += 1
+    assert checked == 15  # every issue of the fixture: its sources are all in the image
     sbom = json.loads((image / "sbom.spdx.json").read_text())
     libc6 = next(p for p in sbom["packages"] if p["name"] == "libc6")
     assert "upstream=glibc" in libc6["externalRefs"][0]["referenceLocator"]
