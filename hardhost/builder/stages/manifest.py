@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hardhost.advisories.gate import decide, record
 from hardhost.builder import sbom
+from hardhost.builder.containers import Containers
 from hardhost.builder.context import BuildContext
 from hardhost.builder.pcr import KNOWN_FIRMWARE
 from hardhost.builder.spec import Spec
@@ -49,7 +50,10 @@ MUTABLE_PATHS: Mapping[str, tuple[str, ...]] = {
 
 def inputs(spec: Spec, epoch: int) -> dict[str, object]:
     """Every setting: the manifest records them all. It is never cached; signing is cheap."""
-    return {"spec": dataclasses.asdict(spec) | {"source": None}, "epoch": epoch}
+    settings = dataclasses.asdict(spec) | {"source": None}
+    if spec.containers == Containers():
+        settings.pop("containers")  # specs from before [containers] keep their key
+    return {"spec": settings, "epoch": epoch}
 
 
 def sshd_expectations(spec: Spec) -> dict[str, str]:
@@ -139,9 +143,17 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         mounts=expected_mounts(spec),
         optional_mounts=layout.OPTIONAL_MOUNTS,
         runtime_mount_areas=layout.RUNTIME_MOUNT_AREAS + (
-            layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()),
+            layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()) + (
+            layout.PODMAN_RUNTIME_MOUNT_AREAS if harden.has_podman(spec) else ()),
         advisories=dict(advisories or {}),
+        container_policy=container_policy_digests(ctx.tree, spec),
     )
+
+
+def container_policy_digests(tree: Path, spec: Spec) -> dict[str, str]:
+    """The sha256 of each file of the image trust policy, as the tree holds it."""
+    return {f.path: sha256_file(tree / f.path.lstrip("/"))
+            for f in harden.container_policy_files(spec)}
 
 
 def disk_facts(spec: Spec) -> dict[str, str]:
@@ -155,7 +167,8 @@ def disk_facts(spec: Spec) -> dict[str, str]:
 def expected_mounts(spec: Spec) -> dict[str, str]:
     """Every mount a booted host of `spec` has, by mount point and filesystem type."""
     mounts = layout.BASE_MOUNTS | {"/": str(spec.image.filesystem)}
-    return mounts | (layout.DOCKER_MOUNTS if harden.has_docker(spec) else {})
+    return (mounts | (layout.DOCKER_MOUNTS if harden.has_docker(spec) else {})
+            | (layout.PODMAN_MOUNTS if harden.has_podman(spec) else {}))
 
 
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
