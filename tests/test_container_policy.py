@@ -15,7 +15,9 @@ from hardhost.builder.containers import Engine, lookaside_url
 from hardhost.builder.spec import Spec, load_spec, parse_spec
 from hardhost.builder.stages import harden
 from hardhost.builder.stages import manifest as manifest_stage
-from hardhost.core.errors import SpecError, TrustError
+from hardhost.builder.workload_signing import parse_reference
+from hardhost.cli.main import main
+from hardhost.core.errors import USAGE, SpecError, TrustError, UsageError
 from hardhost.image.manifest import from_statement
 from tests.support.manifests import sample_manifest
 from tests.support.paths import IMAGES
@@ -246,3 +248,42 @@ def test_a_hostile_policy_entry_is_refused(path: str) -> None:
     statement["predicate"]["container_policy"] = {"/etc/containers/policy.json": "A" * 64}
     with pytest.raises(TrustError, match="container_policy"):
         from_statement(statement, "m")
+
+
+# --- hardhost image sign: what it refuses before skopeo runs ---------------------------------
+
+
+@pytest.mark.parametrize("reference", [
+    "app:1",  # no registry: a signature names the full reference
+    "registry.example:5000/app",  # no tag
+    "registry.example:5000/App:1",  # repositories are lower case
+    "Registry.example/app:1",
+    "registry.example/app:1 --sign-by=x",
+    "registry.example/app:1\n",
+    "registry.example/../app:1",
+    "registry.example/app@sha256:" + "a" * 64,  # pin with --digest, name with a tag
+])
+def test_sign_refuses_a_reference_without_registry_and_tag(reference: str) -> None:
+    with pytest.raises(UsageError, match="REGISTRY/REPOSITORY:TAG"):
+        parse_reference(reference)
+
+
+def test_sign_parses_a_full_reference() -> None:
+    ref = parse_reference("registry.example:5000/team/app:1.4")
+    assert (ref.registry, ref.repository, ref.tag) == ("registry.example:5000", "team/app",
+                                                         "1.4")
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--key", "ci@example"], "fingerprint"),
+    (["--key", "ABCDEF0123456789"], "fingerprint"),  # a long key id is not a fingerprint
+    (["--key", "A" * 40, "--digest", "sha256:xyz"], "--digest"),
+    (["--key", "A" * 40, "--lookaside", "/nonexistent/sigs"], "lookaside folder"),
+])
+def test_sign_refuses_bad_options_in_one_line(args: list[str], problem: str,
+                                              capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    argv = ["image", "sign", "registry.example:5000/app:1", "--lookaside", str(tmp_path), *args]
+    assert main(argv) == USAGE.code
+    err = capsys.readouterr().err
+    assert err.startswith("hardhost: ") and err.count("\n") == 1 and problem in err, err
