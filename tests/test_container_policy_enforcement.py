@@ -247,3 +247,19 @@ def test_a_users_own_policy_would_override_the_hosts(world: World, tmp_path: Pat
         shutil.rmtree(world.base / "home" / ".config")
     world.podman("rmi", "--force", reference)
     refused(pull(world, reference), "A signature was required")
+
+
+def test_an_image_built_on_the_host_runs_whatever_the_policy(world: World,
+                                                             tmp_path: Path) -> None:
+    """The documented limit: the policy gates what enters storage from outside. A build
+    from scratch pulls nothing, so what root builds on the host runs unchecked."""
+    context = tmp_path / "context"
+    context.mkdir()
+    shutil.copy(BUSYBOX, context / "busybox")
+    (context / "Containerfile").write_text("FROM scratch\nCOPY busybox /bin/busybox\n")
+    build = world.podman("build", "--network", "none", "-t", "localhost/built:1",
+                         str(context))
+    assert build.returncode == 0, build.stderr
+    result = world.podman("run", "--rm", "--network", "none", "localhost/built:1",
+                          "/bin/busybox", "echo", "built")
+    assert result.stdout == "built\n", result.stderr
