@@ -5,6 +5,7 @@ render, digest and sign exactly as before."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -287,3 +288,32 @@ def test_sign_refuses_bad_options_in_one_line(args: list[str], problem: str,
     assert main(argv) == USAGE.code
     err = capsys.readouterr().err
     assert err.startswith("hardhost: ") and err.count("\n") == 1 and problem in err, err
+
+
+# --- the build's side: drop-ins removed, digests recorded ----------------------------------
+
+
+def test_the_build_removes_registries_conf_drop_ins(tmp_path: Path) -> None:
+    drop_ins = tmp_path / "etc/containers/registries.conf.d"
+    drop_ins.mkdir(parents=True)
+    # Debian's containers-common ships aliases; a drop-in could also bring search registries.
+    (drop_ins / "shortnames.conf").write_text('[aliases]\n"app" = "evil.example/app"\n')
+    (drop_ins / "search.conf").write_text('unqualified-search-registries = ["evil.example"]\n')
+    harden.empty_registries_conf_d(tmp_path)
+    assert list(drop_ins.iterdir()) == []
+    harden.empty_registries_conf_d(tmp_path / "nothing")  # no folder: nothing to do
+
+
+def test_the_manifest_records_the_files_as_written(tmp_path: Path) -> None:
+    spec = podman_spec(tmp_path / "spec", SIGNED)
+    tree = tmp_path / "tree"
+    files = harden.container_policy_files(spec)
+    harden.write_layer(tree, files)
+    digests = manifest_stage.container_policy_digests(tree, spec)
+    assert set(digests) == {"/etc/containers/policy.json", "/etc/containers/registries.conf",
+                            "/etc/containers/registries.d/registry.example:5000.yaml",
+                            "/etc/containers/keys/ci.gpg"}
+    assert digests["/etc/containers/keys/ci.gpg"] == hashlib.sha256(PUBLIC.encode()).hexdigest()
+    (tree / "etc/containers/policy.json").write_text('{"default": [{"type": '
+                                                      '"insecureAcceptAnything"}]}')
+    assert manifest_stage.container_policy_digests(tree, spec) != digests
