@@ -18,7 +18,7 @@ from hardhost.builder.stages import harden
 from hardhost.builder.stages import manifest as manifest_stage
 from hardhost.builder.workload_signing import parse_reference
 from hardhost.cli.main import main
-from hardhost.core.errors import USAGE, SpecError, TrustError, UsageError
+from hardhost.core.errors import USAGE, BuildError, SpecError, TrustError, UsageError
 from hardhost.image.manifest import from_statement
 from tests.support.manifests import sample_manifest
 from tests.support.paths import IMAGES
@@ -317,3 +317,24 @@ def test_the_manifest_records_the_files_as_written(tmp_path: Path) -> None:
     (tree / "etc/containers/policy.json").write_text('{"default": [{"type": '
                                                       '"insecureAcceptAnything"}]}')
     assert manifest_stage.container_policy_digests(tree, spec) != digests
+
+
+def test_the_manifest_expects_the_apparmor_profile_podman_loads(tmp_path: Path) -> None:
+    spec = load_spec(IMAGES / "podman-host.toml")
+    fake = tmp_path / "usr/bin/podman"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"\x7fELF...containers-default-0.50.1\x00...")
+    assert manifest_stage.apparmor_runtime_profiles(spec, tmp_path) == {
+        "containers-default-0.50.1": "enforce"}
+    container_host = load_spec(IMAGES / "container-host.toml")
+    assert manifest_stage.apparmor_runtime_profiles(container_host, tmp_path) == {
+        "docker-default": "enforce"}
+    fake.write_bytes(b"\x7fELF without it")
+    with pytest.raises(BuildError, match="containers-default"):
+        manifest_stage.apparmor_runtime_profiles(spec, tmp_path)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/podman").exists(), reason="podman is not installed")
+def test_debian_podman_names_its_apparmor_profile() -> None:
+    # Debian 12's podman 4.3.1 was built with containers/common 0.50.1.
+    assert manifest_stage.podman_apparmor_profile(Path("/")).startswith("containers-default-")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from hardhost.builder.pcr import KNOWN_FIRMWARE
 from hardhost.builder.spec import Spec
 from hardhost.builder.stages import harden, security
 from hardhost.builder.stages.harden import effective_sysctls
+from hardhost.core.errors import BuildError
 from hardhost.core.log import StepTiming
 from hardhost.core.run import output
 from hardhost.image import layout, signing
@@ -84,9 +86,28 @@ def apparmor_profiles(tree: Path) -> dict[str, str]:
     return profiles
 
 
-def apparmor_runtime_profiles(spec: Spec) -> dict[str, str]:
+def apparmor_runtime_profiles(spec: Spec, tree: Path) -> dict[str, str]:
     """Profiles services load when they start, after boot."""
-    return {"docker-default": "enforce"} if harden.has_docker(spec) else {}
+    if harden.has_docker(spec):
+        return {"docker-default": "enforce"}
+    if harden.has_podman(spec):
+        return {podman_apparmor_profile(tree): "enforce"}
+    return {}
+
+
+# podman loads its default AppArmor profile at the first container, named after the
+# containers/common it was built with (Debian 12's podman 4.3.1: containers-default-0.50.1).
+_PODMAN_PROFILE_RE = re.compile(rb"containers-default-[0-9]+\.[0-9]+\.[0-9]+")
+PODMAN_BINARY = "usr/bin/podman"
+
+
+def podman_apparmor_profile(tree: Path) -> str:
+    """The name of the AppArmor profile the image's podman loads, read from its binary."""
+    found = _PODMAN_PROFILE_RE.search((tree / PODMAN_BINARY).read_bytes())
+    if found is None:
+        raise BuildError(f"{tree / PODMAN_BINARY}: names no containers-default AppArmor "
+                         "profile; the manifest could not expect the one podman loads")
+    return found.group().decode()
 
 
 def seccomp_profiles(tree: Path) -> dict[str, str]:
@@ -128,7 +149,7 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         cmdline=ctx.cmdline,
         sysctls=dict(effective_sysctls(spec)),
         apparmor_profiles=apparmor_profiles(ctx.tree),
-        apparmor_runtime_profiles=apparmor_runtime_profiles(spec),
+        apparmor_runtime_profiles=apparmor_runtime_profiles(spec, ctx.tree),
         seccomp_profiles=seccomp_profiles(ctx.tree),
         runtime_config=runtime_config(ctx.tree),
         userns=userns_expectations(spec),
