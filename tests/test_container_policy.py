@@ -95,6 +95,12 @@ def test_podman_host_renders_its_policy_on_the_root() -> None:
     assert 'short-name-mode = "enforcing"' in files[container_policy.REGISTRIES_CONF]
     assert "unqualified-search-registries = []" in files[container_policy.REGISTRIES_CONF]
     assert "tmpfs /var/lib/containers tmpfs" in files["/etc/fstab"]
+    # Every container's seccomp profile is the image's default, as dockerd's is.
+    assert 'seccomp_profile = "/usr/lib/hardhost/seccomp/default.json"' in files[
+        harden.PODMAN_CONF]
+    without = dataclasses.replace(spec, seccomp=dataclasses.replace(spec.seccomp,
+                                                                    default_profile=False))
+    assert harden.PODMAN_CONF not in {f.path for f in harden.render_layer(without)}
     assert "/var/lib/containers" in manifest_stage.expected_mounts(spec)
 
 

@@ -3,10 +3,11 @@
 The host's /etc/containers (policy.json, registries.conf, registries.d, the keys) is what
 `hardhost.builder.container_policy` renders for a spec, bind-mounted over /etc/containers in
 a private mount namespace, so podman reads it from its default paths as the booted image's
-podman does, with no flag or variable pointing at it. Images come from Debian's
-docker-registry on 127.0.0.1 and are built offline (buildah from scratch with
-busybox-static); they are signed with `hardhost image sign` (skopeo) by keys gpg makes.
-Every refusal is checked by the reason podman gives.
+podman does, with no flag or variable pointing at it. Its containers.conf (the seccomp
+profile) is given with the settings this machine needs to run containers at all. Images
+come from Debian's docker-registry on 127.0.0.1 and are built offline (buildah from scratch
+with busybox-static); they are signed with `hardhost image sign` (skopeo) by keys gpg
+makes. Every refusal is checked by the reason podman gives.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import pytest
 
 from hardhost.builder import container_policy
 from hardhost.builder.spec import load_spec
+from hardhost.builder.stages import harden, security
 from hardhost.cli.main import main
+from hardhost.profiles import default as seccomp_defaults
 from tests.support.gpg import GpgKey, make_key, stop_agent
 from tests.support.registry import LoopbackRegistry, start_registry
 
@@ -38,16 +41,27 @@ if missing or not BUSYBOX.exists() or os.geteuid() != 0:
                 f"{', '.join(missing) or 'root or busybox'}); apt-get install podman skopeo "
                 "buildah docker-registry gnupg busybox-static runc", allow_module_level=True)
 
-# Not trust settings: how podman runs on this machine. Its root lacks CAP_SYS_RESOURCE, so
-# the default ulimits cannot be set; crun 1.8 refuses the hybrid cgroup layout here ("cgroups
-# in hybrid mode not supported"), runc runs; there is no systemd for cgroups or the journal.
-CONTAINERS_CONF = """[containers]
-default_ulimits = []
-[engine]
+# Not trust settings: how podman runs on this machine, merged into the image's rendered
+# containers.conf. Its root lacks CAP_SYS_RESOURCE, so the default ulimits cannot be set;
+# crun 1.8 refuses the hybrid cgroup layout here ("cgroups in hybrid mode not supported"),
+# runc runs; there is no systemd for cgroups or the journal. podman run as root reads
+# CONTAINERS_CONF alone when it is set, and no $HOME/.config/containers/containers.conf.
+MACHINE_CONTAINERS = "default_ulimits = []\n"
+MACHINE_ENGINE = """[engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 """
+
+
+def machine_containers_conf(rendered: str) -> str:
+    """The image's containers.conf as this machine can run it: its seccomp profile read from
+    the file the build installs from, and the settings above added."""
+    text = rendered.replace(security.SECCOMP_DEFAULT, str(seccomp_defaults.OUTPUT))
+    assert "[containers]\n" in text and "[engine]" not in text
+    return text.replace("[containers]\n", "[containers]\n" + MACHINE_CONTAINERS) + MACHINE_ENGINE
+
+
 # The signer's and the builder's own policy: they write images, the host decides.
 OPEN_POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 
@@ -117,7 +131,6 @@ def build_images(base: Path, layout: Path) -> None:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("podman-policy")
     (base / "open.json").write_text(json.dumps(OPEN_POLICY))
-    (base / "containers.conf").write_text(CONTAINERS_CONF)
     (base / "home").mkdir()
     ci = make_key(base / "gnupg-ci", "ci", base / "spec" / "keys")
     intruder = make_key(base / "gnupg-intruder", "intruder", base / "intruder")
@@ -136,10 +149,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"lookaside = {json.dumps(sigs.as_uri())}\n")
         spec = load_spec(spec_path)
         root = base / "root"
-        for rendered in container_policy.policy_files(spec.containers, spec.source):
-            target = root / rendered.path.lstrip("/")
+        rendered = {f.path: f.content for f in harden.render_layer(spec)
+                    if f.path.startswith("/etc/containers/")}
+        assert set(rendered) == {f.path for f in container_policy.policy_files(
+            spec.containers, spec.source)} | {harden.PODMAN_CONF}
+        for path, content in rendered.items():
+            target = root / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(rendered.content)
+            target.write_text(content)
+        (base / "containers.conf").write_text(
+            machine_containers_conf(rendered[harden.PODMAN_CONF]))
         layout = base / "oci"
         build_images(base, layout)
         world = World(base, allowed, outside, ci, intruder, root / "etc/containers", layout,
@@ -263,3 +282,17 @@ def test_an_image_built_on_the_host_runs_whatever_the_policy(world: World,
     result = world.podman("run", "--rm", "--network", "none", "localhost/built:1",
                           "/bin/busybox", "echo", "built")
     assert result.stdout == "built\n", result.stderr
+
+
+def test_containers_run_under_the_images_seccomp_profile(world: World) -> None:
+    reference = f"{world.allowed.address}/team/seccomp:1"
+    world.push("one", reference)
+    world.sign(reference, world.ci)
+    pull(world, reference)
+    inner = ["/bin/busybox", "unshare", "-U", "/bin/busybox", "echo", "inner"]
+    result = world.podman("run", "--rm", "--network", "none", reference, *inner)
+    assert result.returncode != 0 and "Operation not permitted" in result.stderr, result
+    # containers-common's own profile lets the same call through: the image's is in force.
+    result = world.podman("run", "--rm", "--network", "none", "--security-opt",
+                          "seccomp=/usr/share/containers/seccomp.json", reference, *inner)
+    assert result.stdout == "inner\n", result.stderr

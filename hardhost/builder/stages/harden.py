@@ -261,7 +261,21 @@ def runtime_files(spec: Spec) -> list[RenderedFile]:
     if has_docker(spec):
         files.append(RenderedFile("/etc/docker/daemon.json", json.dumps(
             docker_daemon_config(spec), indent=2, sort_keys=True) + "\n"))
+    if has_podman(spec) and spec.seccomp.default_profile:
+        files.append(RenderedFile(PODMAN_CONF, podman_containers_conf()))
     return files
+
+
+# podman's containers.conf (containers.conf(5), containers/common 0.50): read after
+# /usr/share/containers/containers.conf, whose values it overrides.
+PODMAN_CONF = "/etc/containers/containers.conf"
+
+
+def podman_containers_conf() -> str:
+    """Every container's seccomp profile is the image's default, as dockerd's is: stricter
+    than containers-common's (it refuses user namespaces inside a container, for one)."""
+    return ("# Rendered by hardhost: podman's defaults for every container.\n"
+            f"[containers]\nseccomp_profile = {json.dumps(security.SECCOMP_DEFAULT)}\n")
 
 
 def _inside(tree: Path, path: str) -> Path:

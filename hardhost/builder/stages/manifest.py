@@ -118,9 +118,10 @@ def seccomp_profiles(tree: Path) -> dict[str, str]:
 
 
 def runtime_config(tree: Path) -> dict[str, str]:
-    path = "/etc/docker/daemon.json"
-    found = tree / path.lstrip("/")
-    return {path: sha256_file(found)} if found.exists() else {}
+    """The container engine's configuration files the image holds, by path."""
+    paths = ("/etc/docker/daemon.json", harden.PODMAN_CONF)
+    return {path: sha256_file(tree / path.lstrip("/")) for path in paths
+            if (tree / path.lstrip("/")).exists()}
 
 
 def userns_expectations(spec: Spec) -> dict[str, str]:
