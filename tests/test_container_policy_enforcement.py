@@ -92,14 +92,17 @@ class World:
             assert result.returncode == 0, result.stderr
         return result
 
-    def push(self, image: str, reference: str) -> None:
-        """Copy image `image` of the layout to `reference`, unsigned."""
-        skopeo(self.base, "copy", "--dest-tls-verify=false", f"oci:{self.layout}:{image}",
-               f"docker://{reference}")
+    def push(self, image: str, reference: str) -> str:
+        """Copy image `image` of the layout to `reference`, unsigned; return its digest."""
+        digest = self.base / "pushed.digest"
+        skopeo(self.base, "copy", "--dest-tls-verify=false", "--digestfile", str(digest),
+               f"oci:{self.layout}:{image}", f"docker://{reference}")
+        return digest.read_text().strip()
 
-    def sign(self, reference: str, key: GpgKey) -> None:
+    def sign(self, reference: str, key: GpgKey, *extra: str) -> None:
         code = main(["image", "sign", reference, "--key", key.fingerprint, "--lookaside",
-                     str(self.sigs), "--gnupg-home", str(key.home), "--no-tls-verify"])
+                     str(self.sigs), "--gnupg-home", str(key.home), "--no-tls-verify",
+                     *extra])
         assert code == 0
 
 
@@ -296,3 +299,17 @@ def test_containers_run_under_the_images_seccomp_profile(world: World) -> None:
     result = world.podman("run", "--rm", "--network", "none", "--security-opt",
                           "seccomp=/usr/share/containers/seccomp.json", reference, *inner)
     assert result.stdout == "inner\n", result.stderr
+
+
+def test_sign_with_a_digest_signs_that_image_not_the_tags(world: World) -> None:
+    reference = f"{world.allowed.address}/team/pinned:1"
+    reviewed = world.push("one", reference)
+    world.push("two", reference)  # the tag moved before the signer got to it
+    world.sign(reference, world.ci, "--digest", reviewed)
+    # The copy tagged the reviewed image again, and only its digest carries a signature.
+    (signed,) = (world.sigs / world.allowed.address / "team").glob("pinned@*")
+    assert signed.name == f"pinned@{reviewed.replace(':', '=')}"
+    pull(world, reference)
+    label = world.podman("image", "inspect", "--format",
+                         '{{index .Labels "hardhost.test"}}', reference, check=True)
+    assert label.stdout.strip() == "one"
