@@ -31,7 +31,7 @@ SAMPLES: dict[str, Any] = {
     "distribution.suite": "bookworm",
     "distribution.mirror": "http://deb.debian.org/debian",
     "distribution.architecture": "amd64",
-    "packages.include": ["systemd", "openssh-server"],
+    "packages.include": ["systemd", "openssh-server", "podman"],
     "image.filesystem": "erofs",
     "image.compression": "lz4hc",
     "version": "2.4.1",
@@ -48,6 +48,10 @@ SAMPLES: dict[str, Any] = {
     "apparmor.profiles": ["profiles/web.apparmor"],
     "selinux.modules": ["profiles/web.cil"],
     "userns.remap_user": "dockremap",
+    "containers.engine": "podman",
+    "containers.allowed_registries": ["registry.example:5000", "10.0.0.1"],
+    "containers.signing_keys": ["keys/ci.gpg"],
+    "containers.lookaside": "https://registry.example/signatures",
     "sysctl": {"net.ipv4.ip_local_port_range": "32768 60999"},
 }
 
@@ -55,7 +59,8 @@ SAMPLES: dict[str, Any] = {
 # line): an inner space is an injection. Free text and file paths may hold spaces.
 MAY_HOLD_SPACES = {"description", "image.secure_boot_key", "image.secure_boot_cert",
                    "manifest.signing_key", "seccomp.profiles", "apparmor.profiles",
-                   "selinux.modules", "access.authorized_keys", "sysctl"}
+                   "selinux.modules", "access.authorized_keys", "sysctl",
+                   "containers.signing_keys"}
 
 
 def toml_string(text: str) -> str:

@@ -71,8 +71,8 @@ def test_shipped_specs_satisfy_the_schema(spec: Path) -> None:
     parse_spec(spec.read_text(), str(spec))  # and the parser agrees
 
 
-def test_the_shipped_specs_are_both_checked() -> None:
-    assert [p.name for p in SPECS] == ["container-host.toml", "minimal.toml"]
+def test_the_shipped_specs_are_all_checked() -> None:
+    assert [p.name for p in SPECS] == ["container-host.toml", "minimal.toml", "podman-host.toml"]
 
 
 def test_every_section_and_the_top_refuse_unknown_keys() -> None:
@@ -80,7 +80,7 @@ def test_every_section_and_the_top_refuse_unknown_keys() -> None:
     assert schema["additionalProperties"] is False
     sections = [v for v in schema["properties"].values() if v.get("type") == "object"
                 and "properties" in v]
-    assert len(sections) == 14
+    assert len(sections) == 15
     assert all(s["additionalProperties"] is False for s in sections)
     assert errors({**MINIMAL, "colour": "blue"}) == [""]
     assert errors({**MINIMAL, "ssh": {"permit_root_login": True, "permit_passwords": True}}) \

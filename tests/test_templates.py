@@ -41,7 +41,7 @@ def golden_path(image: str, rendered: RenderedFile) -> Path:
     return GOLDEN / image / rendered.path.lstrip("/").replace("/", "__")
 
 
-@pytest.mark.parametrize("image", ["minimal", "container-host"])
+@pytest.mark.parametrize("image", ["minimal", "container-host", "podman-host"])
 def test_layer_matches_golden_files(image: str) -> None:
     """Regenerate with HARDHOST_UPDATE_GOLDEN=1 after an intended change, and review the diff."""
     files = render_layer(spec(image))

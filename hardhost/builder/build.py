@@ -144,6 +144,9 @@ def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = Fal
                          "in; list one, or pass --authorized-key FILE")
     for tool in required_tools(spec) + (("qemu-img",) if qcow2 else ()):
         which(tool)
+    # The container policy's keys are read now: a missing or wrong one is a spec error
+    # before the bootstrap's minute and a half, not after it.
+    harden.container_policy_files(spec)
     final = outdir / spec.name
     if final.exists() and not force:
         raise UsageError(f"{final}: already exists; pass --force to replace it")

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hardhost.builder import containers as _containers
+from hardhost.builder.containers import Containers
 from hardhost.core.errors import SpecError
 from hardhost.core.inputs import read_text
 from hardhost.core.settings import CONTROL_RE as _CONTROL_RE
@@ -628,6 +630,8 @@ class Spec:
     apparmor: AppArmor = AppArmor()
     selinux: SELinux = SELinux()
     userns: UserNamespaces = UserNamespaces()
+    # A frozen dataclass, immutable like the sections above (ruff sees only same-module ones).
+    containers: Containers = Containers()  # noqa: RUF009
     sysctl: tuple[tuple[str, str], ...] = field(default=(), metadata=_help(
         "sysctl overrides, merged over the hardened baseline: flat (`\"kernel.sysrq\" = 0`) "
         "or nested tables; values are integers, or printable words separated by single spaces",
@@ -641,6 +645,9 @@ class Spec:
         data = dataclasses.asdict(self)
         data.pop("source")
         data.pop("manifest")
+        if self.containers == Containers():
+            # Specs from before [containers] keep their digest, and so their manifests.
+            data.pop("containers")
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -664,6 +671,7 @@ def _validate(spec: Spec, path: str) -> None:
     if spec.access.user == "root" and not spec.ssh.permit_root_login:
         raise SpecError(path, "access.user",
                         "root cannot log in unless ssh.permit_root_login = true")
+    _containers.validate(spec.containers, spec.packages.include, path)
 
 
 def parse_spec(text: str, path: str) -> Spec:

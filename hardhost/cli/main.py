@@ -19,6 +19,7 @@ from hardhost.cli import (
     build,
     evidence,
     fleet,
+    image,
     manifest,
     profile,
     scan,
@@ -40,7 +41,7 @@ log = logging.getLogger("hardhost")
 _GROUPS: tuple[Callable[[Commands], None], ...] = (
     build.register, manifest.register, vm.register, evidence.register, profile.register,
     attest.register, update.register, fleet.register, serve.register, terraform.register,
-    spec.register, scan.register,
+    spec.register, scan.register, image.register,
 )
 
 

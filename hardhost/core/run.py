@@ -50,6 +50,7 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "swtpm_localca": "swtpm-tools",
     "sfdisk": "fdisk",
     "qemu-img": "qemu-utils",
+    "skopeo": "skopeo",
 }
 
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -128,6 +128,7 @@ BASE_MOUNTS: dict[str, str] = {
     "/sys/kernel/security": "securityfs",
 }
 DOCKER_MOUNTS: dict[str, str] = {"/var/lib/docker": "tmpfs"}
+PODMAN_MOUNTS: dict[str, str] = {"/var/lib/containers": "tmpfs"}
 # Mounted by systemd when the kernel offers them; their absence is no drift.
 OPTIONAL_MOUNTS: dict[str, str] = {
     "/sys/fs/pstore": "pstore",
@@ -154,6 +155,12 @@ DOCKER_RUNTIME_MOUNT_AREAS: tuple[str, ...] = (
     "/var/lib/docker/*",
     "/run/docker/*",
     "/run/containerd/*",
+    "/run/netns/*",
+)
+# podman's storage (overlay layers, each container's shm) and its CNI network namespaces.
+PODMAN_RUNTIME_MOUNT_AREAS: tuple[str, ...] = (
+    "/var/lib/containers/*",
+    "/run/containers/*",
     "/run/netns/*",
 )
 

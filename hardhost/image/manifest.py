@@ -101,6 +101,10 @@ class HostManifest:
     # date, the release, the policy and the counts. Empty, and left out of the statement,
     # when the build had no --feed: such manifests are byte for byte what they were before.
     advisories: Mapping[str, str] = field(default_factory=dict)
+    # The container engine's image trust policy (podman's policy.json, registries.conf, each
+    # registries.d file and each key): path on the host -> sha256. Empty, and left out of the
+    # statement, for images without one: their manifests are byte for byte what they were.
+    container_policy: Mapping[str, str] = field(default_factory=dict)
 
     def statement(self) -> dict[str, Any]:
         predicate = asdict(self)
@@ -109,6 +113,8 @@ class HostManifest:
         predicate["mutable_paths"] = {k: list(v) for k, v in self.mutable_paths.items()}
         if not self.advisories:
             predicate.pop("advisories")
+        if not self.container_policy:
+            predicate.pop("container_policy")
         return {
             "_type": STATEMENT_TYPE,
             "subject": [{"name": s.name, "digest": {"sha256": s.sha256}} for s in self.subjects],
@@ -144,6 +150,8 @@ DISK_KEYS = ("slot_size_mib", "boot_tries", "bless_timeout")
 # The keys of HostManifest.advisories (hardhost.advisories.scan.manifest_record).
 ADVISORY_KEYS = ("feed_sha256", "feed_date", "release", "fail_on", "fail_unfixed", "affected",
                  "unfixed", "undetermined", "minor", "waived", "failing")
+# Where the files of HostManifest.container_policy live on the host.
+CONTAINER_POLICY_DIR = "/etc/containers/"
 _ADVISORY_VALUE = re.compile(r"[0-9A-Za-z:.+~_-]{1,80}")
 
 
@@ -253,7 +261,8 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
         mounts=p.optional_text_map("mounts"), optional_mounts=p.optional_text_map(
             "optional_mounts"), runtime_mount_areas=p.optional_text_list("runtime_mount_areas"),
         version=p.optional_text("version", ""), disk=p.optional_text_map("disk"),
-        advisories=p.optional_text_map("advisories"))
+        advisories=p.optional_text_map("advisories"),
+        container_policy=p.optional_text_map("container_policy"))
     if manifest.version and not IMAGE_VERSION_RE.fullmatch(manifest.version):
         raise p.fail("version", f"{manifest.version[:40]!r} is not an image version (numbers "
                      "joined by dots)")
@@ -263,6 +272,13 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
     for key, value in manifest.advisories.items():
         if key not in ADVISORY_KEYS or not _ADVISORY_VALUE.fullmatch(value):
             raise p.fail(f"advisories.{key[:40]!r}", "not a known key with a plain value")
+    for path, sha in manifest.container_policy.items():
+        parts = path.removeprefix(CONTAINER_POLICY_DIR).split("/")
+        if (not path.startswith(CONTAINER_POLICY_DIR) or len(parts) > 4
+                or any(_subject_name(part) is None for part in parts)
+                or not _SHA256.match(sha)):
+            raise p.fail(f"container_policy.{path[:60]!r}", f"not a file under "
+                         f"{CONTAINER_POLICY_DIR} with a lower-case hex sha256")
     if manifest.boot not in ("direct", "uki"):
         raise p.fail("boot", f"{manifest.boot[:40]!r} is neither 'direct' nor 'uki'")
     created = _parse_time(manifest.created, "created", origin)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import jinja2
 
+from hardhost.builder import container_policy
 from hardhost.builder.chroot import run_in_tree
+from hardhost.builder.containers import Engine
 from hardhost.builder.context import BuildContext
 from hardhost.builder.spec import Spec
 from hardhost.builder.stages import security
@@ -173,6 +175,7 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
         "permit_root_login": spec.ssh.permit_root_login,
         "user": spec.access.user,
         "docker": has_docker(spec),
+        "podman": has_podman(spec),
         "modules": INITRAMFS_MODULES,
         "cmdline_roothash": layout.CMDLINE_ROOTHASH,
         "cmdline_data": layout.CMDLINE_DATA,
@@ -212,11 +215,24 @@ def render_layer(spec: Spec) -> list[RenderedFile]:
                      render("initramfs/overlay.j2"), 0o755),
         *runtime_files(spec),
         *boot_deadline_units(spec),
+        *container_policy_files(spec),
     ]
+
+
+def container_policy_files(spec: Spec) -> list[RenderedFile]:
+    """podman's image trust policy, its registry settings and keys; none without
+    `containers.allowed_registries`."""
+    return [RenderedFile(f.path, f.content)
+            for f in container_policy.policy_files(spec.containers, spec.source)]
 
 
 def has_docker(spec: Spec) -> bool:
     return "docker.io" in spec.packages.include
+
+
+def has_podman(spec: Spec) -> bool:
+    # The spec refuses engine = "podman" without the podman package, or with docker.io.
+    return spec.containers.engine is Engine.PODMAN
 
 
 def subid_line(spec: Spec) -> str:
@@ -245,7 +261,21 @@ def runtime_files(spec: Spec) -> list[RenderedFile]:
     if has_docker(spec):
         files.append(RenderedFile("/etc/docker/daemon.json", json.dumps(
             docker_daemon_config(spec), indent=2, sort_keys=True) + "\n"))
+    if has_podman(spec) and spec.seccomp.default_profile:
+        files.append(RenderedFile(PODMAN_CONF, podman_containers_conf()))
     return files
+
+
+# podman's containers.conf (containers.conf(5), containers/common 0.50): read after
+# /usr/share/containers/containers.conf, whose values it overrides.
+PODMAN_CONF = "/etc/containers/containers.conf"
+
+
+def podman_containers_conf() -> str:
+    """Every container's seccomp profile is the image's default, as dockerd's is: stricter
+    than containers-common's (it refuses user namespaces inside a container, for one)."""
+    return ("# Rendered by hardhost: podman's defaults for every container.\n"
+            f"[containers]\nseccomp_profile = {json.dumps(security.SECCOMP_DEFAULT)}\n")
 
 
 def _inside(tree: Path, path: str) -> Path:
@@ -320,7 +350,7 @@ def file_digests(files: list[RenderedFile]) -> dict[str, str]:
 
 def inputs(spec: Spec, epoch: int) -> dict[str, object]:
     """What the stage writes or runs, so its key changes exactly when its effect can."""
-    return {
+    found: dict[str, object] = {
         "version": 2,
         "files": file_digests(render_layer(spec)),
         "user": spec.access.user,
@@ -333,17 +363,25 @@ def inputs(spec: Spec, epoch: int) -> dict[str, object]:
         "os_release": os_release("", spec),
         "epoch": epoch,  # useradd dates accounts from it
     }
+    if container_policy_files(spec):
+        # Only then are the registries.conf drop-ins removed; other specs keep their keys.
+        found["registries_conf_d"] = "emptied"
+    return found
 
 
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     tree = ctx.tree
     files = render_layer(ctx.spec)
+    if container_policy_files(ctx.spec):
+        empty_registries_conf_d(tree)
     write_layer(tree, files)
     lock_passwords(tree / "etc/shadow")
     install_authorized_keys(tree, ctx.spec, ctx.source_date_epoch)
     remove_baked_host_keys(tree)
     if has_docker(ctx.spec):
         (tree / "var/lib/docker").mkdir(mode=0o710, exist_ok=True)
+    if has_podman(ctx.spec):
+        (tree / "var/lib/containers").mkdir(mode=0o700, exist_ok=True)
     install_userns_user(tree, ctx.spec, ctx.source_date_epoch)
     no_user_pam_environment(tree)
     (tree / "etc/machine-id").write_text("")
@@ -359,6 +397,18 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
         (generators / name).unlink(missing_ok=True)
         (generators / name).symlink_to("/dev/null")
     step.note = f"{len(files)} files"
+
+
+def empty_registries_conf_d(tree: Path) -> None:
+    """Remove registries.conf's drop-ins (Debian's containers-common ships shortnames.conf):
+    they are merged over the rendered registries.conf, and could bring back short names or
+    search registries that no digest in the manifest would show."""
+    folder = _inside(tree, container_policy.REGISTRIES_CONF_D)
+    for path in sorted(folder.glob("*")) if folder.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            raise BuildError(f"{path}: a folder in registries.conf.d; the image's "
+                             "registries.conf is rendered whole")
+        path.unlink()
 
 
 def no_user_pam_environment(tree: Path) -> None:

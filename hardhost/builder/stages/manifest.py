@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from hardhost.advisories.gate import decide, record
 from hardhost.builder import sbom
+from hardhost.builder.containers import Containers
 from hardhost.builder.context import BuildContext
 from hardhost.builder.pcr import KNOWN_FIRMWARE
 from hardhost.builder.spec import Spec
 from hardhost.builder.stages import harden, security
 from hardhost.builder.stages.harden import effective_sysctls
+from hardhost.core.errors import BuildError
 from hardhost.core.log import StepTiming
 from hardhost.core.run import output
 from hardhost.image import layout, signing
@@ -49,7 +52,10 @@ MUTABLE_PATHS: Mapping[str, tuple[str, ...]] = {
 
 def inputs(spec: Spec, epoch: int) -> dict[str, object]:
     """Every setting: the manifest records them all. It is never cached; signing is cheap."""
-    return {"spec": dataclasses.asdict(spec) | {"source": None}, "epoch": epoch}
+    settings = dataclasses.asdict(spec) | {"source": None}
+    if spec.containers == Containers():
+        settings.pop("containers")  # specs from before [containers] keep their key
+    return {"spec": settings, "epoch": epoch}
 
 
 def sshd_expectations(spec: Spec) -> dict[str, str]:
@@ -80,9 +86,28 @@ def apparmor_profiles(tree: Path) -> dict[str, str]:
     return profiles
 
 
-def apparmor_runtime_profiles(spec: Spec) -> dict[str, str]:
+def apparmor_runtime_profiles(spec: Spec, tree: Path) -> dict[str, str]:
     """Profiles services load when they start, after boot."""
-    return {"docker-default": "enforce"} if harden.has_docker(spec) else {}
+    if harden.has_docker(spec):
+        return {"docker-default": "enforce"}
+    if harden.has_podman(spec):
+        return {podman_apparmor_profile(tree): "enforce"}
+    return {}
+
+
+# podman loads its default AppArmor profile at the first container, named after the
+# containers/common it was built with (Debian 12's podman 4.3.1: containers-default-0.50.1).
+_PODMAN_PROFILE_RE = re.compile(rb"containers-default-[0-9]+\.[0-9]+\.[0-9]+")
+PODMAN_BINARY = "usr/bin/podman"
+
+
+def podman_apparmor_profile(tree: Path) -> str:
+    """The name of the AppArmor profile the image's podman loads, read from its binary."""
+    found = _PODMAN_PROFILE_RE.search((tree / PODMAN_BINARY).read_bytes())
+    if found is None:
+        raise BuildError(f"{tree / PODMAN_BINARY}: names no containers-default AppArmor "
+                         "profile; the manifest could not expect the one podman loads")
+    return found.group().decode()
 
 
 def seccomp_profiles(tree: Path) -> dict[str, str]:
@@ -93,9 +118,10 @@ def seccomp_profiles(tree: Path) -> dict[str, str]:
 
 
 def runtime_config(tree: Path) -> dict[str, str]:
-    path = "/etc/docker/daemon.json"
-    found = tree / path.lstrip("/")
-    return {path: sha256_file(found)} if found.exists() else {}
+    """The container engine's configuration files the image holds, by path."""
+    paths = ("/etc/docker/daemon.json", harden.PODMAN_CONF)
+    return {path: sha256_file(tree / path.lstrip("/")) for path in paths
+            if (tree / path.lstrip("/")).exists()}
 
 
 def userns_expectations(spec: Spec) -> dict[str, str]:
@@ -124,7 +150,7 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         cmdline=ctx.cmdline,
         sysctls=dict(effective_sysctls(spec)),
         apparmor_profiles=apparmor_profiles(ctx.tree),
-        apparmor_runtime_profiles=apparmor_runtime_profiles(spec),
+        apparmor_runtime_profiles=apparmor_runtime_profiles(spec, ctx.tree),
         seccomp_profiles=seccomp_profiles(ctx.tree),
         runtime_config=runtime_config(ctx.tree),
         userns=userns_expectations(spec),
@@ -139,9 +165,17 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
         mounts=expected_mounts(spec),
         optional_mounts=layout.OPTIONAL_MOUNTS,
         runtime_mount_areas=layout.RUNTIME_MOUNT_AREAS + (
-            layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()),
+            layout.DOCKER_RUNTIME_MOUNT_AREAS if harden.has_docker(spec) else ()) + (
+            layout.PODMAN_RUNTIME_MOUNT_AREAS if harden.has_podman(spec) else ()),
         advisories=dict(advisories or {}),
+        container_policy=container_policy_digests(ctx.tree, spec),
     )
+
+
+def container_policy_digests(tree: Path, spec: Spec) -> dict[str, str]:
+    """The sha256 of each file of the image trust policy, as the tree holds it."""
+    return {f.path: sha256_file(tree / f.path.lstrip("/"))
+            for f in harden.container_policy_files(spec)}
 
 
 def disk_facts(spec: Spec) -> dict[str, str]:
@@ -155,7 +189,8 @@ def disk_facts(spec: Spec) -> dict[str, str]:
 def expected_mounts(spec: Spec) -> dict[str, str]:
     """Every mount a booted host of `spec` has, by mount point and filesystem type."""
     mounts = layout.BASE_MOUNTS | {"/": str(spec.image.filesystem)}
-    return mounts | (layout.DOCKER_MOUNTS if harden.has_docker(spec) else {})
+    return (mounts | (layout.DOCKER_MOUNTS if harden.has_docker(spec) else {})
+            | (layout.PODMAN_MOUNTS if harden.has_podman(spec) else {}))
 
 
 def run_stage(ctx: BuildContext, step: StepTiming) -> None:
