@@ -52,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
                     "squashfs root under dm-verity, /etc and /var reset at every boot) as A/B "
                     "disk images, boot them under qemu, attest them over SSH and with a TPM "
                     "quote, and update them to new images kept only when the new boot "
-                    "passes attestation.",
+                    "passes attestation; watch a fleet continuously and reset what drifts; "
+                    "match images against Debian's security data; and sign the container "
+                    "images podman hosts may run.",
         epilog=EPILOG, formatter_class=HelpFormatter)
     top.add_argument("-v", "--verbose", action="store_true", help="log every command run")
     top.add_argument("--version", action="version", version=f"hardhost {__version__}",
