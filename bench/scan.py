@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.fleet import timed  # noqa: E402
 from hardhost.builder import sbom  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -113,20 +112,6 @@ def status_file(packages: list[sbom.Package]) -> str:
         for p in packages) + "\n"
 
 
-def timed(argv: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
-    """Wall seconds and peak RSS in MiB of one run."""
-    start = time.monotonic()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    errors = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.monotonic() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code not in ok:
-        raise SystemExit(f"{argv[0]} exited {code}: {errors.decode()[-300:]}")
-    return seconds, usage.ru_maxrss / 1024
-
-
 PLAIN_LOOP = """
 import json, sys
 from debian.debian_support import Version
@@ -145,7 +130,7 @@ print(hits)
 
 
 def best(argv: list[str], runs: int, ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
-    results = [timed(argv, ok) for _ in range(runs)]
+    results = [timed(argv, ok=ok) for _ in range(runs)]
     return min(r[0] for r in results), max(r[1] for r in results)
 
 
