@@ -257,6 +257,27 @@ def test_a_hostile_policy_entry_is_refused(path: str) -> None:
         from_statement(statement, "m")
 
 
+def test_the_manifest_carries_what_workloads_may_run_only_when_there_is_an_engine() -> None:
+    plain = sample_manifest()
+    assert "workloads" not in plain.statement()["predicate"]
+    workloads = {"engine": ("podman",), "registries": ("r.example:5000",),
+                 "runtimes": ("crun", "runsc")}
+    signed = dataclasses.replace(plain, workloads=workloads)
+    assert signed.statement()["predicate"]["workloads"]["runtimes"] == ["crun", "runsc"]
+    assert from_statement(json.loads(signed.payload()), "m").workloads == workloads
+
+
+@pytest.mark.parametrize("workloads", [
+    {"engine": ["podman", "docker"]}, {"registries": ["r.example"]},
+    {"engine": ["podman"], "shells": ["sh"]}, {"engine": ["podman"], "runtimes": ["Run sc"]},
+    {"engine": ["podman"], "runtimes": "runsc"}])
+def test_a_hostile_workloads_entry_is_refused(workloads: dict[str, object]) -> None:
+    statement = json.loads(sample_manifest().payload())
+    statement["predicate"]["workloads"] = workloads
+    with pytest.raises(TrustError, match="workloads"):
+        from_statement(statement, "m")
+
+
 # --- hardhost image sign: what it refuses before skopeo runs ---------------------------------
 
 

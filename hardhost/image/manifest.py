@@ -105,6 +105,10 @@ class HostManifest:
     # registries.d file and each key): path on the host -> sha256. Empty, and left out of the
     # statement, for images without one: their manifests are byte for byte what they were.
     container_policy: Mapping[str, str] = field(default_factory=dict)
+    # What the container engine may run (WORKLOAD_KEYS): `engine` (one name), the
+    # `registries` images may come from (none: any) and the OCI `runtimes` containers may run
+    # under. Empty, and left out of the statement, for images without a container engine.
+    workloads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def statement(self) -> dict[str, Any]:
         predicate = asdict(self)
@@ -115,6 +119,10 @@ class HostManifest:
             predicate.pop("advisories")
         if not self.container_policy:
             predicate.pop("container_policy")
+        if not self.workloads:
+            predicate.pop("workloads")
+        else:
+            predicate["workloads"] = {k: list(v) for k, v in self.workloads.items()}
         return {
             "_type": STATEMENT_TYPE,
             "subject": [{"name": s.name, "digest": {"sha256": s.sha256}} for s in self.subjects],
@@ -150,6 +158,9 @@ DISK_KEYS = ("slot_size_mib", "boot_tries", "bless_timeout")
 # The keys of HostManifest.advisories (hardhost.advisories.scan.manifest_record).
 ADVISORY_KEYS = ("feed_sha256", "feed_date", "release", "fail_on", "fail_unfixed", "affected",
                  "unfixed", "undetermined", "minor", "waived", "failing")
+# The keys of HostManifest.workloads.
+WORKLOAD_KEYS = ("engine", "registries", "runtimes")
+_WORKLOAD_VALUE = re.compile(r"[a-z0-9][a-z0-9.:-]{0,252}")
 # Where the files of HostManifest.container_policy live on the host.
 CONTAINER_POLICY_DIR = "/etc/containers/"
 _ADVISORY_VALUE = re.compile(r"[0-9A-Za-z:.+~_-]{1,80}")
@@ -262,7 +273,8 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
             "optional_mounts"), runtime_mount_areas=p.optional_text_list("runtime_mount_areas"),
         version=p.optional_text("version", ""), disk=p.optional_text_map("disk"),
         advisories=p.optional_text_map("advisories"),
-        container_policy=p.optional_text_map("container_policy"))
+        container_policy=p.optional_text_map("container_policy"),
+        workloads=p.list_map("workloads") if "workloads" in predicate else {})
     if manifest.version and not IMAGE_VERSION_RE.fullmatch(manifest.version):
         raise p.fail("version", f"{manifest.version[:40]!r} is not an image version (numbers "
                      "joined by dots)")
@@ -279,6 +291,11 @@ def from_statement(statement: Any, origin: str) -> HostManifest:
                 or not _SHA256.match(sha)):
             raise p.fail(f"container_policy.{path[:60]!r}", f"not a file under "
                          f"{CONTAINER_POLICY_DIR} with a lower-case hex sha256")
+    for key, values in manifest.workloads.items():
+        if key not in WORKLOAD_KEYS or not all(_WORKLOAD_VALUE.fullmatch(v) for v in values):
+            raise p.fail(f"workloads.{key[:40]!r}", "not a known key with a list of names")
+    if manifest.workloads and len(manifest.workloads.get("engine", ())) != 1:
+        raise p.fail("workloads.engine", "expected exactly one engine")
     if manifest.boot not in ("direct", "uki"):
         raise p.fail("boot", f"{manifest.boot[:40]!r} is neither 'direct' nor 'uki'")
     created = _parse_time(manifest.created, "created", origin)
