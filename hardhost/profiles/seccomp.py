@@ -36,10 +36,15 @@ CONDITIONED = ("clone", "clone3", "socket", "personality")
 # runc's init is also a Go program, whose runtime may act at any moment, more so on a busy
 # machine: preemption signals (tgkill, rt_sigreturn), scheduler sleeps and memory upkeep. A
 # blocked rt_sigreturn killed it with SIGSEGV under load.
-RUNTIME_SYSCALLS = ("close", "execve", "exit", "exit_group", "fcntl", "fstatfs", "futex",
-                    "getdents64", "getpid", "gettid", "madvise", "mmap", "munmap", "nanosleep",
-                    "newfstatat", "openat", "rt_sigprocmask", "rt_sigreturn", "sched_yield",
-                    "sigaltstack", "tgkill", "write")
+# crun 1.8 (podman's runtime on Debian 12) loads the filter earlier, before it takes the
+# process's user and capabilities (setresgid, setresuid, capset), and then waits on its
+# start fifo (pselect6, read). Measured in a booted podman host with SCMP_ACT_LOG: without
+# any one of them the container does not start (tests/e2e/test_workloads.py).
+RUNTIME_SYSCALLS = ("capset", "close", "execve", "exit", "exit_group", "fcntl", "fstatfs",
+                    "futex", "getdents64", "getpid", "gettid", "madvise", "mmap", "munmap",
+                    "nanosleep", "newfstatat", "openat", "pselect6", "read", "rt_sigprocmask",
+                    "rt_sigreturn", "sched_yield", "setresgid", "setresuid", "sigaltstack",
+                    "tgkill", "write")
 
 
 class SeccompError(UsageError):
