@@ -19,7 +19,7 @@ APT_PACKAGES := mmdebstrap erofs-utils squashfs-tools cryptsetup-bin qemu-system
 	python3 python3-venv ca-certificates swtpm swtpm-tools tpm2-tools busybox-static \
 	kmod binutils systemd-boot-efi dosfstools mtools sbsigntool ovmf openssl \
 	pesign osslsigncode golang-github-docker-docker-dev fdisk qemu-utils chromium \
-	postgresql-15 podman skopeo buildah docker-registry gnupg
+	postgresql-15 podman skopeo buildah docker-registry gnupg runsc
 
 .PHONY: help deps venv keys lint unit test demo demo-stop clean
 

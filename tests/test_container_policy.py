@@ -100,7 +100,12 @@ def test_podman_host_renders_its_policy_on_the_root() -> None:
         harden.PODMAN_CONF]
     without = dataclasses.replace(spec, seccomp=dataclasses.replace(spec.seccomp,
                                                                     default_profile=False))
-    assert harden.PODMAN_CONF not in {f.path for f in harden.render_layer(without)}
+    # Still written, for runsc's registration, but without the profile.
+    conf = {f.path: f.content for f in harden.render_layer(without)}[harden.PODMAN_CONF]
+    assert "seccomp_profile" not in conf and "[containers]" not in conf
+    no_runtimes = dataclasses.replace(without, containers=dataclasses.replace(
+        without.containers, runtimes=()))
+    assert harden.PODMAN_CONF not in {f.path for f in harden.render_layer(no_runtimes)}
     assert "/var/lib/containers" in manifest_stage.expected_mounts(spec)
 
 

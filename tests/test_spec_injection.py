@@ -31,7 +31,7 @@ SAMPLES: dict[str, Any] = {
     "distribution.suite": "bookworm",
     "distribution.mirror": "http://deb.debian.org/debian",
     "distribution.architecture": "amd64",
-    "packages.include": ["systemd", "openssh-server", "podman"],
+    "packages.include": ["systemd", "openssh-server", "podman", "runc"],
     "image.filesystem": "erofs",
     "image.compression": "lz4hc",
     "version": "2.4.1",
@@ -52,6 +52,8 @@ SAMPLES: dict[str, Any] = {
     "containers.allowed_registries": ["registry.example:5000", "10.0.0.1"],
     "containers.signing_keys": ["keys/ci.gpg"],
     "containers.lookaside": "https://registry.example/signatures",
+    "containers.runtimes": ["runc"],
+    "containers.default_runtime": "runc",
     "sysctl": {"net.ipv4.ip_local_port_range": "32768 60999"},
 }
 

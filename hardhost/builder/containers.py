@@ -1,4 +1,5 @@
-"""The spec's `[containers]` section: the container engine, and which images it may pull.
+"""The spec's `[containers]` section: the container engine, which images it may pull, and the
+OCI runtimes it may run them under.
 
 Declared like every other section (`hardhost.core.settings`), and checked against the rest of
 the spec and the files it names when the spec is read, so that a bad setting is one
@@ -7,9 +8,11 @@ the spec and the files it names when the spec is read, so that a bad setting is 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,17 @@ _KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _URL_RE = re.compile(r"(https?|file)://[!-~]+")
 # The packages each engine needs on the host (Debian 12's names).
 ENGINE_PACKAGES = {Engine.DOCKER: "docker.io", Engine.PODMAN: "podman"}
+# The OCI runtime each engine runs containers under unless told otherwise: podman 4.3's
+# containers.conf default (containers/common 0.50) and dockerd's built-in one.
+ENGINE_RUNTIME = {Engine.DOCKER: "runc", Engine.PODMAN: "crun"}
+# The OCI runtimes an engine may be given, by name, with the binary each is registered
+# under; each is installed by the Debian 12 package of the same name. runsc is gVisor
+# (release 20221219), whose Sentry serves containers' system calls in user space.
+RUNTIMES: Mapping[str, str] = {
+    "crun": "/usr/bin/crun",
+    "runc": "/usr/bin/runc",
+    "runsc": "/usr/bin/runsc",
+}
 # ASCII-armored OpenPGP blocks (RFC 4880, 6.2), as `gpg --armor --export` writes them.
 PGP_PUBLIC = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
 PGP_PRIVATE = "-----BEGIN PGP PRIVATE KEY BLOCK-----"
@@ -46,6 +60,14 @@ MAX_KEY_BYTES = 64 << 10
 SIGSTORE_REFUSED = ("a sigstore (cosign) public key; Debian 12's podman and skopeo are built "
                     "without sigstore and would refuse every image: use a GPG key "
                     "(gpg --armor --export FINGERPRINT)")
+# runsc 20221219 (Debian 12) runs on its ptrace platform without KVM: its sentry attaches to
+# stub processes it has just made, which Yama's scope 1 allows (a parent traces its
+# descendants) and the hardened baseline's 2 (CAP_SYS_PTRACE only) refuses: every sandbox
+# then panics with "unable to attach: operation not permitted" (seen in a booted image).
+BASELINE_PTRACE_SCOPE = "2"
+RUNSC_PTRACE = ("runsc's ptrace platform traces its own stub processes, which the baseline's "
+                "kernel.yama.ptrace_scope = 2 refuses, so no sandbox would start: set "
+                "[sysctl] \"kernel.yama.ptrace_scope\" = 1 (tracing only of descendants)")
 DOCKER_REFUSED = ("dockerd pulls whatever a client asks for (Docker's content trust is "
                   "checked only in the docker client), so the image could not enforce it: "
                   "set containers.engine = \"podman\"")
@@ -81,6 +103,25 @@ def _key_paths(value: Any) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def _runtime_names(value: Any) -> tuple[str, ...]:
+    names = [text(name) for name in str_list(value)]
+    for name in names:
+        if name not in RUNTIMES:
+            raise Invalid(f"{show(name)} is not a runtime hardhost knows (known: "
+                          f"{', '.join(RUNTIMES)})")
+    if len(set(names)) != len(names):
+        raise Invalid("lists a runtime twice")
+    return tuple(names)
+
+
+def _default_runtime(value: Any) -> str:
+    name = text(value)
+    if name and name not in RUNTIMES:
+        raise Invalid(f"{show(name)} is not a runtime hardhost knows (known: "
+                      f"{', '.join(RUNTIMES)}); leave it empty for the engine's own")
+    return name
+
+
 def _lookaside(value: Any) -> str:
     if not isinstance(value, str) or not _URL_RE.fullmatch(value):
         raise Invalid(f"{show(value)}: expected an http://, https:// or file:// URL without "
@@ -95,7 +136,8 @@ def _lookaside(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Containers:
-    """The container engine, and the only images it may pull."""
+    """The container engine, the only images it may pull, and the runtimes it may run them
+    under."""
 
     engine: Engine = field(default=Engine.DOCKER, metadata=_help(
         "`docker` (dockerd, containerd, runc: installed when `packages.include` lists "
@@ -117,10 +159,51 @@ class Containers:
         "base URL of the signature store (`http(s)://` or `file://`); registry `R`'s "
         "signatures are read from `BASE/R/`, since a store's paths do not name the registry",
         _lookaside))
+    runtimes: tuple[str, ...] = field(default=(), metadata=_help(
+        "OCI runtimes registered with the engine besides its own (podman: `crun`, docker: "
+        "`runc`), each from the Debian package of its name, which `packages.include` must "
+        "list: `runsc` (gVisor: a user-space kernel between containers and the host's), "
+        "`crun`, `runc`. A container picks one with `--runtime NAME`", _runtime_names,
+        schema={"uniqueItems": True, "items": {"type": "string", "enum": list(RUNTIMES)}}))
+    default_runtime: str = field(default="", metadata=_help(
+        "the runtime containers run under without `--runtime`: the engine's own, or one of "
+        "`runtimes`. Empty: the engine's own", _default_runtime,
+        schema={"pattern": f"^(?:{'|'.join(RUNTIMES)})?$"}))
 
     @property
     def enforces_signatures(self) -> bool:
         return bool(self.allowed_registries)
+
+    @property
+    def base_runtime(self) -> str:
+        return ENGINE_RUNTIME[self.engine]
+
+    @property
+    def allowed_runtimes(self) -> tuple[str, ...]:
+        """Every runtime the engine has registered: its own and `runtimes`, sorted."""
+        return tuple(sorted({self.base_runtime, *self.runtimes}))
+
+    @property
+    def sets_runtimes(self) -> bool:
+        return bool(self.runtimes or self.default_runtime)
+
+
+# Keys added once specs with a [containers] section were signed: left out of the canonical
+# form while unset, so that those specs keep their digest.
+_LATER_KEYS = ("runtimes", "default_runtime")
+
+
+def canonical(containers: Containers) -> dict[str, Any] | None:
+    """`[containers]` as the spec's digest holds it: None for the default section (specs from
+    before it), and without the keys added later while they are unset."""
+    if containers == Containers():
+        return None
+    data = dataclasses.asdict(containers)
+    defaults = Containers()
+    for name in _LATER_KEYS:
+        if getattr(containers, name) == getattr(defaults, name):
+            data.pop(name)
+    return data
 
 
 def lookaside_url(base: str, registry: str) -> str:
@@ -167,6 +250,7 @@ def validate(containers: Containers, packages: tuple[str, ...], origin: str) -> 
         raise SpecError(origin, "packages.include",
                         "docker.io with containers.engine = \"podman\": dockerd would pull "
                         "images past podman's policy; remove it")
+    _validate_runtimes(containers, packages, origin)
     if engine is Engine.DOCKER:
         for name in ("allowed_registries", "signing_keys", "lookaside"):
             if getattr(containers, name):
@@ -180,3 +264,28 @@ def validate(containers: Containers, packages: tuple[str, ...], origin: str) -> 
                         "is required with the others: allowed_registries, the signing_keys "
                         "their images are signed with, and the lookaside signatures are "
                         "read from")
+
+
+def _validate_runtimes(containers: Containers, packages: tuple[str, ...], origin: str) -> None:
+    if not containers.sets_runtimes:
+        return
+    engine = containers.engine
+    if engine is Engine.DOCKER and ENGINE_PACKAGES[engine] not in packages:
+        key = "containers.runtimes" if containers.runtimes else "containers.default_runtime"
+        raise SpecError(origin, key, "the image has no container engine to register a runtime "
+                        "with: add docker.io to packages.include, or set containers.engine = "
+                        "\"podman\" and add podman")
+    base = containers.base_runtime
+    if base in containers.runtimes:
+        raise SpecError(origin, "containers.runtimes",
+                        f"{base} is {engine}'s own runtime, registered already; list only the "
+                        "others")
+    for name in containers.runtimes:
+        if name not in packages:
+            raise SpecError(origin, "containers.runtimes",
+                            f"{name} is not installed; add {name} to packages.include")
+    default = containers.default_runtime
+    if default and default not in containers.allowed_runtimes:
+        raise SpecError(origin, "containers.default_runtime",
+                        f"{default} is neither {engine}'s own runtime ({base}) nor in "
+                        f"containers.runtimes; add it there, or leave default_runtime empty")

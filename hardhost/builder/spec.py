@@ -645,9 +645,13 @@ class Spec:
         data = dataclasses.asdict(self)
         data.pop("source")
         data.pop("manifest")
-        if self.containers == Containers():
-            # Specs from before [containers] keep their digest, and so their manifests.
+        # Specs from before [containers], or before its later keys, keep their digest, and
+        # so their manifests.
+        containers = _containers.canonical(self.containers)
+        if containers is None:
             data.pop("containers")
+        else:
+            data["containers"] = containers
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -672,6 +676,9 @@ def _validate(spec: Spec, path: str) -> None:
         raise SpecError(path, "access.user",
                         "root cannot log in unless ssh.permit_root_login = true")
     _containers.validate(spec.containers, spec.packages.include, path)
+    if "runsc" in spec.containers.runtimes and dict(spec.sysctl).get(
+            "kernel.yama.ptrace_scope", _containers.BASELINE_PTRACE_SCOPE) not in ("0", "1"):
+        raise SpecError(path, "containers.runtimes", _containers.RUNSC_PTRACE)
 
 
 def parse_spec(text: str, path: str) -> Spec:

@@ -14,7 +14,7 @@ import jinja2
 
 from hardhost.builder import container_policy
 from hardhost.builder.chroot import run_in_tree
-from hardhost.builder.containers import Engine
+from hardhost.builder.containers import BASELINE_PTRACE_SCOPE, RUNTIMES, Engine
 from hardhost.builder.context import BuildContext
 from hardhost.builder.spec import Spec
 from hardhost.builder.stages import security
@@ -29,7 +29,7 @@ BASELINE_SYSCTLS: Mapping[str, str] = {
     "kernel.kptr_restrict": "2",
     "kernel.dmesg_restrict": "1",
     "kernel.perf_event_paranoid": "3",
-    "kernel.yama.ptrace_scope": "2",
+    "kernel.yama.ptrace_scope": BASELINE_PTRACE_SCOPE,  # runsc needs 1 (builder.containers)
     "kernel.sysrq": "0",
     "kernel.randomize_va_space": "2",
     "kernel.kexec_load_disabled": "1",
@@ -251,6 +251,13 @@ def docker_daemon_config(spec: Spec) -> dict[str, object]:
     }
     if spec.seccomp.default_profile:
         config["seccomp-profile"] = security.SECCOMP_DEFAULT
+    containers = spec.containers
+    if containers.runtimes:
+        # dockerd (20.10) runs a runtime of this table by its path; `runc`, its own, is
+        # reserved there, which the spec's check keeps out.
+        config["runtimes"] = {name: {"path": RUNTIMES[name]} for name in containers.runtimes}
+    if containers.default_runtime:
+        config["default-runtime"] = containers.default_runtime
     return config
 
 
@@ -261,8 +268,8 @@ def runtime_files(spec: Spec) -> list[RenderedFile]:
     if has_docker(spec):
         files.append(RenderedFile("/etc/docker/daemon.json", json.dumps(
             docker_daemon_config(spec), indent=2, sort_keys=True) + "\n"))
-    if has_podman(spec) and spec.seccomp.default_profile:
-        files.append(RenderedFile(PODMAN_CONF, podman_containers_conf()))
+    if has_podman(spec) and (spec.seccomp.default_profile or spec.containers.sets_runtimes):
+        files.append(RenderedFile(PODMAN_CONF, podman_containers_conf(spec)))
     return files
 
 
@@ -271,11 +278,25 @@ def runtime_files(spec: Spec) -> list[RenderedFile]:
 PODMAN_CONF = "/etc/containers/containers.conf"
 
 
-def podman_containers_conf() -> str:
+def podman_containers_conf(spec: Spec) -> str:
     """Every container's seccomp profile is the image's default, as dockerd's is: stricter
-    than containers-common's (it refuses user namespaces inside a container, for one)."""
-    return ("# Rendered by hardhost: podman's defaults for every container.\n"
-            f"[containers]\nseccomp_profile = {json.dumps(security.SECCOMP_DEFAULT)}\n")
+    than containers-common's (it refuses user namespaces inside a container, for one). The
+    spec's extra runtimes are registered, and its default runtime made podman's."""
+    # JSON's strings are TOML's basic strings: the same quotes and escapes.
+    tables = []
+    if spec.seccomp.default_profile:
+        tables.append(f"[containers]\nseccomp_profile = {json.dumps(security.SECCOMP_DEFAULT)}\n")
+    containers = spec.containers
+    if containers.default_runtime:
+        tables.append(f"[engine]\nruntime = {json.dumps(containers.default_runtime)}\n")
+    if containers.runtimes:
+        # containers/common's built-in table looks for each runtime in several places and
+        # takes the first that exists, /run/current-system/sw/bin (on a writable tmpfs)
+        # among them; an entry here replaces that list with the binary the package installs
+        # on the verified root, so a missing one fails instead of falling through.
+        tables.append("[engine.runtimes]\n" + "".join(
+            f"{name} = [{json.dumps(RUNTIMES[name])}]\n" for name in containers.runtimes))
+    return "# Rendered by hardhost: podman's defaults for every container.\n" + "\n".join(tables)
 
 
 def _inside(tree: Path, path: str) -> Path:

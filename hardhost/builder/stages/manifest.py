@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hardhost.advisories.gate import decide, record
 from hardhost.builder import sbom
-from hardhost.builder.containers import Containers
+from hardhost.builder.containers import canonical
 from hardhost.builder.context import BuildContext
 from hardhost.builder.pcr import KNOWN_FIRMWARE
 from hardhost.builder.spec import Spec
@@ -53,8 +53,11 @@ MUTABLE_PATHS: Mapping[str, tuple[str, ...]] = {
 def inputs(spec: Spec, epoch: int) -> dict[str, object]:
     """Every setting: the manifest records them all. It is never cached; signing is cheap."""
     settings = dataclasses.asdict(spec) | {"source": None}
-    if spec.containers == Containers():
+    containers = canonical(spec.containers)
+    if containers is None:
         settings.pop("containers")  # specs from before [containers] keep their key
+    else:
+        settings["containers"] = containers  # and those from before its later keys
     return {"spec": settings, "epoch": epoch}
 
 
@@ -169,7 +172,19 @@ def build_manifest(ctx: BuildContext, packages: list[sbom.Package], sbom_digest:
             layout.PODMAN_RUNTIME_MOUNT_AREAS if harden.has_podman(spec) else ()),
         advisories=dict(advisories or {}),
         container_policy=container_policy_digests(ctx.tree, spec),
+        workloads=workloads(spec),
     )
+
+
+def workloads(spec: Spec) -> dict[str, tuple[str, ...]]:
+    """What the image's container engine may run: the engine, the registries its images come
+    from (none: any) and the runtimes it has registered. Nothing without an engine."""
+    if not (harden.has_docker(spec) or harden.has_podman(spec)):
+        return {}
+    containers = spec.containers
+    return {"engine": (str(containers.engine),),
+            "registries": containers.allowed_registries,
+            "runtimes": containers.allowed_runtimes}
 
 
 def container_policy_digests(tree: Path, spec: Spec) -> dict[str, str]:
