@@ -29,12 +29,18 @@ from hardhost.builder.stages import harden, security
 from hardhost.cli.main import main
 from hardhost.profiles import default as seccomp_defaults
 from tests.support.gpg import GpgKey, make_key, stop_agent
-from tests.support.registry import LoopbackRegistry, start_registry
+from tests.support.registry import (
+    BUSYBOX,
+    OPEN_POLICY,
+    LoopbackRegistry,
+    build_images,
+    skopeo,
+    start_registry,
+)
 
 pytestmark = pytest.mark.e2e  # root, a mount namespace and loopback daemons; boots nothing
 
 TOOLS = ("podman", "buildah", "skopeo", "docker-registry", "gpg", "runc", "unshare")
-BUSYBOX = Path("/bin/busybox")
 missing = [tool for tool in TOOLS if shutil.which(tool) is None]
 if missing or not BUSYBOX.exists() or os.geteuid() != 0:
     pytest.skip(f"needs root, busybox-static and {', '.join(TOOLS)} (missing: "
@@ -60,10 +66,6 @@ def machine_containers_conf(rendered: str) -> str:
     text = rendered.replace(security.SECCOMP_DEFAULT, str(seccomp_defaults.OUTPUT))
     assert "[containers]\n" in text and "[engine]" not in text
     return text.replace("[containers]\n", "[containers]\n" + MACHINE_CONTAINERS) + MACHINE_ENGINE
-
-
-# The signer's and the builder's own policy: they write images, the host decides.
-OPEN_POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 
 
 @dataclass
@@ -104,30 +106,6 @@ class World:
                      str(self.sigs), "--gnupg-home", str(key.home), "--no-tls-verify",
                      *extra])
         assert code == 0
-
-
-def skopeo(base: Path, *args: str) -> None:
-    subprocess.run(["skopeo", "--policy", str(base / "open.json"), *args], check=True,
-                   capture_output=True, timeout=180, stdin=subprocess.DEVNULL)
-
-
-def build_images(base: Path, layout: Path) -> None:
-    """Two tiny images offline: busybox alone, told apart by a label."""
-    buildah = ["buildah", "--root", str(base / "buildah"), "--runroot",
-               str(base / "buildah-run"), "--storage-driver", "vfs"]
-    policy = ["--signature-policy", str(base / "open.json")]
-
-    def step(*args: str) -> str:
-        return subprocess.run([*buildah, *args], check=True, capture_output=True, text=True,
-                              timeout=180, stdin=subprocess.DEVNULL).stdout.strip()
-
-    for name in ("one", "two"):
-        container = step("from", *policy, "scratch")
-        step("copy", container, str(BUSYBOX), "/bin/busybox")
-        step("config", "--label", f"hardhost.test={name}", "--cmd", "/bin/busybox echo hi",
-             container)
-        step("commit", *policy, container, f"oci:{layout}:{name}")
-        step("rm", container)
 
 
 @pytest.fixture(scope="module")

@@ -61,10 +61,13 @@ def parse_reference(text: str) -> Reference:
 def sign(reference: Reference, *, fingerprint: str, lookaside: Path,
          digest: str | None = None, gnupg_home: Path | None = None,
          tls_verify: bool = True, authfile: Path | None = None,
-         passphrase_file: Path | None = None) -> str:
+         passphrase_file: Path | None = None, identity: Reference | None = None) -> str:
     """Sign the image at `reference` (or, with `digest`, the image of that digest, then
     tagged `reference`) with the GPG key `fingerprint`, writing the signature under
-    `lookaside/REGISTRY/`. Returns the digest that was signed."""
+    `lookaside/REGISTRY/`. With `identity`, the signature names that reference instead,
+    and lives under its registry's folder: hosts that reach the registry by another name
+    (a mirror, a NAT address) pull by that name, and the policy checks it. Returns the
+    digest that was signed."""
     if not _FINGERPRINT_RE.fullmatch(fingerprint):
         raise UsageError(f"--key {fingerprint[:60]!r}: give the key's fingerprint (40 hex "
                          "digits, from gpg --list-keys --with-colons)")
@@ -74,7 +77,8 @@ def sign(reference: Reference, *, fingerprint: str, lookaside: Path,
     if not lookaside.is_dir():
         raise UsageError(f"{lookaside}: the lookaside folder does not exist; create it, or "
                          "name the local copy of the host's containers.lookaside")
-    folder = lookaside.resolve() / reference.registry
+    named = identity or reference
+    folder = lookaside.resolve() / named.registry
     source = (f"docker://{reference.registry}/{reference.repository}@{digest}" if digest
               else f"docker://{reference}")
     env = {"GNUPGHOME": str(gnupg_home)} if gnupg_home is not None else None
@@ -83,7 +87,7 @@ def sign(reference: Reference, *, fingerprint: str, lookaside: Path,
         (work / "policy.json").write_text(json.dumps(_SIGNER_POLICY))
         registries_d = work / "registries.d"
         registries_d.mkdir()
-        url = lookaside_url(lookaside.resolve().as_uri(), reference.registry)
+        url = lookaside_url(lookaside.resolve().as_uri(), named.registry)
         (registries_d / "signer.yaml").write_text(
             f"docker:\n  {json.dumps(reference.registry)}:\n    lookaside: {json.dumps(url)}\n")
         verify = "true" if tls_verify else "false"
@@ -96,10 +100,12 @@ def sign(reference: Reference, *, fingerprint: str, lookaside: Path,
             argv += ["--authfile", authfile]
         if passphrase_file is not None:  # stdin is closed: gpg cannot ask for it
             argv += ["--sign-passphrase-file", passphrase_file]
+        if identity is not None:
+            argv += ["--sign-identity", str(identity)]
         # Copying the image onto its own reference uploads nothing new (the registry has
         # every blob) and makes skopeo sign the manifest it writes, byte for byte the same.
         run([*argv, source, f"docker://{reference}"], env=env, timeout=600)
         signed = (work / "digest").read_text().strip()
-    log.info("signed %s (%s) with %s; signatures under %s", reference, signed, fingerprint,
-             folder)
+    log.info("signed %s (%s) as %s with %s; signatures under %s", reference, signed, named,
+             fingerprint, folder)
     return signed

@@ -37,6 +37,10 @@ def register(commands: Commands) -> None:
     sign.add_argument("--digest", metavar="sha256:HEX",
                       help="sign the image of this digest (tagged REF by the copy), not "
                            "whatever REF points to when skopeo reads it")
+    sign.add_argument("--identity", metavar="REF",
+                      help="the reference hosts pull the image by, when it is not REF (a "
+                           "mirror, or another address of the registry): the signature names "
+                           "it and lives under DIR/ITS-REGISTRY/")
     sign.add_argument("--gnupg-home", type=Path, metavar="DIR",
                       help="GnuPG home holding the secret key (default: $GNUPGHOME's or "
                            "~/.gnupg)")
@@ -60,9 +64,12 @@ def _cmd_image_sign(args: argparse.Namespace) -> int:
         # The runner's clean environment drops the caller's variables: pass this one on.
         gnupg_home = Path(os.environ["GNUPGHOME"])
     reference = parse_reference(args.reference)
+    identity = parse_reference(args.identity) if args.identity else None
     digest = sign(reference, fingerprint=args.key, lookaside=args.lookaside,
                   digest=args.digest, gnupg_home=gnupg_home, tls_verify=args.tls_verify,
-                  authfile=args.authfile, passphrase_file=args.passphrase_file)
-    print(f"{reference}@{digest} signed by {args.key}; signature under "
-          f"{args.lookaside / reference.registry}")
+                  authfile=args.authfile, passphrase_file=args.passphrase_file,
+                  identity=identity)
+    named = identity or reference
+    print(f"{reference}@{digest} signed by {args.key} as {named}; signature under "
+          f"{args.lookaside / named.registry}")
     return 0
