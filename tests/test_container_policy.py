@@ -312,6 +312,7 @@ def test_sign_parses_a_full_reference() -> None:
     (["--key", "ABCDEF0123456789"], "fingerprint"),  # a long key id is not a fingerprint
     (["--key", "A" * 40, "--digest", "sha256:xyz"], "--digest"),
     (["--key", "A" * 40, "--lookaside", "/nonexistent/sigs"], "lookaside folder"),
+    (["--key", "A" * 40, "--identity", "10.0.2.2:5000/app"], "REGISTRY/REPOSITORY:TAG"),
 ])
 def test_sign_refuses_bad_options_in_one_line(args: list[str], problem: str,
                                               capsys: pytest.CaptureFixture[str],
