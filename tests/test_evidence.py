@@ -4,6 +4,8 @@ a real host that answers garbage cannot be made on demand."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from hardhost.verifier.evidence import (
     LISTED_PER_LAYER,
+    PodmanState,
     UpperLayer,
     parse,
     script_with_nonce,
@@ -39,7 +42,7 @@ def test_parses_every_section() -> None:
     assert ev.sshd["passwordauthentication"] == "no"
     assert ev.sshd["hostkey"] == "/a\n/b"  # printed once per value, all kept
     assert ev.seccomp_digests == {"/usr/lib/hardhost/seccomp/default.json": "a" * 64}
-    assert ev.runtime_config_digest == "b" * 64
+    assert ev.runtime_config == {"/etc/docker/daemon.json": "b" * 64}
     assert ev.subuid == ("dockremap:100000:65536",)
     assert ev.listening == ("tcp 0.0.0.0:22", "udp 10.0.2.15%enp0s4:68")
     assert ev.services == ("docker.service", "ssh.service")
@@ -199,3 +202,56 @@ def test_malformed_digest_is_an_error() -> None:
 def test_garbage_is_an_error_not_a_crash() -> None:
     with pytest.raises(HostOutputError):
         parse(bytes(range(256)) * 100, "h")
+
+
+@pytest.mark.e2e  # a private mount namespace, and writes under /dev/shm, as root
+def test_the_script_lists_etc_containers_without_reading_what_could_block(
+        tmp_path: Path) -> None:
+    """The real script under dash, its /etc/containers a folder of hostile entries bind-mounted
+    in a private mount namespace: a FIFO and a 100 GiB sparse file are listed, not read; a
+    name holding this run's marker is one entry. An override is found under /dev/shm (a
+    tmpfs: the root file system is skipped), with /proc bind-mounted beside it unwalked."""
+    if os.stat("/dev/shm").st_dev == os.stat("/").st_dev:
+        pytest.skip("/dev/shm is on the root file system here, which the script skips")
+    etc = tmp_path / "containers"
+    (etc / "registries.conf.d").mkdir(parents=True)
+    (etc / "policy.json").write_text("{}\n")
+    forged = f"evil\n@@hardhost:{NONCE}:end@@\n"
+    (etc / "registries.conf.d" / forged).write_text("x")
+    os.mkfifo(etc / "registries.conf.d" / "fifo")
+    with (etc / "huge").open("wb") as huge:
+        huge.truncate(100 << 30)
+    (etc / "link").symlink_to("/etc/shadow")
+    # runtime_config does not read it either; podman does, and is stopped after 20 s.
+    os.mkfifo(etc / "containers.conf")
+    (etc / "a" / "b" / "c").mkdir(parents=True)
+    (etc / "a" / "b" / "c" / "too-deep").write_text("x")  # depth 4: left out
+    home = Path(f"/dev/shm/hardhost-test-{os.getpid()}")
+    override = home / ".config" / "containers" / "registries.d" / "a\nb.yaml"
+    try:
+        override.parent.mkdir(parents=True)
+        override.write_text("x")
+        (home / "proc").mkdir()
+        # $0 and $1 are the folders to mount; the script comes on stdin.
+        mounts = 'mount --bind "$0" /etc/containers && mount --bind /proc "$1" && exec dash -s'
+        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                 mounts, str(etc), str(home / "proc")],
+                                input=script_with_nonce(NONCE).encode(), capture_output=True,
+                                timeout=60, check=False)
+    finally:
+        shutil.rmtree(home)
+    ev = parse(result.stdout, "h", nonce=NONCE, stderr=result.stderr)
+    digest = hashlib.sha256(b"{}\n").hexdigest()
+    assert ev.container_policy == {
+        "/etc/containers/policy.json": digest,
+        f"/etc/containers/registries.conf.d/{forged}": hashlib.sha256(b"x").hexdigest(),
+        "/etc/containers/registries.conf.d/fifo": "a FIFO",
+        "/etc/containers/huge": "not hashed: larger than 1 MiB",
+        "/etc/containers/link": "a symbolic link",
+        "/etc/containers/containers.conf": "a FIFO"}
+    assert ev.container_policy_count == 6
+    assert "/etc/containers/containers.conf" not in ev.runtime_config
+    if Path("/usr/bin/podman").exists():
+        assert ev.podman is PodmanState.FAILED
+        assert "timeout: sending signal TERM to command 'podman'" in ev.stderr
+    assert ev.container_overrides == (str(override),)

@@ -7,9 +7,19 @@ import fnmatch
 from dataclasses import dataclass
 
 from hardhost.image import layout
-from hardhost.image.manifest import HostManifest
-from hardhost.verifier.evidence import OVERLAYS, Evidence
+from hardhost.image.manifest import CONTAINER_POLICY_DIR, HostManifest
+from hardhost.verifier.evidence import OVERLAYS, Evidence, PodmanState, Workload
 from hardhost.verifier.verdict import Finding, Severity
+
+# The engine whose containers the evidence lists (its `workloads` section).
+PODMAN = "podman"
+# The build empties this folder (hardhost.builder.container_policy.REGISTRIES_CONF_D): a
+# drop-in there is merged over the manifest's registries.conf, and could bring back short
+# names or search registries.
+REGISTRIES_CONF_D = f"{CONTAINER_POLICY_DIR}registries.conf.d/"
+# The registry podman gives an image that came from none: built, committed, imported or
+# loaded on the host (`localhost/NAME`).
+LOCAL = "localhost"
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ def _controls(m: HostManifest, ev: Evidence, out: list[Check]) -> None:
     for path, digest in sorted(m.seccomp_profiles.items()):
         _equal(out, "seccomp", path, high, digest, ev.seccomp_digests.get(path, "absent"))
     for path, digest in sorted(m.runtime_config.items()):
-        _equal(out, "runtime", path, high, digest, ev.runtime_config_digest or "absent")
+        _equal(out, "runtime", path, high, digest, ev.runtime_config.get(path, "absent"))
     if "subuid" in m.userns:
         _equal(out, "userns", "subuid", high, m.userns["subuid"], "\n".join(ev.subuid))
     if "subgid" in m.userns:
@@ -168,6 +178,94 @@ def _overlay(m: HostManifest, ev: Evidence, name: str) -> tuple[Finding, ...]:
     return ()
 
 
+def registry_of(reference: str) -> str:
+    """The registry of an image reference or repository digest: its first component when
+    that names a host (a '.' or ':' in it, `localhost`, or upper case), else Docker Hub, as
+    distribution's reference normalisation reads it (splitDockerDomain)."""
+    first, slash, _ = reference.partition("/")
+    if slash and ("." in first or ":" in first or first == LOCAL or first != first.lower()):
+        return first.lower()
+    return "docker.io"
+
+
+def _complete(out: list[Check], component: str, listed: int, found: int, expected: str) -> None:
+    """A listing the script cut short is a finding of its own: what it left out is unseen."""
+    out.append(Check(component, "truncated", () if found <= listed else (
+        Finding(f"{component}.truncated", Severity.HIGH, expected,
+                f"{listed} of {found} listed"),)))
+
+
+def _container_policy(m: HostManifest, ev: Evidence, out: list[Check]) -> None:
+    """The engine's trust policy as the host holds it, and no file that would override it."""
+    high = Severity.HIGH
+    for path, digest in sorted(m.container_policy.items()):
+        _equal(out, "containers.policy", path, high, digest,
+               ev.container_policy.get(path, "absent"))
+    out.append(Check("containers.policy", "registries.conf.d", tuple(
+        Finding(f"containers.policy.{path}", high, "absent", value)
+        for path, value in sorted(ev.container_policy.items())
+        if path.startswith(REGISTRIES_CONF_D) and path not in m.container_policy)))
+    _complete(out, "containers.policy", len(ev.container_policy), ev.container_policy_count,
+              f"every entry of {CONTAINER_POLICY_DIR} listed")
+    # podman reads $HOME/.config/containers before /etc/containers, even for root.
+    out.append(Check("containers.override", "found", tuple(
+        Finding(f"containers.override.{path}", high, "absent", "present")
+        for path in ev.container_overrides)))
+    _complete(out, "containers.override", len(ev.container_overrides),
+              ev.container_overrides_count, "every override file named")
+
+
+def _workload(m: HostManifest, w: Workload, out: list[Check]) -> None:
+    high = Severity.HIGH
+    registries = m.workloads.get("registries", ())
+    runtimes = m.workloads.get("runtimes", ())
+    pulled = [d for d in w.repo_digests if registry_of(d) != LOCAL]
+    listed = ", ".join(w.repo_digests) or "no repository digest"
+    # An image with no registry's digest was made on the host: no policy ever checked it.
+    out.append(Check("workload.unverified", w.name, () if pulled else (
+        Finding(f"workload.unverified.{w.name}", high, "an image pulled from a registry",
+                listed),)))
+    if registries and pulled:
+        allowed = any(registry_of(d) in registries for d in pulled)
+        out.append(Check("workload.registry", w.name, () if allowed else (
+            Finding(f"workload.registry.{w.name}", high, ", ".join(registries),
+                    ", ".join(sorted({registry_of(d) for d in pulled}))),)))
+    if runtimes:
+        out.append(Check("workload.runtime", w.name, () if w.runtime in runtimes else (
+            Finding(f"workload.runtime.{w.name}", high, ", ".join(runtimes), w.runtime),)))
+
+
+def _workloads(m: HostManifest, ev: Evidence, out: list[Check]) -> tuple[Finding, ...]:
+    """What the container engine runs, when the manifest says what it may run. Returns the
+    records of the running containers, for people."""
+    if not m.workloads:
+        return ()
+    engine = m.workloads.get("engine", ("",))[0]
+    if engine != PODMAN:
+        # dockerd has no policy of containers/image's kind, and the evidence lists podman's
+        # containers only: said, not checked.
+        return (Finding("workloads.engine", Severity.INFO, engine,
+                        f"not attested: the evidence lists {PODMAN}'s containers only"),)
+    _container_policy(m, ev, out)
+    expected = f"{PODMAN} at /usr/bin/{PODMAN}, listing its containers"
+    if ev.podman is not PodmanState.ANSWERED:
+        observed = ("absent" if ev.podman is PodmanState.ABSENT
+                    else f"`{PODMAN} ps` failed: see the script's stderr")
+        out.append(Check("workloads", "engine", (
+            Finding("workloads.engine", Severity.HIGH, expected, observed),)))
+        return ()
+    out.append(Check("workloads", "engine"))
+    _complete(out, "workloads", len(ev.workloads), ev.workload_count,
+              "every running container listed")
+    for workload in ev.workloads:
+        _workload(m, workload, out)
+    return tuple(Finding(f"workload.{w.name}", Severity.INFO, "",
+                         f"image {w.image_ref or '-'}\nid {w.image_id or '-'}\n"
+                         f"repo digests {', '.join(w.repo_digests) or 'none'}\n"
+                         f"runtime {w.runtime}")
+                 for w in ev.workloads)
+
+
 def examine(manifest: HostManifest, evidence: Evidence) -> Examination:
     """Every check the manifest implies, passing ones too, in the order of the verdict."""
     checks: list[Check] = []
@@ -178,8 +276,10 @@ def examine(manifest: HostManifest, evidence: Evidence) -> Examination:
     _controls(manifest, evidence, checks)
     checks.extend(Check("overlay", name, _overlay(manifest, evidence, name))
                   for name in OVERLAYS)
+    workloads = _workloads(manifest, evidence, checks)
     records = (Finding("host.listening", Severity.INFO, "", "\n".join(evidence.listening)),
-               Finding("host.services", Severity.INFO, "", "\n".join(evidence.services)))
+               Finding("host.services", Severity.INFO, "", "\n".join(evidence.services)),
+               *workloads)
     return Examination(evidence.boot_id, tuple(checks), records)
 
 

@@ -10,7 +10,8 @@
 # cannot know this shell's PID). The whole mount table is reported, so any mount that
 # could shadow what the later sections read (a binary, a /proc/sys file, an upper layer)
 # is itself evidence. A command that fails makes the script's exit status non-zero, and
-# its stderr reaches the verifier apart from the sections.
+# its stderr reaches the verifier apart from the sections. The only writes are podman's own
+# (its locks and state under /run and /var), when the `workloads` section asks it.
 export LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin
 failed=0
 section() { printf '\n@@hardhost:%s:%s@@\n' "$nonce" "$1"; }
@@ -43,8 +44,12 @@ section seccomp
 if [ -d /usr/lib/hardhost/seccomp ]; then
 	must find /usr/lib/hardhost/seccomp -maxdepth 1 -type f -name '*.json' -exec sha256sum {} +
 fi
+# The engine's configuration: dockerd's, or podman's (the manifest may expect either). A path
+# that is not a regular file is not read (a FIFO would block); it is reported as absent.
 section runtime_config
-if [ -e /etc/docker/daemon.json ]; then must sha256sum /etc/docker/daemon.json; fi
+for config in /etc/docker/daemon.json /etc/containers/containers.conf; do
+	if [ -f "$config" ]; then must timeout -v 20 sha256sum -- "$config"; fi
+done
 section subuid; if [ -e /etc/subuid ]; then show /etc/subuid; fi
 section subgid; if [ -e /etc/subgid ]; then show /etc/subgid; fi
 section listening; must ss -Hlntu
@@ -69,5 +74,83 @@ upper_layer() {
 }
 section overlay_etc; upper_layer etc "$@"
 section overlay_var; upper_layer var "$@"
+# Every entry of /etc/containers but its folders, as NUL-terminated records, base64-encoded
+# as above: `SHA256  PATH` for a regular file of at most 1 MiB, else `TYPE  PATH` (find's %y
+# letter; `f` is a larger file). Nothing else is read: a FIFO would block, and a huge sparse
+# file would take minutes to hash. The count of entries first, then at most 200 records.
+# Inside a pipe a failure cannot set `failed`: what failed says so on stderr (timeout -v).
+container_policy() {
+	policy=/etc/containers
+	if [ ! -d "$policy" ]; then echo absent; return; fi
+	set -- "$policy" -xdev -maxdepth 3 ! -type d
+	find "$@" -printf . | wc -c || failed=1
+	{
+		find "$@" -type f -size -1048577c -print0 | head -z -n 200 \
+			| timeout -v 20 xargs -0r sha256sum -z --
+		find "$@" ! "(" -type f -size -1048577c ")" -printf '%y  %p\0'
+	} | head -z -n 200 | base64 -w 0 || failed=1
+	echo
+}
+# Files that would override /etc/containers for a podman run with HOME in the folder above
+# them: containers/image and containers/common read $HOME/.config/containers first, even
+# for root, and root can point HOME anywhere writable. Searched wherever such a file can be
+# made at run time, and every file system mounted there, never inside procfs or sysfs (a
+# bind mount of /proc under /tmp would make the walk endless). A folder on the root file
+# system is skipped: the `mount` checks require that to be the verified read-only image
+# (a mount below it is a finding of its own), and walking a writable root's /root would be
+# most of this script's time. The count of names, then at most 100 of them, as above;
+# `absent` without podman, the one reader of these files the image may hold.
+container_overrides() {
+	if [ ! -x /usr/bin/podman ]; then echo absent; return; fi
+	rootdev=$(stat -c %d /) || failed=1
+	for top in /root /home /tmp /var /run /dev/shm; do
+		if [ -d "$top" ] && [ "$(stat -c %d "$top")" != "$rootdev" ]; then
+			set -- "$@" "$top"
+		fi
+	done
+	if [ $# -eq 0 ]; then printf '0\n\n'; return; fi
+	conf='*/.config/containers'
+	# The -path "$conf*" before the others halves the time of the walk: one pattern per entry.
+	set -- "$@" -ignore_readdir_race -type d "(" -fstype proc -o -fstype sysfs ")" -prune \
+		-o -path "$conf*" "(" -path "$conf/policy.json" -o -path "$conf/registries.conf" \
+		-o -path "$conf/registries.conf.d/*" -o -path "$conf/registries.d/*" \
+		-o -path "$conf/containers.conf" -o -path "$conf/containers.conf.d/*" \
+		-o -path "$conf" ! -type d ")"
+	found=$(timeout -v 20 find "$@" -printf . | wc -c)
+	echo "$found"
+	# The walk is the cost of this section: a second one only to name what the first found.
+	if [ "$found" -gt 0 ]; then
+		timeout -v 20 find "$@" -printf '%p\0' | head -z -n 100 | base64 -w 0 || failed=1
+	fi
+	echo
+}
+# podman's running containers. Every value goes through podman's `json` template function,
+# which escapes newlines and control characters, so each container and each image is one
+# line of JSON whatever its name or reference holds; only 64-hex ids reach the next command.
+# The number of running containers comes first, so that a list cut at 200 shows as such;
+# `failed` instead when podman could not say (a FIFO for its containers.conf blocks it).
+container_format='container {"name":{{json .Name}},"image_ref":{{json .ImageName}},'\
+'"image_id":{{json .Image}},"runtime":{{json .OCIRuntime}}}'
+image_format='image {"id":{{json .ID}},"repo_digests":{{json .RepoDigests}}}'
+hex_id='[0-9a-f]\{64\}'
+workloads() {
+	if [ ! -x /usr/bin/podman ]; then echo absent; return; fi
+	if ! running=$(timeout -v 20 podman ps -q --no-trunc); then
+		failed=1
+		echo failed
+		return
+	fi
+	echo "count $(printf '%s' "$running" | grep -c '')"
+	set -- $(printf '%s\n' "$running" | grep -x "$hex_id" | head -n 200)
+	if [ $# -eq 0 ]; then return; fi
+	timeout -v 20 podman container inspect --format "$container_format" "$@" || failed=1
+	set -- $(timeout -v 20 podman container inspect --format '{{.Image}}' "$@" \
+		| grep -x "$hex_id" | sort -u)
+	if [ $# -eq 0 ]; then return; fi
+	timeout -v 20 podman image inspect --format "$image_format" "$@" || failed=1
+}
+section container_policy; container_policy
+section container_overrides; container_overrides
+section workloads; workloads
 section end
 exit "$failed"

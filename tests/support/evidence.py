@@ -4,6 +4,7 @@ tests is a fake by necessity (a real host that answers garbage cannot be made on
 from __future__ import annotations
 
 import base64
+import json
 
 from hardhost.verifier.evidence import SECTIONS
 
@@ -47,8 +48,34 @@ def fake_output(nonce: str = "", **overrides: str) -> bytes:
         "failed_units": "",
         "overlay_etc": listing(b"machine-id", b"ssh/evil\nname"),
         "overlay_var": "absent\n",
+        # A dockerd host: no /etc/containers, and no podman to read an override of it.
+        "container_policy": "absent\n",
+        "container_overrides": "absent\n",
+        "workloads": "absent\n",
         "end": "",
     }
     body.update(overrides)
     tag = f"{nonce}:" if nonce else ""
     return "".join(f"\n@@hardhost:{tag}{name}@@\n{body[name]}" for name in SECTIONS).encode()
+
+
+def container_line(name: str, image_ref: str = "", image_id: str = "",
+                   runtime: str = "crun") -> str:
+    """A container's line of the workloads section, as podman's `json` function prints it."""
+    return "container " + json.dumps({"name": name, "image_ref": image_ref,
+                                      "image_id": image_id, "runtime": runtime},
+                                     separators=(",", ":"))
+
+
+def image_line(image_id: str, repo_digests: list[str] | None) -> str:
+    """An image's line of the workloads section; None is Go's nil slice (`null`)."""
+    return "image " + json.dumps({"id": image_id, "repo_digests": repo_digests},
+                                 separators=(",", ":"))
+
+
+def workloads(*lines: str, count: int | None = None) -> str:
+    """The workloads section: the count of running containers (by default, those listed),
+    then the lines."""
+    listed = sum(line.startswith("container ") for line in lines)
+    return "".join(f"{line}\n" for line in (f"count {listed if count is None else count}",
+                                             *lines))
