@@ -157,10 +157,13 @@ DOCKER_RUNTIME_MOUNT_AREAS: tuple[str, ...] = (
     "/run/containerd/*",
     "/run/netns/*",
 )
-# podman's storage (overlay layers, each container's shm) and its CNI network namespaces.
+# podman's storage (overlay layers, each container's shm) and its CNI network namespaces:
+# podman mounts a tmpfs on /run/netns itself (seen in a booted podman host), then binds
+# each namespace inside it.
 PODMAN_RUNTIME_MOUNT_AREAS: tuple[str, ...] = (
     "/var/lib/containers/*",
     "/run/containers/*",
+    "/run/netns",
     "/run/netns/*",
 )
 

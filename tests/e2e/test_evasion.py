@@ -4,19 +4,14 @@ on the guest, then undone, so every test starts from a clean host."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from hardhost.image.manifest import MANIFEST_NAME
 from hardhost.verifier.transport import connect
 from tests.support.keys import KeyPair, SigningKeys
-from tests.support.paths import REPO
-from tests.support.vms import BOOT_TIMEOUT, BootedHost, BuiltImage, boot, ensure_answering
+from tests.support.vms import BootedHost, BuiltImage, attest_json, boot, ensure_answering
 
 pytestmark = pytest.mark.e2e
 
@@ -40,15 +35,7 @@ def on_host(host: BootedHost, script: str) -> None:
 
 
 def attest(host: BootedHost, keys: SigningKeys) -> tuple[int, dict[str, Any]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "hardhost", "attest", str(host.target), "--manifest",
-         str(host.image.directory / MANIFEST_NAME), "--trust-key", str(keys.public),
-         "--known-hosts", str(host.known_hosts), "--identity", str(host.identity),
-         "--timeout", "90", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
-    assert "Traceback" not in result.stderr
-    data: dict[str, Any] = json.loads(result.stdout)
-    return result.returncode, data
+    return attest_json(host, keys.public)
 
 
 def findings(data: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hardhost.builder.spec import Spec
 from hardhost.core.errors import Unreachable
+from hardhost.image.manifest import MANIFEST_NAME
 from hardhost.verifier.transport import Target, public_key_from_line, wait_for_host_key
 from hardhost.vm import harness as vm
 from hardhost.vm import qmp
 from tests.support.net import free_port
+from tests.support.paths import REPO
 
 BOOT_TIMEOUT = 400  # seconds; TCG boots take about 30 s, a loaded CI machine much longer
 ANSWER_TIMEOUT = 240  # seconds a module's guest gets to answer before a test restarts it
@@ -54,6 +59,21 @@ class BootedHost:
     @property
     def known_hosts(self) -> Path:
         return self.instance.known_hosts
+
+
+def attest_json(host: BootedHost, trust_key: Path, *,
+                timeout: int = 90) -> tuple[int, dict[str, Any]]:
+    """`hardhost attest --json` of `host` against its image's manifest: the exit code and
+    the verdict."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hardhost", "attest", str(host.target), "--manifest",
+         str(host.image.directory / MANIFEST_NAME), "--trust-key", str(trust_key),
+         "--known-hosts", str(host.known_hosts), "--identity", str(host.identity),
+         "--timeout", str(timeout), "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+    assert "Traceback" not in result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return result.returncode, data
 
 
 def console_tail(serial: Path, size: int) -> str:
