@@ -8,8 +8,6 @@ boots nothing, and is given the `system` marker here so that it can be run apart
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hardhost.image.signing import keygen, load_private_key
 from hardhost.vm.vtpm import make_local_ca, manufacture
 from tests.support.keys import KeyPair, SigningKeys, make_keypair
+from tests.support.net import silent_tcp_server
 from tests.support.paths import REPO
 from tests.support.sshd import LoopbackHost, start_sshd
 from tests.support.tpm import Tpm, serve
@@ -73,29 +72,8 @@ def loopback_sshd(tmp_path: Path, client_key: KeyPair) -> Iterator[LoopbackHost]
 
 @pytest.fixture
 def silent_server() -> Iterator[int]:
-    """Accepts TCP connections and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(128)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield int(server.getsockname()[1])
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    with silent_tcp_server() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from tests.support.advisories import FEED, write_sbom
 from tests.support.fake_image_host import image_host, recorded_manifest
 from tests.support.keys import KeyPair, SigningKeys
 from tests.support.manifests import sample_manifest, write_signed
-from tests.support.net import free_port
+from tests.support.net import free_port, silent_tcp_server
 from tests.support.paths import REPO
 from tests.support.postgres import fresh_database, postgres_server
 from tests.support.sshd import RunningSshd, start_sshd
@@ -51,35 +51,39 @@ class Fleet:
     flood: int
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, client_key: KeyPair, signing_keys: SigningKeys,
-          silent_server: int) -> Iterator[Fleet]:
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair,
+          signing_keys: SigningKeys) -> Iterator[Fleet]:
+    """Fifty sshds and the faulty peers, shared by the module's tests (starting them is most
+    of the module's time): every test only reads from them."""
+    tmp_path = tmp_path_factory.mktemp("fleet")
     running: list[RunningSshd] = []
-    try:
-        for index in range(HOSTS):
-            running.append(start_sshd(tmp_path / f"host{index}", client_key))
-        # FAKE host: a real sshd whose every session floods 100 MB instead of evidence.
-        running.append(start_sshd(tmp_path / "flood", client_key,
-                                  extra_config="ForceCommand head -c 100000000 /dev/zero\n"))
-        known = tmp_path / "known_hosts"
-        known.write_text("".join(r.host.known_hosts.read_text() for r in running))
-        dead = [free_port(), free_port()]
-        live = [r.host.port for r in running[:HOSTS]]
-        flood = running[HOSTS].host.port
-        lines = ["[live]"] + [f"live{i} ansible_host=127.0.0.1 ansible_port={p}"
-                              for i, p in enumerate(live)]
-        lines += ["[broken]"] + [f"dead{i} ansible_host=127.0.0.1 ansible_port={p}"
-                                 for i, p in enumerate(dead)]
-        lines += [f"silent ansible_host=127.0.0.1 ansible_port={silent_server}",
-                  f"flood ansible_host=127.0.0.1 ansible_port={flood}",
-                  "[all:vars]", "ansible_user=root"]
-        inventory = tmp_path / "inventory.ini"
-        inventory.write_text("\n".join(lines) + "\n")
-        manifest = write_signed(tmp_path, sample_manifest(), signing_keys.key)
-        yield Fleet(inventory, known, manifest, live, dead, silent_server, flood)
-    finally:
-        for server in running:
-            server.stop()
+    with silent_tcp_server() as silent_server:
+        try:
+            for index in range(HOSTS):
+                running.append(start_sshd(tmp_path / f"host{index}", client_key))
+            # FAKE host: a real sshd whose every session floods 100 MB instead of evidence.
+            running.append(start_sshd(tmp_path / "flood", client_key,
+                                      extra_config="ForceCommand head -c 100000000 /dev/zero\n"))
+            known = tmp_path / "known_hosts"
+            known.write_text("".join(r.host.known_hosts.read_text() for r in running))
+            dead = [free_port(), free_port()]
+            live = [r.host.port for r in running[:HOSTS]]
+            flood = running[HOSTS].host.port
+            lines = ["[live]"] + [f"live{i} ansible_host=127.0.0.1 ansible_port={p}"
+                                  for i, p in enumerate(live)]
+            lines += ["[broken]"] + [f"dead{i} ansible_host=127.0.0.1 ansible_port={p}"
+                                     for i, p in enumerate(dead)]
+            lines += [f"silent ansible_host=127.0.0.1 ansible_port={silent_server}",
+                      f"flood ansible_host=127.0.0.1 ansible_port={flood}",
+                      "[all:vars]", "ansible_user=root"]
+            inventory = tmp_path / "inventory.ini"
+            inventory.write_text("\n".join(lines) + "\n")
+            manifest = write_signed(tmp_path, sample_manifest(), signing_keys.key)
+            yield Fleet(inventory, known, manifest, live, dead, silent_server, flood)
+        finally:
+            for server in running:
+                server.stop()
 
 
 @pytest.fixture(scope="module")
