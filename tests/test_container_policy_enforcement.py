@@ -13,7 +13,6 @@ makes. Every refusal is checked by the reason podman gives.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -37,15 +36,13 @@ from tests.support.registry import (
     skopeo,
     start_registry,
 )
+from tests.support.tools import skip_module_unless_root_with
 
 pytestmark = pytest.mark.e2e  # root, a mount namespace and loopback daemons; boots nothing
 
-TOOLS = ("podman", "buildah", "skopeo", "docker-registry", "gpg", "runc", "unshare")
-missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-if missing or not BUSYBOX.exists() or os.geteuid() != 0:
-    pytest.skip(f"needs root, busybox-static and {', '.join(TOOLS)} (missing: "
-                f"{', '.join(missing) or 'root or busybox'}); apt-get install podman skopeo "
-                "buildah docker-registry gnupg busybox-static runc", allow_module_level=True)
+skip_module_unless_root_with(
+    ("podman", "buildah", "skopeo", "docker-registry", "gpg", "runc", "unshare"),
+    "podman skopeo buildah docker-registry gnupg busybox-static runc", (BUSYBOX,))
 
 # Not trust settings: how podman runs on this machine, merged into the image's rendered
 # containers.conf. Its root lacks CAP_SYS_RESOURCE, so the default ulimits cannot be set;

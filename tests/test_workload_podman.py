@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -31,15 +29,12 @@ from hardhost.verifier.evidence import (
 )
 from tests.support.manifests import sample_manifest
 from tests.support.registry import BUSYBOX, OPEN_POLICY, LoopbackRegistry, start_registry
+from tests.support.tools import skip_module_unless_root_with
 
 pytestmark = pytest.mark.e2e  # root, podman containers and a loopback registry; boots nothing
 
-TOOLS = ("podman", "docker-registry", "runc", "dash")
-missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-if missing or not BUSYBOX.exists() or os.geteuid() != 0:
-    pytest.skip(f"needs root, busybox-static and {', '.join(TOOLS)} (missing: "
-                f"{', '.join(missing) or 'root or busybox'}); apt-get install podman "
-                "docker-registry busybox-static runc dash", allow_module_level=True)
+skip_module_unless_root_with(("podman", "docker-registry", "runc", "dash"),
+                             "podman docker-registry busybox-static runc dash", (BUSYBOX,))
 
 NONCE = "0123456789abcdef0123456789abcdef"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +16,15 @@ def need(tool: str, package: str) -> str:
         pytest.fail(f"{tool} not found: apt-get install {package}")
     return found
 
+
+
+def skip_module_unless_root_with(tools: tuple[str, ...], packages: str,
+                                 files: tuple[Path, ...] = ()) -> None:
+    """Skip the calling test module unless it runs as root with `tools` and `files` (a
+    system test on a machine make deps did not set up); the reason names what to install."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    missing += [str(path) for path in files if not path.exists()]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"needs root and {', '.join(tools)} (missing: "
+                    f"{', '.join(missing) or 'root'}); apt-get install {packages}",
+                    allow_module_level=True)
