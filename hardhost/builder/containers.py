@@ -238,9 +238,11 @@ def read_key(spec_dir: Path, path: str, origin: str) -> str:
     return text
 
 
-def validate(containers: Containers, packages: tuple[str, ...], origin: str) -> None:
-    """Check `[containers]` against the packages. The key files are read when the policy is
-    rendered (`hardhost.builder.container_policy`), which a build does before it starts."""
+def validate(containers: Containers, packages: tuple[str, ...], sysctls: Mapping[str, str],
+             origin: str) -> None:
+    """Check `[containers]` against the packages and the sysctls. The key files are read
+    when the policy is rendered (`hardhost.builder.container_policy`), which a build does
+    before it starts."""
     engine = containers.engine
     wanted = ENGINE_PACKAGES[engine]
     if engine is Engine.PODMAN and wanted not in packages:
@@ -250,7 +252,7 @@ def validate(containers: Containers, packages: tuple[str, ...], origin: str) -> 
         raise SpecError(origin, "packages.include",
                         "docker.io with containers.engine = \"podman\": dockerd would pull "
                         "images past podman's policy; remove it")
-    _validate_runtimes(containers, packages, origin)
+    _validate_runtimes(containers, packages, sysctls, origin)
     if engine is Engine.DOCKER:
         for name in ("allowed_registries", "signing_keys", "lookaside"):
             if getattr(containers, name):
@@ -266,7 +268,8 @@ def validate(containers: Containers, packages: tuple[str, ...], origin: str) -> 
                         "read from")
 
 
-def _validate_runtimes(containers: Containers, packages: tuple[str, ...], origin: str) -> None:
+def _validate_runtimes(containers: Containers, packages: tuple[str, ...],
+                       sysctls: Mapping[str, str], origin: str) -> None:
     if not containers.sets_runtimes:
         return
     engine = containers.engine
@@ -284,6 +287,9 @@ def _validate_runtimes(containers: Containers, packages: tuple[str, ...], origin
         if name not in packages:
             raise SpecError(origin, "containers.runtimes",
                             f"{name} is not installed; add {name} to packages.include")
+    scope = sysctls.get("kernel.yama.ptrace_scope", BASELINE_PTRACE_SCOPE)
+    if "runsc" in containers.runtimes and scope not in ("0", "1"):
+        raise SpecError(origin, "containers.runtimes", RUNSC_PTRACE)
     default = containers.default_runtime
     if default and default not in containers.allowed_runtimes:
         raise SpecError(origin, "containers.default_runtime",

@@ -675,10 +675,7 @@ def _validate(spec: Spec, path: str) -> None:
     if spec.access.user == "root" and not spec.ssh.permit_root_login:
         raise SpecError(path, "access.user",
                         "root cannot log in unless ssh.permit_root_login = true")
-    _containers.validate(spec.containers, spec.packages.include, path)
-    if "runsc" in spec.containers.runtimes and dict(spec.sysctl).get(
-            "kernel.yama.ptrace_scope", _containers.BASELINE_PTRACE_SCOPE) not in ("0", "1"):
-        raise SpecError(path, "containers.runtimes", _containers.RUNSC_PTRACE)
+    _containers.validate(spec.containers, spec.packages.include, dict(spec.sysctl), path)
 
 
 def parse_spec(text: str, path: str) -> Spec:
