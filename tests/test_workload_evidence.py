@@ -299,7 +299,7 @@ def test_a_clean_podman_host_has_no_container_finding() -> None:
     assert {f"containers.policy.{POLICY}", "containers.override.found",
             "workloads.truncated", "workload.unverified.web", "workload.registry.web",
             "workload.runtime.web", f"runtime.{CONF}"} <= held
-    (record,) = [f for f in result.records if f.id == "workload.web"]
+    (record,) = [f for f in result.records if f.id == "container.web"]
     assert record.severity is Severity.INFO
     assert record.observed == (f"image {REGISTRY}/team/app:1\nid {ID_A}\n"
                                f"repo digests {PULLED}\nruntime crun")
@@ -350,6 +350,20 @@ def test_each_kind_of_workload_drift_has_its_id() -> None:
     assert found["workload.registry.hub"].observed == "docker.io"
     assert found["workload.runtime.odd"].observed == "/tmp/evil-runc"
     assert found["workloads.truncated"].observed == "5 of 7 listed"
+
+
+def test_no_container_name_makes_its_record_share_a_findings_id() -> None:
+    """Container names may hold dots: "runtime.odd" must not be the finding about "odd"."""
+    section = workloads(
+        container_line("odd", f"{REGISTRY}/team/app:1", ID_A, "/tmp/evil-runc"),
+        container_line("runtime.odd", f"{REGISTRY}/team/app:1", ID_A, "runc"),
+        image_line(ID_A, [PULLED]))
+    result = examine(podman_manifest(), evidence(workloads=section))
+    findings = {f.id for f in result.findings if f.counts()}
+    records = {f.id for f in result.records}
+    assert "workload.runtime.odd" in findings
+    assert {"container.odd", "container.runtime.odd"} <= records
+    assert not findings & records
 
 
 def test_an_image_from_any_registry_passes_without_a_list() -> None:

@@ -259,7 +259,9 @@ def _workloads(m: HostManifest, ev: Evidence, out: list[Check]) -> tuple[Finding
               "every running container listed")
     for workload in ev.workloads:
         _workload(m, workload, out)
-    return tuple(Finding(f"workload.{w.name}", Severity.INFO, "",
+    # Not "workload.NAME": a container named "runtime.x" would share the id of the finding
+    # "workload.runtime.x" about a container "x". No finding starts with "container.".
+    return tuple(Finding(f"container.{w.name}", Severity.INFO, "",
                          f"image {w.image_ref or '-'}\nid {w.image_id or '-'}\n"
                          f"repo digests {', '.join(w.repo_digests) or 'none'}\n"
                          f"runtime {w.runtime}")

@@ -210,7 +210,7 @@ def test_a_signed_image_runs_under_the_default_runtime_and_attests(
     guest.ok(f"podman run -d --name signed {reference} /bin/busybox sleep 3600")
     code, data = guest.attest(signing_keys)
     assert (code, data["status"]) == (0, "pass"), findings(data)
-    facts = records(data)["workload.signed"]["observed"]
+    facts = records(data)["container.signed"]["observed"]
     assert "runtime runsc" in facts and reference in facts
     assert f"{guest.name(guest.allowed, 'team/app')}@sha256:" in facts
 
@@ -263,7 +263,7 @@ def test_workloads_outside_the_spec_are_findings(guest: Guest, app: str,
         assert code == 1
         assert {"workload.unverified.built", "workload.runtime.elsewhere"} <= set(found), found
         assert found["workload.runtime.elsewhere"]["observed"] == "/tmp/rt"
-        assert "workload.built" in records(data)
+        assert "container.built" in records(data)
     finally:
         guest.ok("podman rm -f -t 0 built elsewhere >/dev/null && podman rmi localhost/built:1 "
                  ">/dev/null && rm /tmp/rt")
