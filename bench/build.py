@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hardhost.builder.spec import load_spec  # noqa: E402
+from hardhost.builder.stages.bootstrap import sources  # noqa: E402
 from hardhost.builder.stages.rootfs import EROFS_CLUSTER, LZ4HC_LEVEL  # noqa: E402
 from hardhost.image.signing import keygen  # noqa: E402
 
@@ -73,8 +74,9 @@ def main() -> int:
         raw_tree = work / "raw-tree"
         dist = spec.distribution
         packages = ",".join(spec.packages.include)
+        # The same archives as the build: the release, its updates and security updates.
         raw = timed(["mmdebstrap", "--variant=minbase", f"--include={packages}", dist.suite,
-                     str(raw_tree), dist.mirror])
+                     str(raw_tree), *sources(spec)])
         raw += timed(["mkfs.erofs", f"-zlz4hc,{LZ4HC_LEVEL}", f"-C{EROFS_CLUSTER}", "--quiet",
                       str(work / "raw.img"), str(raw_tree)])
         raw += timed(["veritysetup", "format", str(work / "raw.img"), str(work / "raw.verity")])

@@ -112,6 +112,10 @@ CHANGES: list[tuple[str, Callable[[Spec], Spec], set[str]]] = [
      ALL),
     ("the mirror", lambda s: _section(s, "distribution", mirror="http://mirror.example/d"),
      ALL),
+    ("the security mirror", lambda s: _section(
+        s, "distribution", security_mirror="http://mirror.example/debian-security"), ALL),
+    ("no security updates", lambda s: _section(s, "distribution", security_mirror=""), ALL),
+    ("no stable updates", lambda s: _section(s, "distribution", updates=False), ALL),
     ("one sysctl", lambda s: dataclasses.replace(s, sysctl=(*s.sysctl, ("kernel.sysrq", "1"))),
      FROM_HARDEN),
     ("an authorized key", lambda s: with_authorized_keys(s, (OTHER_KEY,), "test"),

@@ -17,6 +17,7 @@ from hardhost.builder.spec import (
     parse_spec,
     with_authorized_keys,
 )
+from hardhost.builder.stages.bootstrap import sources
 from hardhost.core.errors import SpecError, UsageError
 from tests.support.paths import IMAGES, REPO
 
@@ -152,6 +153,36 @@ def test_added_keys_are_validated_and_deduplicated() -> None:
     assert merged.access.authorized_keys == (KEY,)
     with pytest.raises(SpecError):
         with_authorized_keys(spec, ("ssh-dss AAAA",), "--authorized-key")
+
+
+def test_specs_from_before_the_update_suites_keep_their_digest() -> None:
+    plain = parse_spec(MINIMAL, "a.toml")
+    explicit = parse_spec(MINIMAL + '[distribution]\nupdates = true\nsecurity_mirror = '
+                          '"http://deb.debian.org/debian-security"\n', "a.toml")
+    assert plain == explicit and plain.digest() == explicit.digest()
+    without = parse_spec(MINIMAL + '[distribution]\nsecurity_mirror = ""\n', "a.toml")
+    assert without.digest() != plain.digest()
+    assert error_of(MINIMAL + '[distribution]\nupdates = "yes"\n').startswith(
+        "spec.toml: distribution.updates:")
+
+
+@pytest.mark.parametrize(("distribution", "expected"), [
+    ("", ["deb http://deb.debian.org/debian bookworm main",
+          "deb http://deb.debian.org/debian bookworm-updates main",
+          "deb http://deb.debian.org/debian-security bookworm-security main"]),
+    ('mirror = "http://m.example/d"\nsecurity_mirror = "https://s.example/ds"\n',
+     ["deb http://m.example/d bookworm main", "deb http://m.example/d bookworm-updates main",
+      "deb https://s.example/ds bookworm-security main"]),
+    ("updates = false\n", ["deb http://deb.debian.org/debian bookworm main",
+                           "deb http://deb.debian.org/debian-security bookworm-security main"]),
+    ('security_mirror = ""\n', ["deb http://deb.debian.org/debian bookworm main",
+                                "deb http://deb.debian.org/debian bookworm-updates main"]),
+    ('suite = "sid"\n', ["deb http://deb.debian.org/debian sid main"]),
+])
+def test_the_sources_are_the_release_its_updates_and_its_security_updates(
+        distribution: str, expected: list[str]) -> None:
+    spec = parse_spec(MINIMAL + f"[distribution]\n{distribution}", "spec.toml")
+    assert sources(spec) == expected
 
 
 def test_digest_ignores_package_order_and_source() -> None:

@@ -30,6 +30,7 @@ SAMPLES: dict[str, Any] = {
     "description": "A host. With words, and punctuation: fine",
     "distribution.suite": "bookworm",
     "distribution.mirror": "http://deb.debian.org/debian",
+    "distribution.security_mirror": "https://security.example/debian-security",
     "distribution.architecture": "amd64",
     "packages.include": ["systemd", "openssh-server", "podman", "runc"],
     "image.filesystem": "erofs",
@@ -311,9 +312,16 @@ def test_authorized_keys_are_plain_key_lines(line: str) -> None:
     "http:///debian", "ftp://deb.debian.org/debian", "deb.debian.org/debian",
     "[trusted=yes] http://evil.example/debian",
 ])
-def test_mirror_is_one_url(mirror: str) -> None:
-    values = dict(VALID, **{"distribution.mirror": mirror})
-    assert refused(values).key == "distribution.mirror"
+@pytest.mark.parametrize("key", ["distribution.mirror", "distribution.security_mirror"])
+def test_mirror_is_one_url(mirror: str, key: str) -> None:
+    values = dict(VALID, **{key: mirror})
+    assert refused(values).key == key
+
+
+def test_an_empty_security_mirror_leaves_security_updates_out() -> None:
+    assert parse(dict(VALID, **{"distribution.security_mirror": ""})
+                 ).distribution.security_mirror == ""
+    assert refused(dict(VALID, **{"distribution.mirror": ""})).key == "distribution.mirror"
 
 
 @pytest.mark.parametrize("architecture", ["arm64", "amd64 --include=evil", "amd64\n", ""])

@@ -130,10 +130,11 @@ def require_root() -> None:
 
 def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = False,
           reuse: bool = True, workspace: Workspace = Workspace.AUTO,
-          qcow2: bool = False, gate: Gate | None = None) -> Path:
+          qcow2: bool = False, gate: Gate | None = None, refresh: bool = False) -> Path:
     """Build `spec` into `outdir/NAME`, sign its manifest with `key`, and return the path.
 
-    With `reuse` off, every stage after bootstrap runs even when its output is cached.
+    With `reuse` off, every stage after bootstrap runs even when its output is cached; with
+    `refresh`, the bootstrap runs too, resolving the packages again, and replaces its cache.
     `workspace` says where the image tree is assembled. With `qcow2`, the disk image is
     `disk.qcow2` instead of the raw `disk.img`. With a `gate`, an image whose packages fail
     its policy is a `BuildError` before the manifest is signed, and nothing is written.
@@ -152,15 +153,16 @@ def build(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey, force: bool = Fal
         raise UsageError(f"{final}: already exists; pass --force to replace it")
     outdir.mkdir(parents=True, exist_ok=True)
     with scratch(outdir, spec.name, workspace) as workdir:
-        return _build_in(spec, final, workdir, key=key, reuse=reuse, qcow2=qcow2, gate=gate)
+        return _build_in(spec, final, workdir, key=key, reuse=reuse, qcow2=qcow2, gate=gate,
+                         refresh=refresh)
 
 
 def _build_in(spec: Spec, final: Path, workdir: Path, *, key: Ed25519PrivateKey,
-              reuse: bool, qcow2: bool, gate: Gate | None) -> Path:
+              reuse: bool, qcow2: bool, gate: Gate | None, refresh: bool) -> Path:
     staging = private_folder(final.parent, spec.name, "partial")
     ctx = BuildContext(spec=spec, workdir=workdir, staging=staging, cache_dir=cache_root(),
                        signing_key=key, source_date_epoch=_source_date_epoch(), reuse=reuse,
-                       qcow2=qcow2, gate=gate)
+                       qcow2=qcow2, gate=gate, refresh=refresh)
     try:
         with complete_step(f"Building {spec.name}", f"Built {spec.name}"):
             for number, stage in enumerate(STAGES, 1):
@@ -193,15 +195,16 @@ def _replace(staging: Path, final: Path) -> None:
 
 def check_reproducible(spec: Spec, outdir: Path, *, key: Ed25519PrivateKey,
                        force: bool = False, workspace: Workspace = Workspace.AUTO,
-                       qcow2: bool = False, gate: Gate | None = None
+                       qcow2: bool = False, gate: Gate | None = None, refresh: bool = False
                        ) -> tuple[Path, str | None]:
-    """Build `spec` twice and compare the signed artifacts.
+    """Build `spec` twice and compare the signed artifacts (with `refresh`, the first build
+    bootstraps afresh and the second uses its tree).
 
     Returns the first build's path and the name of the first artifact that differs, or None.
     """
     # Neither build takes a stage's output from the cache: both must make every byte.
     final = build(spec, outdir, key=key, force=force, reuse=False, workspace=workspace,
-                  qcow2=qcow2, gate=gate)
+                  qcow2=qcow2, gate=gate, refresh=refresh)
     again_dir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.again-", dir=outdir))
     try:
         with complete_step("Building again to compare"):

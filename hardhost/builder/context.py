@@ -22,6 +22,7 @@ class BuildContext:
     # From $SOURCE_DATE_EPOCH; 0 until the bootstrap stage derives it from the package set.
     source_date_epoch: int
     reuse: bool = True  # take stage outputs from the cache when their key matches
+    refresh: bool = False  # run mmdebstrap even when its tree is cached, and replace it
     qcow2: bool = False  # write the disk as disk.qcow2 instead of the raw disk.img
     gate: Gate | None = None  # the known-vulnerability gate, run before the manifest is signed
     keys: dict[str, str] = field(default_factory=dict)  # stage name -> input key

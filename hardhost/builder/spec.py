@@ -85,6 +85,7 @@ _SYSCTL_VALUE_RE = re.compile(r"[!-\"$-:<-~]+( [!-\"$-:<-~]+)*")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_\-]{0,31}")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")
 _SUITE_RE = re.compile(r"[a-z][a-z0-9\-]*")
+DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
 # A console device and its options, as the kernel documents them: ttyS0, ttyS0,115200n8,
 # hvc0, uart8250,io,0x3f8,115200. No space, quote or '=': nothing else can ride along.
 _CONSOLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(,[A-Za-z0-9_.:]+)*")
@@ -311,6 +312,10 @@ def _mirror(value: Any) -> str:
     return value
 
 
+def _security_mirror(value: Any) -> str:
+    return "" if value == "" else _mirror(value)
+
+
 def _path(value: Any) -> str:
     """A file path relative to the spec's folder (or empty, for unset)."""
     path = _text(value)
@@ -335,11 +340,21 @@ class Distribution:
     suite: str = field(default="bookworm", metadata=_help(
         "Debian release", _suite, schema=_pattern(_SUITE_RE)))
     mirror: str = field(default="http://deb.debian.org/debian", metadata=_help(
-        "Debian archive given to mmdebstrap: one printable `http://`, `https://` or `file://` "
-        "URL with a host", _mirror))
+        "Debian archive that `SUITE` and `SUITE-updates` are installed from: one printable "
+        "`http://`, `https://` or `file://` URL with a host", _mirror))
     architecture: str = field(default="amd64", metadata=_help(
         "Debian architecture; `amd64` only (the UKI stub, qemu and the module set are x86-64)",
         _architecture, schema={"enum": ["amd64"]}))
+    # Debian's stable releases get their fixes in two more suites: an image from the release
+    # alone misses every security update since its last point release.
+    security_mirror: str = field(default=DEBIAN_SECURITY, metadata=_help(
+        "archive of Debian's security updates, a URL as `mirror`: `SUITE-security` is "
+        "installed from it (unstable and experimental have none); empty leaves security "
+        "updates out",
+        _security_mirror))
+    updates: bool = field(default=True, metadata=_help(
+        "install `SUITE-updates` from `mirror` too (stable updates: time zones, urgent "
+        "fixes), as Debian's own installations do"))
 
 
 @dataclass(frozen=True)
@@ -647,6 +662,10 @@ class Spec:
         data.pop("manifest")
         # Specs from before [containers], or before its later keys, keep their digest, and
         # so their manifests.
+        # The keys added to [distribution] stay out at their defaults, for the same reason.
+        for name, default in (("security_mirror", DEBIAN_SECURITY), ("updates", True)):
+            if data["distribution"][name] == default:
+                data["distribution"].pop(name)
         containers = _containers.canonical(self.containers)
         if containers is None:
             data.pop("containers")

@@ -53,6 +53,11 @@ def register(commands: Commands) -> None:
                             "artifact that differs (exit 1)")
     build.add_argument("--no-cache", action="store_true",
                        help="run every stage after bootstrap even when its output is cached")
+    build.add_argument("--refresh", action="store_true",
+                       help="run the bootstrap (mmdebstrap) even when its tree is cached, so "
+                            "the image gets the archive's current packages and security "
+                            "updates; the cached tree is replaced only once the new one is "
+                            "complete")
     build.add_argument("--workspace", type=Workspace, choices=list(Workspace),
                        default=Workspace.AUTO,
                        help="where the image tree is assembled: memory (a tmpfs of the "
@@ -110,7 +115,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.check_reproducible:
         final, differing = check_reproducible(spec, args.output, key=key, force=args.force,
                                               workspace=args.workspace,
-                                              qcow2=args.format == "qcow2", gate=gate)
+                                              qcow2=args.format == "qcow2", gate=gate,
+                                              refresh=args.refresh)
         if differing is not None:
             print(f"hardhost: not reproducible: {differing} differs between two builds of "
                   f"{args.spec}", file=sys.stderr)
@@ -119,7 +125,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
                  ", ".join(_subjects(qcow2=args.format == "qcow2")))
     else:
         final = build(spec, args.output, key=key, force=args.force, reuse=not args.no_cache,
-                      workspace=args.workspace, qcow2=args.format == "qcow2", gate=gate)
+                      workspace=args.workspace, qcow2=args.format == "qcow2", gate=gate,
+                      refresh=args.refresh)
     print(final)
     return 0
 

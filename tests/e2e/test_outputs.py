@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from hardhost.advisories.sbom_read import read_sbom
 from hardhost.builder.build import build
 from hardhost.builder.stages.manifest import SBOM_NAME, subjects
 from hardhost.image.manifest import MANIFEST_NAME, read_verified
@@ -48,6 +49,34 @@ def test_manifest_verifies_and_covers_every_artifact(container_host: BuiltImage,
     assert manifest.apparmor_runtime_profiles["docker-default"] == "enforce"
     assert manifest.apparmor_profiles["hardhost-container-default"] == "enforce"
     assert manifest.sysctls["kernel.kptr_restrict"] == "2"
+
+
+def released_versions(names: list[str], suite: str) -> dict[str, str]:
+    """Each package's version in `suite` itself (not its -updates or -security), as this
+    machine's apt lists give it."""
+    shown = subprocess.run(["apt-cache", "madison", *names], capture_output=True, text=True,
+                           timeout=120, check=True).stdout
+    versions: dict[str, str] = {}
+    for line in shown.splitlines():
+        name, version, origin = (field.strip() for field in line.split("|"))
+        if origin.split()[1] == f"{suite}/main" and origin.endswith(" Packages"):
+            versions[name] = version
+    if not versions:
+        pytest.fail(f"this machine's apt lists have no {suite}/main: run apt-get update")
+    return versions
+
+
+def test_the_image_carries_the_release_updates_and_security_fixes(
+        container_host: BuiltImage) -> None:
+    """Built from bookworm, bookworm-updates and bookworm-security: some of its packages are
+    newer than the release's own. An image from the release alone has none."""
+    installed = {p.name: p.version for p in read_sbom(container_host.directory).packages}
+    released = released_versions(sorted(installed), container_host.spec.distribution.suite)
+    newer = sorted(name for name, version in installed.items()
+                   if name in released and version != released[name]
+                   and subprocess.run(["dpkg", "--compare-versions", version, "gt",
+                                       released[name]], timeout=30).returncode == 0)
+    assert newer, "every package is the release's own version: no updates were installed"
 
 
 def test_a_replaced_artifact_fails_verification(container_host: BuiltImage,

@@ -7,6 +7,7 @@ import os
 import re
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from hardhost.builder.cache import BOOTSTRAP_VERSION, stage_key
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 VARIANT = "minbase"
 MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 
+_FETCH_FAILED = re.compile(r"E: Failed to fetch (\S+) +(.+)")
 _MISSING_PACKAGE = re.compile(r"Unable to locate package (\S+)|Package '?(\S+?)'? has no "
                               r"installation candidate")
 
@@ -37,13 +39,31 @@ def packages(spec: Spec) -> list[str]:
     return sorted(set(spec.packages.include) | set(IMAGE_PACKAGES))
 
 
+# Suites that never get a -security or -updates suite of their own.
+UNRELEASED_SUITES = frozenset({"sid", "unstable", "experimental", "rc-buggy"})
+COMPONENTS = "main"
+
+
+def sources(spec: Spec) -> list[str]:
+    """The apt sources mmdebstrap installs from, as sources.list lines: the release, its
+    stable updates and its security updates, as the spec asks."""
+    dist = spec.distribution
+    lines = [f"deb {dist.mirror} {dist.suite} {COMPONENTS}"]
+    if dist.suite not in UNRELEASED_SUITES:
+        if dist.updates:
+            lines.append(f"deb {dist.mirror} {dist.suite}-updates {COMPONENTS}")
+        if dist.security_mirror:
+            lines.append(f"deb {dist.security_mirror} {dist.suite}-security {COMPONENTS}")
+    return lines
+
+
 def bootstrap_inputs(spec: Spec) -> dict[str, object]:
     """Everything mmdebstrap's result depends on that hardhost controls."""
     dist = spec.distribution
     return {
         "version": BOOTSTRAP_VERSION,
         "suite": dist.suite,
-        "mirror": dist.mirror,
+        "sources": sources(spec),
         "architecture": dist.architecture,
         "variant": VARIANT,
         "packages": packages(spec),
@@ -64,16 +84,20 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     key = bootstrap_key(spec)
     cache = ctx.cache_dir / "bootstrap"
     tarball = cache / f"{key}.tar"
-    if tarball.exists():
+    if tarball.exists() and not ctx.refresh:
         step.note = "cached"
-        log.info("    using cached root filesystem %s", tarball.name[:16])
+        # Its packages are those of the day it was made: say how old, and how to refresh.
+        days = int((time.time() - tarball.stat().st_mtime) // 86400)
+        log.info("    using cached root filesystem %s, packages resolved %s "
+                 "(--refresh resolves them again)", tarball.name[:16],
+                 "today" if days < 1 else f"{days} day{'s' if days > 1 else ''} ago")
     else:
         cache.mkdir(parents=True, exist_ok=True)
         # mmdebstrap picks its output format from the extension, so the partial file keeps .tar.
         partial = cache / f".{key}.{os.getpid()}.partial.tar"
         try:
             _mmdebstrap(spec, partial, ctx.source_date_epoch)
-            partial.rename(tarball)
+            partial.rename(tarball)  # a refresh replaces the old tree only once it succeeded
         finally:
             partial.unlink(missing_ok=True)
     skipped = extract(tarball, ctx.tree, spec)
@@ -102,11 +126,14 @@ def extract(tarball: Path, tree: Path, spec: Spec) -> int:
 
 def _member_names(tarball: Path) -> list[str]:
     try:
-        with tarfile.open(tarball) as archive:
+        # Uncompressed, as mmdebstrap writes a .tar: tarfile's guessing would list an error
+        # per compression it tried, on as many lines.
+        with tarfile.open(tarball, "r:") as archive:
             return archive.getnames()
     except (OSError, tarfile.TarError) as exc:
-        raise BuildError(f"{tarball}: cannot read the cached root filesystem ({exc}); "
-                         "delete it to rebuild") from None
+        reason = " ".join(str(exc).split())
+        raise BuildError(f"{tarball}: cannot read the cached root filesystem ({reason}); "
+                         "pass --refresh to make it again") from None
 
 
 def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
@@ -123,7 +150,7 @@ def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
         f"--hook-dir={MERGED_USR_HOOKS}",
         dist.suite,
         str(target),
-        dist.mirror,
+        *sources(spec),
     ]
     env = {"SOURCE_DATE_EPOCH": str(epoch)} if epoch else None
     try:
@@ -135,4 +162,8 @@ def _mmdebstrap(spec: Spec, target: Path, epoch: int) -> None:
             raise BuildError(
                 f"package {name!r} does not exist in {dist.suite} at {dist.mirror} "
                 f"(mmdebstrap: {missing.group(0)})") from None
+        unfetched = _FETCH_FAILED.search(exc.stderr)
+        if unfetched:
+            raise BuildError(f"mmdebstrap could not fetch {unfetched.group(1)}: "
+                             f"{unfetched.group(2).strip()}") from None
         raise
