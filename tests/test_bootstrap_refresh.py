@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hardhost.builder.spec import load_spec
@@ -48,6 +49,8 @@ def test_a_refresh_bootstraps_again_and_a_failed_one_keeps_the_cached_tree(
                     "header); pass --refresh to make it again")
     assert "packages resolved 20" in taken.stderr  # its age, in days since 1970
     assert "--refresh resolves them again" in taken.stderr
+    # Marked used (what eviction goes by); its mtime still says when it was made.
+    assert cached.stat().st_mtime == 0 and cached.stat().st_atime > time.time() - 600
 
     refreshed = offline_build(cache, out, client_key, signing_keys, "--refresh")
     assert refreshed.returncode == 1, refreshed.stderr

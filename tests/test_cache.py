@@ -16,7 +16,7 @@ from hardhost.builder.spec import (
     parse_spec,
     with_authorized_keys,
 )
-from hardhost.builder.stages.bootstrap import bootstrap_key
+from hardhost.builder.stages.bootstrap import UNUSED_DAYS, bootstrap_key, evict_unused
 from hardhost.builder.stages.rootfs import derived_identity
 from tests.support.paths import IMAGES
 
@@ -188,3 +188,24 @@ def test_stage_cache_keeps_the_most_recently_used(tmp_path: Path) -> None:
     entry = cache.lookup("a")
     assert entry is not None and (entry / "root.img").read_text() == "a"
     assert sorted(p.name for p in (tmp_path / "cache/rootfs").iterdir()) == ["a", "c"]
+
+
+def test_cached_trees_unused_for_a_month_and_dead_partial_ones_are_deleted(
+        tmp_path: Path) -> None:
+    now = 2_000_000_000.0
+    day = 86400.0
+
+    def tree(name: str, *, used_days_ago: float, made_days_ago: float) -> None:
+        (tmp_path / name).write_bytes(b"tree")
+        os.utime(tmp_path / name, (now - used_days_ago * day, now - made_days_ago * day))
+
+    tree("unused.tar", used_days_ago=UNUSED_DAYS + 1, made_days_ago=UNUSED_DAYS + 1)
+    # Made long ago but used last week: its age is not what counts.
+    tree("old-but-used.tar", used_days_ago=7, made_days_ago=100)
+    tree(".dead.123.partial.tar", used_days_ago=0, made_days_ago=2)
+    tree(".writing.456.partial.tar", used_days_ago=0, made_days_ago=0.1)
+    tree("notes.txt", used_days_ago=400, made_days_ago=400)
+    (tmp_path / "folder.tar").mkdir()
+    assert evict_unused(tmp_path, now=now) == [".dead.123.partial.tar", "unused.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".writing.456.partial.tar", "folder.tar", "notes.txt", "old-but-used.tar"]

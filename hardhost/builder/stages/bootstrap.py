@@ -39,6 +39,8 @@ def packages(spec: Spec) -> list[str]:
     return sorted(set(spec.packages.include) | set(IMAGE_PACKAGES))
 
 
+# A cached tree no build used for this long is deleted when another is made.
+UNUSED_DAYS = 30
 # Suites that never get a -security or -updates suite of their own.
 UNRELEASED_SUITES = frozenset({"sid", "unstable", "experimental", "rc-buggy"})
 COMPONENTS = "main"
@@ -86,8 +88,10 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
     tarball = cache / f"{key}.tar"
     if tarball.exists() and not ctx.refresh:
         step.note = "cached"
+        made = tarball.stat().st_mtime
+        os.utime(tarball, (time.time(), made))  # used now; its mtime stays when it was made
         # Its packages are those of the day it was made: say how old, and how to refresh.
-        days = int((time.time() - tarball.stat().st_mtime) // 86400)
+        days = int((time.time() - made) // 86400)
         log.info("    using cached root filesystem %s, packages resolved %s "
                  "(--refresh resolves them again)", tarball.name[:16],
                  "today" if days < 1 else f"{days} day{'s' if days > 1 else ''} ago")
@@ -100,6 +104,7 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
             partial.rename(tarball)  # a refresh replaces the old tree only once it succeeded
         finally:
             partial.unlink(missing_ok=True)
+        evict_unused(cache)
     skipped = extract(tarball, ctx.tree, spec)
     if skipped:
         step.note += f"{', ' if step.note else ''}{skipped} pruned files not extracted"
@@ -107,6 +112,27 @@ def run_stage(ctx: BuildContext, step: StepTiming) -> None:
         # Without $SOURCE_DATE_EPOCH, the time dpkg last wrote its database stands for the
         # package set: the same cached bootstrap always gives the same timestamps.
         ctx.source_date_epoch = int((ctx.tree / "var/lib/dpkg/status").stat().st_mtime)
+
+
+def evict_unused(cache: Path, *, now: float | None = None) -> list[str]:
+    """Delete the cached trees no build has used for `UNUSED_DAYS` (each is most of a GiB, and
+    a changed package list or hardhost version leaves the old one unused for good), and
+    partial ones a killed build left a day ago. Returns the names deleted."""
+    now = time.time() if now is None else now
+    deleted = []
+    for entry in cache.iterdir():
+        if not entry.name.endswith(".tar") or not entry.is_file():
+            continue
+        partial = entry.name.startswith(".")
+        # Partial trees are still being written while their mtime moves.
+        last = entry.stat().st_mtime if partial else entry.stat().st_atime
+        if now - last > (86400 if partial else UNUSED_DAYS * 86400):
+            entry.unlink(missing_ok=True)
+            deleted.append(entry.name)
+    if deleted:
+        log.info("    removed %d cached root filesystem(s) unused for %d days", len(deleted),
+                 UNUSED_DAYS)
+    return sorted(deleted)
 
 
 def extract(tarball: Path, tree: Path, spec: Spec) -> int:
