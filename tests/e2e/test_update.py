@@ -393,6 +393,7 @@ def bystander(container_host: BuiltImage) -> Iterator[tuple[vm.Instance, Target]
         vm.stop(name, purge=True)
 
 
+@rerun_if_the_guest_stalls
 def test_a_fleet_update_stops_after_a_wave_whose_boot_failed_attestation(
         plain_guest: Guest, bystander: tuple[vm.Instance, Target],
         container_host: BuiltImage, version_2: BuiltImage, signing_keys: SigningKeys,
