@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.vms import FIRMWARE_SILENCE, firmware_hangs
+from hardhost.vm import harness as vm
+from tests.support.vms import FIRMWARE_SILENCE, RESET_PRESSED, firmware_hangs, reset_did_not_help
 
 
 @pytest.fixture
@@ -42,6 +43,10 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     add("booted", b"reboot: Restarting system\nBdsDxe: starting Boot0001\nlogin: ", age=old)
     add("direct", b"reboot: Restarting system\n", age=old, firmware=False)
     add("named", b"login: reboot: Restarting system is what I typed", age=old)
+    pressed = f"reboot: Restarting system\n\n{RESET_PRESSED}\n".encode()
+    add("still-hung", pressed, age=old)
+    add("just-pressed", pressed, age=5)
+    add("recovered", pressed + b"BdsDxe: starting Boot0001\n", age=old)
     (root / "stopped").mkdir()
     (root / "stopped" / "serial.log").write_bytes(b"reboot: Restarting system\n")
     try:
@@ -57,3 +62,11 @@ def test_only_silent_firmware_after_a_restart_is_hung(state: Path) -> None:
     # Not: a restart seconds ago, a firmware that went on to boot, a direct boot (no OVMF),
     # a line that only contains the words, an instance whose qemu is gone.
     assert hung == ["hung", "panicked"]
+
+
+def test_a_reset_that_did_not_help_is_told_from_one_that_still_may(state: Path) -> None:
+    gave_up = sorted(path.name for path in state.iterdir()
+                     if reset_did_not_help(vm.instance(path.name), time.time()))
+    # Not: a press seconds ago, a firmware that printed again after it, or any guest whose
+    # console never showed a press.
+    assert gave_up == ["still-hung"]

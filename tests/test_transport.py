@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from hardhost.verifier.evidence import collect
 from hardhost.verifier.transport import HostOutputError, Target, connect
 from tests.support.keys import KeyPair, make_keypair
 from tests.support.net import free_port
+from tests.support.paths import REPO
 from tests.support.sshd import LoopbackHost
 
 pytestmark = pytest.mark.e2e
@@ -150,3 +153,28 @@ def test_garbage_host_is_unreachable_not_a_crash(garbage_host: int, client_key: 
                                              known_hosts=known, identity=client_key.private,
                                              timeout=5):
         pass
+
+
+# A library caller with no logging set up, as the Ansible action plugins are: a peer that
+# accepts and hangs up before its banner, as a booting guest's port forward does.
+_HANG_UP_BEFORE_BANNER = """
+import socket, threading
+from hardhost.core.errors import Unreachable
+from hardhost.verifier.transport import offered_host_key
+server = socket.create_server(("127.0.0.1", 0))
+def hang_up():
+    while True:
+        server.accept()[0].close()
+threading.Thread(target=hang_up, daemon=True).start()
+try:
+    offered_host_key("127.0.0.1", server.getsockname()[1], 5)
+except Unreachable as exc:
+    print(exc)
+"""
+
+
+def test_a_failed_handshake_prints_nothing_of_paramiko_to_a_library_caller() -> None:
+    result = subprocess.run([sys.executable, "-c", _HANG_UP_BEFORE_BANNER], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert "no SSH key exchange" in result.stdout
+    assert result.stderr == ""  # paramiko's thread would print its traceback here

@@ -44,6 +44,11 @@ from hardhost.verifier.known_hosts import fingerprint
 from hardhost.verifier.ssh_keys import Agent, load_identity
 
 log = logging.getLogger(__name__)
+# paramiko's transport thread logs each failed handshake's traceback at ERROR. Every such
+# failure becomes one Unreachable line here, so a caller that never set up logging (an
+# Ansible action plugin) must not get those tracebacks from Python's last-resort handler.
+# Logging that an application configures still receives them (hardhost -v shows them).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 __all__ = ["DEFAULT_OUTPUT_LIMIT", "ExecResult", "HostOutputError", "Session", "Target",
            "check_options", "connect", "fingerprint", "offered_host_key", "open_client",

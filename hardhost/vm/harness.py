@@ -212,7 +212,11 @@ def _provision_state(inst: Instance) -> paramiko.PKey:
 
 
 def _check_port_free(port: int) -> None:
+    """Refuse a port something listens on. The probe binds as qemu's forward does, with
+    SO_REUSEADDR: connections the last qemu on this port closed linger in TIME_WAIT for a
+    minute, and without it they would make a port qemu can take look taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

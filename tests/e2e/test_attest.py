@@ -293,7 +293,7 @@ def test_ansible_collection_attests_and_resets(host: BootedHost, signing_keys: S
                          f"ansible_user=root ansible_ssh_private_key_file={host.identity}\n")
     args = {"manifest": str(host.image.directory / MANIFEST_NAME),
             "trust_key": str(signing_keys.public), "known_hosts": str(host.known_hosts),
-            "timeout": 60}
+            "timeout": 120}  # a loaded TCG guest has stalled 45 s
 
     def play(module: str, *extra: str) -> dict[str, Any]:
         (tmp_path / "play.yml").write_text(json.dumps([{

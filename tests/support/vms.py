@@ -33,7 +33,10 @@ ANSWER_TIMEOUT = 240  # seconds a module's guest gets to answer before a test re
 # login prompt and never answered SSH; one never came back from a reboot. A stalled guest is
 # restarted once and the test runs once more, reported as a rerun; a product fault fails
 # both times. Only failures that name a guest that did not answer are rerun.
-STALLED = [r"SSH did not answer", r"did not come back", r"cannot connect"]
+# A guest whose vCPUs were starved long enough for its kernel to report soft lockups has also
+# let a command run past its deadline ("did not finish within").
+STALLED = [r"SSH did not answer", r"did not come back", r"cannot connect",
+           r"did not finish within"]
 rerun_if_the_guest_stalls = pytest.mark.flaky(reruns=1, only_rerun=STALLED)
 
 
@@ -111,9 +114,15 @@ def ensure_answering(instance: vm.Instance, image_dir: Path, *, trust_key: Path,
     """Before each test of a module that shares one guest: a guest that stalled in an earlier
     test (or is still rebooting from it) answers again, so one stall fails one test only."""
     key = public_key_from_line(instance.host_public_key.read_text())
+
+    def worth_waiting_for() -> bool:
+        # A firmware that stayed silent after the watch's reset press will not answer in
+        # ANSWER_TIMEOUT either: restarting it at once saves the wait.
+        return instance.pid() is not None and not reset_did_not_help(instance, time.time())
+
     try:
         wait_for_host_key("127.0.0.1", instance.ssh_port, key, timeout=ANSWER_TIMEOUT,
-                          alive=lambda: instance.pid() is not None)
+                          alive=worth_waiting_for)
     except Unreachable as error:
         report_stall(instance.name, error)
         vm.stop(instance.name)
@@ -139,6 +148,18 @@ def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
 # within seconds), and gets the machine's reset button. Each press is reported.
 FIRMWARE_SILENCE = 90.0
 _RESTARTING = re.compile(r"(reboot: Restarting system|Rebooting in \d+ seconds\.\.)\s*$")
+RESET_PRESSED = "[e2e: firmware silent after a restart; reset pressed]"
+
+
+def reset_did_not_help(inst: vm.Instance, now: float) -> bool:
+    """Whether the console has said nothing for FIRMWARE_SILENCE seconds since the watch
+    pressed reset on `inst`: its firmware hung again, and only a new qemu will boot it."""
+    serial = inst.serial_log
+    try:
+        silent = now - serial.stat().st_mtime >= FIRMWARE_SILENCE
+        return silent and console_tail(serial, 200).rstrip().endswith(RESET_PRESSED)
+    except OSError:
+        return False
 
 
 def firmware_hangs(root: Path, now: float) -> list[vm.Instance]:
@@ -188,4 +209,4 @@ class FirmwareHangWatch:
                 self.pressed.append(inst.name)
                 # The press is itself console output: the next look sees fresh output.
                 with inst.serial_log.open("ab") as f:
-                    f.write(b"\n[e2e: firmware silent after a restart; reset pressed]\n")
+                    f.write(f"\n{RESET_PRESSED}\n".encode())
