@@ -1,6 +1,7 @@
 """The e2e suite's watch for OVMF hung after a guest restart (tests/support/vms.py): which
 instances it finds hung, on a state folder with FAKE qemu processes (a sleeping Python
-whose command line names the instance, as the harness's pid check reads it)."""
+whose command line names the instance, as the harness's pid check reads it), and its
+restart of a real, paused qemu."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from hardhost.core.run import process_cmdline, run
 from hardhost.vm import harness as vm
-from tests.support.vms import FIRMWARE_SILENCE, RESET_PRESSED, firmware_hangs, reset_did_not_help
+from tests.support.vms import (
+    FIRMWARE_SILENCE,
+    HUNG_CONSOLE,
+    RESET_PRESSED,
+    STARTED_AGAIN,
+    firmware_hangs,
+    reset_did_not_help,
+    start_again,
+)
 
 
 @pytest.fixture
@@ -70,3 +80,43 @@ def test_a_reset_that_did_not_help_is_told_from_one_that_still_may(state: Path) 
     # Not: a press seconds ago, a firmware that printed again after it, or any guest whose
     # console never showed a press.
     assert gave_up == ["still-hung"]
+
+
+@pytest.fixture
+def paused_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[vm.Instance]:
+    """A real qemu for instance "hung", daemonized as the harness starts it, but paused
+    before its first instruction (-S): it needs no disk, and takes no CPU."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    inst = vm.instance("hung")
+    inst.directory.mkdir(parents=True)
+    run(["qemu-system-x86_64", "-name", f"hardhost-{inst.name}", "-machine", "q35",
+         "-accel", "tcg", "-nodefaults", "-display", "none", "-monitor", "none", "-S",
+         "-qmp", f"unix:{inst.qmp_socket},server=on,wait=off",
+         "-serial", f"file:{inst.serial_log}", "-daemonize", "-pidfile", str(inst.pid_file)])
+    inst.serial_log.write_bytes(f"reboot: Restarting system\n{RESET_PRESSED}\n".encode())
+    try:
+        yield inst
+    finally:
+        vm.stop(inst.name)
+
+
+def test_a_qemu_the_reset_did_not_revive_is_started_again(paused_qemu: vm.Instance) -> None:
+    before = paused_qemu.pid()
+    assert before is not None
+    argv = process_cmdline(before)
+    assert start_again(paused_qemu)
+    after = paused_qemu.pid()
+    assert after is not None and after != before
+    assert process_cmdline(after) == argv and not process_cmdline(before)
+    kept = (paused_qemu.directory / HUNG_CONSOLE).read_text()
+    assert RESET_PRESSED in kept and kept.rstrip().endswith(STARTED_AGAIN)
+    assert not reset_did_not_help(paused_qemu, time.time() + 2 * FIRMWARE_SILENCE)
+
+
+def test_a_qemu_its_test_stopped_is_not_started_again(paused_qemu: vm.Instance) -> None:
+    pid = paused_qemu.pid()
+    assert pid is not None
+    vm.stop(paused_qemu.name)
+    assert not start_again(paused_qemu)
+    assert paused_qemu.pid() is None and not paused_qemu.pid_file.exists()
+    assert not process_cmdline(pid)

@@ -49,6 +49,9 @@ def firmware_hang_watch() -> Iterator[FirmwareHangWatch]:
     if watch.pressed:
         warnings.warn(f"reset pressed on hung firmware of: {', '.join(watch.pressed)}",
                       stacklevel=1)
+    if watch.started_again:
+        warnings.warn("qemu started again after the reset did not help: "
+                      f"{', '.join(watch.started_again)}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ a guest that stalled under TCG (the fixtures are in tests/e2e/conftest.py)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +20,8 @@ from typing import Any
 import pytest
 
 from hardhost.builder.spec import Spec
-from hardhost.core.errors import Unreachable
+from hardhost.core.errors import HardhostError, Unreachable
+from hardhost.core.run import process_cmdline, run
 from hardhost.image.manifest import MANIFEST_NAME
 from hardhost.verifier.transport import Target, public_key_from_line, wait_for_host_key
 from hardhost.vm import harness as vm
@@ -114,15 +117,9 @@ def ensure_answering(instance: vm.Instance, image_dir: Path, *, trust_key: Path,
     """Before each test of a module that shares one guest: a guest that stalled in an earlier
     test (or is still rebooting from it) answers again, so one stall fails one test only."""
     key = public_key_from_line(instance.host_public_key.read_text())
-
-    def worth_waiting_for() -> bool:
-        # A firmware that stayed silent after the watch's reset press will not answer in
-        # ANSWER_TIMEOUT either: restarting it at once saves the wait.
-        return instance.pid() is not None and not reset_did_not_help(instance, time.time())
-
     try:
         wait_for_host_key("127.0.0.1", instance.ssh_port, key, timeout=ANSWER_TIMEOUT,
-                          alive=worth_waiting_for)
+                          alive=lambda: instance.pid() is not None)
     except Unreachable as error:
         report_stall(instance.name, error)
         vm.stop(instance.name)
@@ -145,10 +142,16 @@ def boot(image: BuiltImage, name: str, identity: Path) -> Iterator[BootedHost]:
 # forever waiting for a second vCPU to take its start-up IPI (edk2's WaitApWakeup() has no
 # timeout), and the serial console stays silent. A firmware that has printed nothing for
 # FIRMWARE_SILENCE seconds after a restart is hung (a good restart shows the boot manager
-# within seconds), and gets the machine's reset button. Each press is reported.
-FIRMWARE_SILENCE = 90.0
+# within seconds), and gets the machine's reset button. A reset has sometimes not helped
+# (the console stayed silent after it); FIRMWARE_SILENCE after the press, the watch then
+# starts that qemu again, which has always booted. Both fit in a test's 300 s reboot
+# timeout, so a hang costs a minute or two instead of a failed test and its rerun. Each
+# press and restart is reported.
+FIRMWARE_SILENCE = 60.0
 _RESTARTING = re.compile(r"(reboot: Restarting system|Rebooting in \d+ seconds\.\.)\s*$")
 RESET_PRESSED = "[e2e: firmware silent after a restart; reset pressed]"
+STARTED_AGAIN = "[e2e: firmware silent after the reset too; qemu killed and started again]"
+HUNG_CONSOLE = "serial.hung.log"  # the console up to a restart, kept beside the new one
 
 
 def reset_did_not_help(inst: vm.Instance, now: float) -> bool:
@@ -160,6 +163,28 @@ def reset_did_not_help(inst: vm.Instance, now: float) -> bool:
         return silent and console_tail(serial, 200).rstrip().endswith(RESET_PRESSED)
     except OSError:
         return False
+
+
+def start_again(inst: vm.Instance) -> bool:
+    """Kill the qemu of `inst` and run its command line again: a cold start of the same
+    machine on the same disks, and on the same vTPM (swtpm outlives a killed qemu). The
+    old console is kept as HUNG_CONSOLE. False if the instance was stopped meanwhile."""
+    pid = inst.pid()
+    argv = process_cmdline(pid).split(b"\0")[:-1] if pid is not None else []
+    if pid is None or not argv:
+        return False
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while process_cmdline(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # A killed qemu leaves its pid file; vm.stop removes it. Gone: its test stopped it.
+    if not inst.pid_file.exists() or process_cmdline(pid):
+        return False
+    with inst.serial_log.open("ab") as f:
+        f.write(f"\n{STARTED_AGAIN}\n".encode())
+    inst.serial_log.replace(inst.directory / HUNG_CONSOLE)  # qemu truncates its console
+    run([arg.decode() for arg in argv])  # -daemonize: returns once the guest runs
+    return True
 
 
 def firmware_hangs(root: Path, now: float) -> list[vm.Instance]:
@@ -182,11 +207,13 @@ def firmware_hangs(root: Path, now: float) -> list[vm.Instance]:
 
 
 class FirmwareHangWatch:
-    """A thread that presses reset on each hung OVMF instance (see FIRMWARE_SILENCE)."""
+    """A thread that presses reset on each hung OVMF instance, and starts its qemu again
+    when the reset did not help (see FIRMWARE_SILENCE)."""
 
     def __init__(self, interval: float = 10.0) -> None:
         self.interval = interval
         self.pressed: list[str] = []
+        self.started_again: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="firmware-hang-watch",
                                         daemon=True)
@@ -201,7 +228,8 @@ class FirmwareHangWatch:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
-            for inst in firmware_hangs(vm.state_root(), time.time()):
+            root = vm.state_root()
+            for inst in firmware_hangs(root, time.time()):
                 try:
                     qmp.reset(inst.qmp_socket, timeout=10.0)
                 except (OSError, qmp.QmpError):
@@ -210,3 +238,11 @@ class FirmwareHangWatch:
                 # The press is itself console output: the next look sees fresh output.
                 with inst.serial_log.open("ab") as f:
                     f.write(f"\n{RESET_PRESSED}\n".encode())
+            for serial in sorted(root.glob("*/serial.log")) if root.is_dir() else ():
+                inst = vm.instance(serial.parent.name)
+                try:
+                    if reset_did_not_help(inst, time.time()) and start_again(inst):
+                        self.started_again.append(inst.name)
+                except (OSError, HardhostError) as error:
+                    warnings.warn(f"vm {inst.name}: could not start it again: {error}",
+                                  stacklevel=1)
