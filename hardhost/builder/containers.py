@@ -8,7 +8,6 @@ the spec and the files it names when the spec is read, so that a bad setting is 
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 import urllib.parse
@@ -19,7 +18,7 @@ from typing import Any
 
 from hardhost.core.errors import SpecError, UsageError
 from hardhost.core.inputs import read_text
-from hardhost.core.settings import Invalid, show, str_list, text
+from hardhost.core.settings import Invalid, show, str_list, text, without_later_defaults
 from hardhost.core.settings import declare as _help
 
 
@@ -198,12 +197,7 @@ def canonical(containers: Containers) -> dict[str, Any] | None:
     before it), and without the keys added later while they are unset."""
     if containers == Containers():
         return None
-    data = dataclasses.asdict(containers)
-    defaults = Containers()
-    for name in _LATER_KEYS:
-        if getattr(containers, name) == getattr(defaults, name):
-            data.pop(name)
-    return data
+    return without_later_defaults(containers, _LATER_KEYS)
 
 
 def lookaside_url(base: str, registry: str) -> str:

@@ -29,7 +29,7 @@ from hardhost.core.inputs import read_text
 from hardhost.core.settings import CONTROL_RE as _CONTROL_RE
 from hardhost.core.settings import MAX_KEY_PARTS as _MAX_KEY_PARTS
 from hardhost.core.settings import Invalid as _Invalid
-from hardhost.core.settings import build, parse_toml
+from hardhost.core.settings import build, parse_toml, without_later_defaults
 from hardhost.core.settings import declare as _help
 from hardhost.core.settings import show as _show
 from hardhost.core.settings import str_list as _str_list
@@ -86,6 +86,8 @@ _USER_RE = re.compile(r"[a-z_][a-z0-9_\-]{0,31}")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")
 _SUITE_RE = re.compile(r"[a-z][a-z0-9\-]*")
 DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
+# [distribution] keys added after specs were signed (see Spec.digest).
+_DISTRIBUTION_LATER_KEYS = ("security_mirror", "updates")
 # A console device and its options, as the kernel documents them: ttyS0, ttyS0,115200n8,
 # hvc0, uart8250,io,0x3f8,115200. No space, quote or '=': nothing else can ride along.
 _CONSOLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(,[A-Za-z0-9_.:]+)*")
@@ -660,12 +662,10 @@ class Spec:
         data = dataclasses.asdict(self)
         data.pop("source")
         data.pop("manifest")
-        # Specs from before [containers], or before its later keys, keep their digest, and
-        # so their manifests.
-        # The keys added to [distribution] stay out at their defaults, for the same reason.
-        for name, default in (("security_mirror", DEBIAN_SECURITY), ("updates", True)):
-            if data["distribution"][name] == default:
-                data["distribution"].pop(name)
+        # Specs from before [containers], or before its later keys or [distribution]'s,
+        # keep their digest, and so their manifests.
+        data["distribution"] = without_later_defaults(self.distribution,
+                                                      _DISTRIBUTION_LATER_KEYS)
         containers = _containers.canonical(self.containers)
         if containers is None:
             data.pop("containers")

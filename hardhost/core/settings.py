@@ -79,6 +79,18 @@ def str_list(value: Any) -> list[str]:
     return list(value)
 
 
+def without_later_defaults(section: Any, later: tuple[str, ...]) -> dict[str, Any]:
+    """`section` (a declared dataclass) as a dict, without those of the keys in `later` that
+    hold their defaults. Keys added to a section after files using it were signed stay out
+    of its canonical form while unset, so that those files keep their digest."""
+    data = dataclasses.asdict(section)
+    defaults = type(section)()
+    for name in later:
+        if getattr(section, name) == getattr(defaults, name):
+            data.pop(name)
+    return data
+
+
 def parse_toml(source: str, path: str) -> dict[str, Any]:
     """The table of TOML `source` (read from `path`, which names the file in errors)."""
     if _DOTTED_KEY_RE.search(source):
