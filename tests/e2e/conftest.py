@@ -3,6 +3,7 @@ behind them are in tests/support/vms.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Generator, Iterator
@@ -66,3 +67,13 @@ def container_host(tmp_path_factory: pytest.TempPathFactory, client_key: KeyPair
 @pytest.fixture(scope="module")
 def booted(container_host: BuiltImage, client_key: KeyPair) -> Iterator[BootedHost]:
     yield from boot(container_host, "e2e-main", client_key.private)
+
+
+@pytest.fixture(scope="session")
+def version_2(container_host: BuiltImage, signing_keys: SigningKeys,
+              tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """container-host at version 2, for both update modules: the same spec, so only
+    os-release (and with it the root and the UKI) differs."""
+    spec = dataclasses.replace(container_host.spec, version="2")
+    out = tmp_path_factory.mktemp("version-2")
+    return BuiltImage(spec, build(spec, out, key=signing_keys.key), signing_keys.public)
