@@ -170,16 +170,14 @@ def start_again(inst: vm.Instance) -> bool:
     machine on the same disks, and on the same vTPM (swtpm outlives a killed qemu). The
     old console is kept as HUNG_CONSOLE. False if the instance was stopped meanwhile."""
     pid = inst.pid()
-    argv = process_cmdline(pid).split(b"\0")[:-1] if pid is not None else []
-    if pid is None or not argv:
+    cmdline = process_cmdline(pid) if pid is not None else b""
+    if pid is None or not cmdline:
         return False
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while process_cmdline(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
     # A killed qemu leaves its pid file; vm.stop removes it. Gone: its test stopped it.
-    if not inst.pid_file.exists() or process_cmdline(pid):
+    if not vm._wait_gone(pid, cmdline, 30) or not inst.pid_file.exists():
         return False
+    argv = cmdline.split(b"\0")[:-1]
     with inst.serial_log.open("ab") as f:
         f.write(f"\n{STARTED_AGAIN}\n".encode())
     inst.serial_log.replace(inst.directory / HUNG_CONSOLE)  # qemu truncates its console
